@@ -1,0 +1,1 @@
+"""The nodeferry controller: an aiohttp service that drives agents over SSH."""

@@ -1,0 +1,37 @@
+"""The ``nodeferry`` command. Each group of subcommands lives in its own module,
+which adds its parsers through ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from protocol import __version__
+
+#: Modules that contribute subcommands: the server side (serve, hosts), the
+#: client side (install, status, cancel, logs, tasks) and the demo.
+COMMAND_MODULES = ("controller.server_cli", "controller.console", "controller.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodeferry",
+        description="Install ComfyUI custom nodes on remote GPU instances, with live progress.",
+    )
+    parser.add_argument("--version", action="version", version=f"nodeferry {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

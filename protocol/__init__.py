@@ -1,0 +1,40 @@
+"""The documents the controller and the agent exchange.
+
+Standard library only, importable on Python 3.8: this package travels inside the
+agent bundle to instances that have whatever Python they have.
+"""
+
+from protocol.errors import ProtocolError
+from protocol.exit_codes import ExitCode
+from protocol.progress import (
+    FINAL_STATES,
+    NODE_FINAL_STATUSES,
+    NODE_STATUSES,
+    REQUIREMENTS_STATUSES,
+    SCHEMA_VERSION,
+    STATES,
+    NodeProgress,
+    Progress,
+    utc_now,
+)
+from protocol.spec import InstallSpec, NodeSpec, parse_node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FINAL_STATES",
+    "NODE_FINAL_STATUSES",
+    "NODE_STATUSES",
+    "REQUIREMENTS_STATUSES",
+    "SCHEMA_VERSION",
+    "STATES",
+    "ExitCode",
+    "InstallSpec",
+    "NodeProgress",
+    "NodeSpec",
+    "Progress",
+    "ProtocolError",
+    "__version__",
+    "parse_node",
+    "utc_now",
+]

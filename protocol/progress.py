@@ -1,0 +1,268 @@
+"""The progress document: written by the agent, read by the controller and by people.
+
+One JSON object per task at ``~/.nodeferry/tasks/<task_id>/progress.json``.
+States only move forward; once a document is final it never changes again.
+"""
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from protocol import fields as checks
+from protocol.errors import ProtocolError
+
+SCHEMA_VERSION = 1
+
+#: Task states in the order they happen. ``lost`` is never written by the agent:
+#: a status reader derives it when the worker died without a final document.
+STATES = (
+    "starting",
+    "cloning",
+    "installing_requirements",
+    "running_install_scripts",
+    "completed",
+    "failed",
+    "cancelled",
+    "lost",
+)
+FINAL_STATES = frozenset({"completed", "failed", "cancelled", "lost"})
+_STATE_RANK = {state: i for i, state in enumerate(STATES[:4])}
+
+NODE_STATUSES = (
+    "pending",
+    "cloning",
+    "cloned",
+    "installing_requirements",
+    "running_install_script",
+    "installed",
+    "skipped",
+    "failed",
+    "cancelled",
+)
+NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
+REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
+
+#: Machine-readable causes of a whole-task failure, in ``error_code``.
+ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2026-11-29T03:40:00.123Z``."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: str) -> datetime.datetime:
+    """The inverse of :func:`utc_now`."""
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc
+    )
+
+
+def _check_time(value: object, where: str, optional: bool) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(where, "must be an ISO 8601 timestamp string")
+    try:
+        parse_time(value)
+    except ValueError:
+        raise ProtocolError(where, "must look like 2026-01-31T12:00:00.000Z") from None
+    return value
+
+
+def _check(value: object, where: str, kinds: "Tuple[type, ...]", optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(where, "must not be a boolean")
+    if not isinstance(value, kinds):
+        raise ProtocolError(where, "must be {}".format(" or ".join(k.__name__ for k in kinds)))
+    return value
+
+
+def _check_choice(value: object, where: str, choices: "Tuple[str, ...]") -> str:
+    if value not in choices:
+        raise ProtocolError(where, "must be one of: {}".format(", ".join(choices)))
+    return str(value)
+
+
+def _check_count(value: object, where: str) -> int:
+    number = _check(value, where, (int,))
+    if number < 0:
+        raise ProtocolError(where, "must not be negative")
+    return int(number)
+
+
+@dataclass
+class NodeProgress:
+    name: str
+    url: str
+    ref: Optional[str] = None
+    status: str = "pending"
+    commit: Optional[str] = None
+    requirements_status: str = "none"
+    error: Optional[str] = None
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in NODE_FINAL_STATUSES
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "node") -> "NodeProgress":
+        if not isinstance(data, Mapping):
+            raise ProtocolError(where, "must be an object")
+        _reject_unknown(data, cls, where)
+        for required in ("name", "url", "status"):
+            if required not in data:
+                raise ProtocolError(f"{where}.{required}", "is required")
+        return cls(
+            name=_check(data["name"], where + ".name", (str,)),
+            url=_check(data["url"], where + ".url", (str,)),
+            ref=_check(data.get("ref"), where + ".ref", (str,), optional=True),
+            status=_check_choice(data["status"], where + ".status", NODE_STATUSES),
+            commit=_check(data.get("commit"), where + ".commit", (str,), optional=True),
+            requirements_status=_check_choice(
+                data.get("requirements_status", "none"),
+                where + ".requirements_status",
+                REQUIREMENTS_STATUSES,
+            ),
+            error=_check(data.get("error"), where + ".error", (str,), optional=True),
+            started_at=_check_time(data.get("started_at"), where + ".started_at", True),
+            finished_at=_check_time(data.get("finished_at"), where + ".finished_at", True),
+        )
+
+
+def _reject_unknown(data: "Mapping[str, Any]", cls: type, where: str) -> None:
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ProtocolError(
+            where, "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
+        )
+
+
+@dataclass
+class Progress:
+    task_id: str
+    ui_home: str
+    state: str = "starting"
+    schema: int = SCHEMA_VERSION
+    pid: Optional[int] = None
+    boot_id: Optional[str] = None
+    started_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    finished_at: Optional[str] = None
+    total_nodes: int = 0
+    processed: int = 0
+    successful: int = 0
+    failed: int = 0
+    skipped: int = 0
+    current_node: Optional[str] = None
+    current_status: Optional[str] = None
+    has_requirements: bool = False
+    requirements_status: str = "none"
+    nodes: List[NodeProgress] = field(default_factory=list)
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    error_code: Optional[str] = None
+    log_file: Optional[str] = None
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def can_move_to(self, state: str) -> bool:
+        """Whether ``state`` is a legal next state: forward only, nothing after final."""
+        if state not in STATES or self.is_final:
+            return False
+        if state in FINAL_STATES:
+            return True
+        return _STATE_RANK[state] >= _STATE_RANK[self.state]
+
+    def move_to(self, state: str) -> None:
+        if not self.can_move_to(state):
+            raise ValueError(f"cannot move from {self.state} to {state}")
+        self.state = state
+
+    def recount(self) -> None:
+        """Derive the counters from the per-node statuses."""
+        self.total_nodes = len(self.nodes)
+        self.successful = sum(1 for n in self.nodes if n.status == "installed")
+        self.skipped = sum(1 for n in self.nodes if n.status == "skipped")
+        self.failed = sum(1 for n in self.nodes if n.status in ("failed", "cancelled"))
+        self.processed = sum(1 for n in self.nodes if n.is_final)
+        self.has_requirements = any(n.requirements_status != "none" for n in self.nodes)
+
+    # -- (de)serialisation -----------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Progress":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError("", f"progress document is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Progress":
+        if not isinstance(data, Mapping):
+            raise ProtocolError("", "progress document must be an object")
+        _reject_unknown(data, cls, "")
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ProtocolError(
+                "schema", f"unsupported schema {schema!r} (this reader knows {SCHEMA_VERSION})"
+            )
+        for required in ("task_id", "ui_home", "state", "started_at", "updated_at"):
+            if required not in data:
+                raise ProtocolError(required, "is required")
+        nodes_value = _check(data.get("nodes", []), "nodes", (list,))
+        error_code = data.get("error_code")
+        if error_code is not None:
+            _check_choice(error_code, "error_code", ERROR_CODES)
+        return cls(
+            schema=SCHEMA_VERSION,
+            task_id=checks.task_id(data["task_id"]),
+            ui_home=_check(data["ui_home"], "ui_home", (str,)),
+            state=_check_choice(data["state"], "state", STATES),
+            pid=_check(data.get("pid"), "pid", (int,), optional=True),
+            boot_id=_check(data.get("boot_id"), "boot_id", (str,), optional=True),
+            started_at=str(_check_time(data["started_at"], "started_at", False)),
+            updated_at=str(_check_time(data["updated_at"], "updated_at", False)),
+            finished_at=_check_time(data.get("finished_at"), "finished_at", True),
+            total_nodes=_check_count(data.get("total_nodes", 0), "total_nodes"),
+            processed=_check_count(data.get("processed", 0), "processed"),
+            successful=_check_count(data.get("successful", 0), "successful"),
+            failed=_check_count(data.get("failed", 0), "failed"),
+            skipped=_check_count(data.get("skipped", 0), "skipped"),
+            current_node=_check(data.get("current_node"), "current_node", (str,), optional=True),
+            current_status=_check(
+                data.get("current_status"), "current_status", (str,), optional=True
+            ),
+            has_requirements=_check(
+                data.get("has_requirements", False), "has_requirements", (bool,)
+            ),
+            requirements_status=_check_choice(
+                data.get("requirements_status", "none"),
+                "requirements_status",
+                REQUIREMENTS_STATUSES,
+            ),
+            nodes=[
+                NodeProgress.from_dict(item, f"nodes.{i}") for i, item in enumerate(nodes_value)
+            ],
+            exit_code=_check(data.get("exit_code"), "exit_code", (int,), optional=True),
+            error=_check(data.get("error"), "error", (str,), optional=True),
+            error_code=error_code,
+            log_file=_check(data.get("log_file"), "log_file", (str,), optional=True),
+        )

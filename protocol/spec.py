@@ -1,0 +1,187 @@
+"""The install spec: what the agent is asked to install."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from protocol import fields
+from protocol.errors import ProtocolError
+
+DEFAULT_JOBS = 4
+MAX_JOBS = 32
+MAX_NODES = 500
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    url: str
+    ref: Optional[str] = None
+    name: Optional[str] = None
+
+    @property
+    def dir_name(self) -> str:
+        return self.name if self.name is not None else fields.name_from_url(self.url)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"url": self.url, "ref": self.ref, "name": self.name}
+
+
+def _split_ref(text: str) -> "tuple[str, Optional[str]]":
+    """Split ``URL@REF`` shorthand, ignoring an ``@`` that belongs to the URL's user."""
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        slash = rest.find("/")
+        if slash < 0:
+            return text, None
+        path_start = len(scheme) + 3 + slash
+    else:
+        colon = text.find(":")
+        path_start = colon + 1 if colon >= 0 else 0
+    at = text.rfind("@", path_start)
+    if at < 0:
+        return text, None
+    return text[:at], text[at + 1 :]
+
+
+def parse_node(value: object, field_name: str = "node", allow_file: bool = False) -> NodeSpec:
+    """A node from ``"URL"``, ``"URL@REF"`` or ``{"url", "ref", "name"}``."""
+    if isinstance(value, str):
+        url, ref = _split_ref(value)
+        url_field = field_name
+        ref_field = field_name
+        name: Optional[str] = None
+        name_field = field_name
+    elif isinstance(value, Mapping):
+        unknown = set(value) - {"url", "ref", "name"}
+        if unknown:
+            raise ProtocolError(
+                field_name, "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
+            )
+        if "url" not in value:
+            raise ProtocolError(field_name + ".url", "is required")
+        url = value["url"]
+        ref = value.get("ref")
+        name = value.get("name")
+        url_field = field_name + ".url"
+        ref_field = field_name + ".ref"
+        name_field = field_name + ".name"
+    else:
+        raise ProtocolError(field_name, "must be a URL string or an object with 'url'")
+    url = fields.git_url(url, url_field, allow_file=allow_file)
+    if ref is not None:
+        ref = fields.git_ref(ref, ref_field)
+    if name is not None:
+        name = fields.node_name(name, name_field)
+    else:
+        derived = fields.name_from_url(url)
+        try:
+            fields.node_name(derived, name_field)
+        except ProtocolError:
+            raise ProtocolError(
+                name_field, "cannot derive a safe directory name from the URL; give 'name'"
+            ) from None
+    return NodeSpec(url=url, ref=ref, name=name)
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """Everything one install needs. Validated on construction through :meth:`from_dict`."""
+
+    task_id: str
+    ui_home: str
+    nodes: List[NodeSpec]
+    python: Optional[str] = None
+    pip_args: List[str] = field(default_factory=list)
+    jobs: int = DEFAULT_JOBS
+    update: bool = False
+    #: Allow ``file://`` URLs; only a person on the instance (or a test) sets this.
+    allow_file_urls: bool = False
+
+    @classmethod
+    def from_dict(cls, data: object) -> "InstallSpec":
+        if not isinstance(data, Mapping):
+            raise ProtocolError("", "the spec must be a JSON object")
+        known = {
+            "task_id",
+            "ui_home",
+            "nodes",
+            "python",
+            "pip_args",
+            "jobs",
+            "update",
+            "allow_file_urls",
+        }
+        unknown = set(data) - known
+        if unknown:
+            raise ProtocolError(
+                "", "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
+            )
+        for required in ("task_id", "ui_home", "nodes"):
+            if required not in data:
+                raise ProtocolError(required, "is required")
+        allow_file = data.get("allow_file_urls", False)
+        if not isinstance(allow_file, bool):
+            raise ProtocolError("allow_file_urls", "must be true or false")
+        nodes_value = data["nodes"]
+        if not isinstance(nodes_value, list):
+            raise ProtocolError("nodes", "must be a list")
+        if not nodes_value:
+            raise ProtocolError("nodes", "must name at least one node")
+        if len(nodes_value) > MAX_NODES:
+            raise ProtocolError("nodes", f"must have at most {MAX_NODES} entries")
+        nodes = [
+            parse_node(item, f"nodes.{i}", allow_file=allow_file)
+            for i, item in enumerate(nodes_value)
+        ]
+        seen: Dict[str, int] = {}
+        for i, node in enumerate(nodes):
+            key = node.dir_name.lower()
+            if key in seen:
+                raise ProtocolError(
+                    f"nodes.{i}",
+                    f"installs into '{node.dir_name}' like nodes.{seen[key]}; "
+                    "give one of them a 'name'",
+                )
+            seen[key] = i
+        python = data.get("python")
+        if python is not None:
+            python = fields.python_command(python, "python")
+        jobs = data.get("jobs", DEFAULT_JOBS)
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+            raise ProtocolError("jobs", f"must be a whole number from 1 to {MAX_JOBS}")
+        update = data.get("update", False)
+        if not isinstance(update, bool):
+            raise ProtocolError("update", "must be true or false")
+        return cls(
+            task_id=fields.task_id(data["task_id"]),
+            ui_home=fields.remote_path(data["ui_home"], "ui_home"),
+            nodes=nodes,
+            python=python,
+            pip_args=fields.pip_args(data.get("pip_args", [])),
+            jobs=jobs,
+            update=update,
+            allow_file_urls=allow_file,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "InstallSpec":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError("", f"the spec is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "ui_home": self.ui_home,
+            "nodes": [node.to_dict() for node in self.nodes],
+            "python": self.python,
+            "pip_args": list(self.pip_args),
+            "jobs": self.jobs,
+            "update": self.update,
+            "allow_file_urls": self.allow_file_urls,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
