@@ -53,7 +53,7 @@ def task_id(value: object, field: str = "task_id") -> str:
         parsed = uuid.UUID(value)
     except ValueError:
         raise ProtocolError(field, "must be a UUID") from None
-    if parsed.version != 4 or str(parsed) != value.lower() or len(value) != 36:
+    if parsed.version != 4 or str(parsed) != value:
         raise ProtocolError(field, "must be a UUID4 in canonical form")
     return str(parsed)
 
