@@ -44,6 +44,9 @@ class LatencyProxy:
         self.listen_host = listen_host
         self.port = 0
         self.connections = 0
+        #: Bytes forwarded client -> target and target -> client, for "what was sent".
+        self.bytes_up = 0
+        self.bytes_down = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -130,8 +133,8 @@ class LatencyProxy:
                 client_w.close()
                 return
             pipes = [
-                asyncio.ensure_future(self._pipe(client_r, server_w)),
-                asyncio.ensure_future(self._pipe(server_r, client_w)),
+                asyncio.ensure_future(self._pipe(client_r, server_w, upstream=True)),
+                asyncio.ensure_future(self._pipe(server_r, client_w, upstream=False)),
             ]
             try:
                 # A reset on one side ends the other too, or its read would wait forever.
@@ -146,7 +149,9 @@ class LatencyProxy:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -172,6 +177,10 @@ class LatencyProxy:
                 except OSError:
                     data = b""
                 queue.put_nowait((loop.time() + self.delay, data))
+                if upstream:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
                 if not data:
                     break
             await sender
