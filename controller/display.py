@@ -41,7 +41,7 @@ STATUS_STYLES = {
 }
 STATUS_MARKS = {
     "installed": "✓",
-    "skipped": "–",
+    "skipped": "-",
     "failed": "✗",
     "cancelled": "✗",
     "completed": "✓",
