@@ -1,0 +1,329 @@
+"""The agent's command line: the argv contract in docs/ARCHITECTURE.md.
+
+Machine-facing subcommands print one JSON object on stdout and exit with a
+:class:`protocol.ExitCode`; ``install`` is for people and prints live progress.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Dict, List, NoReturn, Optional
+
+from agent import __version__, launch, lock, tasks, terminal
+from agent.errors import AgentError, InvalidInput
+from agent.progress_file import read_progress, write_atomic
+from agent.statedir import StateDir, TaskPaths
+from agent.worker import run_worker
+from protocol import ExitCode, InstallSpec, Progress, ProtocolError
+from protocol.fields import new_task_id
+
+START_WAIT_SECONDS = 10.0
+
+
+def _emit(body: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(body, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+# -- spec handling ----------------------------------------------------------------
+
+
+def _read_spec_text(source: str) -> str:
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read the spec: {exc}", field="spec") from None
+
+
+def parse_spec(data: object) -> InstallSpec:
+    """A validated spec whose ``ui_home`` exists and looks like ComfyUI."""
+    try:
+        spec = (
+            InstallSpec.from_dict(data)
+            if not isinstance(data, str)
+            else (InstallSpec.from_json(data))
+        )
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message, field=exc.field or None) from None
+    home = Path(os.path.expanduser(spec.ui_home))
+    if not home.is_dir():
+        raise InvalidInput(f"{spec.ui_home} does not exist or is not a directory", "ui_home")
+    if not ((home / "main.py").is_file() or (home / "custom_nodes").is_dir()):
+        raise InvalidInput(
+            f"{spec.ui_home} does not look like ComfyUI (no main.py, no custom_nodes/)",
+            "ui_home",
+        )
+    return spec
+
+
+def _prepare_task(state: StateDir, spec: InstallSpec) -> "tuple[TaskPaths, int]":
+    """Take the ComfyUI home's lock and create the task; nothing is created on a conflict."""
+    state.ensure()
+    if state.task(spec.task_id).dir.exists():
+        raise InvalidInput(f"task {spec.task_id} already exists on this instance", "task_id")
+    fd = lock.acquire(state.locks, os.path.expanduser(spec.ui_home), spec.task_id)
+    try:
+        paths = state.create_task(spec.task_id)
+        write_atomic(paths.spec, spec.to_json())
+    except BaseException:
+        os.close(fd)
+        raise
+    return paths, fd
+
+
+def _log_tail(paths: TaskPaths, lines: int = 10) -> str:
+    try:
+        text = paths.log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# -- subcommands ----------------------------------------------------------------------
+
+
+def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
+    spec = parse_spec(_read_spec_text(args.spec))
+    paths, fd = _prepare_task(state, spec)
+    try:
+        proc = launch.spawn_worker(state, spec.task_id, fd, detached=True)
+    finally:
+        os.close(fd)  # the worker holds the same lock from here on
+    deadline = time.monotonic() + START_WAIT_SECONDS
+    while not paths.progress.exists():
+        if proc.poll() is not None:
+            raise AgentError(
+                f"the worker exited with status {proc.returncode} before starting:\n"
+                + _log_tail(paths)
+            )
+        if time.monotonic() > deadline:
+            raise AgentError(f"the worker (pid {proc.pid}) wrote no progress document in time")
+        time.sleep(0.01)
+    _emit({"task_id": spec.task_id, "pid": proc.pid, "progress_file": str(paths.progress)})
+    return ExitCode.OK
+
+
+def _run_foreground(
+    state: StateDir, spec: InstallSpec, on_progress: Optional[Callable[[Progress], None]]
+) -> Progress:
+    paths, fd = _prepare_task(state, spec)
+    try:
+        proc = launch.spawn_worker(state, spec.task_id, fd, detached=False)
+    finally:
+        os.close(fd)
+
+    def forward(signum: int, _frame: Optional[FrameType]) -> None:
+        # Ctrl-C reaches the worker too (same process group); forwarding makes
+        # a signal sent to this process alone stop the install the same way.
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if on_progress is not None:
+                current = _read_quietly(paths)
+                if current is not None:
+                    on_progress(current)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    try:
+        final = tasks.status(paths)
+    except AgentError:
+        raise AgentError(
+            f"the worker exited with status {proc.returncode} without a progress document:\n"
+            + _log_tail(paths)
+        ) from None
+    if on_progress is not None:
+        on_progress(final)
+    return final
+
+
+def _read_quietly(paths: TaskPaths) -> Optional[Progress]:
+    try:
+        return read_progress(paths.progress)
+    except ProtocolError:
+        return None
+
+
+def _exit_code_of(progress: Progress) -> int:
+    if progress.state == "lost" or progress.exit_code is None:
+        return ExitCode.INTERNAL
+    return progress.exit_code
+
+
+def cmd_run(args: argparse.Namespace, state: StateDir) -> int:
+    spec = parse_spec(_read_spec_text(args.spec))
+    final = _run_foreground(state, spec, None)
+    _emit(final.to_dict())
+    return _exit_code_of(final)
+
+
+def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
+    data: Dict[str, Any] = {
+        "task_id": new_task_id(),
+        "ui_home": os.path.abspath(os.path.expanduser(args.ui_home)),
+        "nodes": list(args.nodes),
+        "jobs": args.jobs,
+        "update": args.update,
+        "pip_args": list(args.pip_arg),
+        "allow_file_urls": args.allow_file_urls,
+    }
+    if args.python:
+        data["python"] = args.python
+    spec = parse_spec(data)
+    out = sys.stdout
+    display = terminal.Display(out)
+    out.write(f"installing {len(spec.nodes)} node(s) into {spec.ui_home} (task {spec.task_id})\n")
+    out.flush()
+    final = _run_foreground(state, spec, display.update)
+    display.summary(final)
+    if final.state == "completed" and final.failed == 0:
+        return ExitCode.OK
+    return _exit_code_of(final) or ExitCode.INSTALL_FAILED
+
+
+def cmd_worker(args: argparse.Namespace, state: StateDir) -> int:
+    paths = state.task(args.task_id)
+    spec = parse_spec(_read_spec_text(str(paths.spec)))
+    if args.lock_fd is None:
+        # Started by hand: take the lock here. Normally it is inherited.
+        args.lock_fd = lock.acquire(state.locks, os.path.expanduser(spec.ui_home), spec.task_id)
+    return run_worker(spec, paths)
+
+
+def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
+    _emit(tasks.status(state.task(args.task_id)).to_dict())
+    return ExitCode.OK
+
+
+def cmd_cancel(args: argparse.Namespace, state: StateDir) -> int:
+    _emit(tasks.cancel(state.task(args.task_id)).to_dict())
+    return ExitCode.OK
+
+
+def cmd_list(args: argparse.Namespace, state: StateDir) -> int:
+    _emit({"tasks": tasks.list_tasks(state)})
+    return ExitCode.OK
+
+
+def cmd_cleanup(args: argparse.Namespace, state: StateDir) -> int:
+    if args.older_than < 0:
+        raise InvalidInput("--older-than must not be negative", "older_than", "invalid_argument")
+    _emit({"removed": tasks.cleanup(state, args.older_than)})
+    return ExitCode.OK
+
+
+# -- argv -------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as the contract's JSON (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise InvalidInput(f"{self.prog}: {message}", code="invalid_argument")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nodeferry-agent", description="Install ComfyUI custom nodes.")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="state directory (default $NODEFERRY_STATE_DIR or ~/.nodeferry)",
+    )
+    parser.add_argument("--version", action="store_true", help="print version and bundle hash")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace, StateDir], int], **kw: Any
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kw)
+        p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("start", cmd_start, help="start a detached install; prints task id and pid")
+    p.add_argument("--spec", required=True, help="spec JSON file, or - for stdin")
+    p = add("run", cmd_run, help="run an install in the foreground; prints the final document")
+    p.add_argument("--spec", required=True, help="spec JSON file, or - for stdin")
+    for name, func, text in (
+        ("status", cmd_status, "print a task's progress document"),
+        ("cancel", cmd_cancel, "cancel a task"),
+    ):
+        p = add(name, func, help=text)
+        p.add_argument("--task-id", required=True)
+    add("list", cmd_list, help="tasks on this instance, newest first")
+    p = add("cleanup", cmd_cleanup, help="remove finished tasks older than SECONDS")
+    p.add_argument("--older-than", type=float, required=True, metavar="SECONDS")
+    p = add("install", cmd_install, help="install nodes in the foreground with live output")
+    p.add_argument("--ui-home", required=True)
+    p.add_argument("--python", default=None, help="ComfyUI's interpreter")
+    p.add_argument("--jobs", type=int, default=4, help="parallel clones")
+    p.add_argument("--update", action="store_true", help="update nodes already installed")
+    p.add_argument(
+        "--pip-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an allowed pip option, e.g. --pip-arg=--no-index (repeatable)",
+    )
+    p.add_argument("--allow-file-urls", action="store_true", help="allow file:// URLs")
+    p.add_argument("nodes", nargs="+", metavar="URL[@REF]")
+    p = add("worker", cmd_worker, help=argparse.SUPPRESS)
+    p.add_argument("--task-id", required=True)
+    p.add_argument("--lock-fd", type=int, default=None)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    human = False
+    try:
+        args = build_parser().parse_args(argv)
+        human = args.command == "install"
+        if args.version:
+            bundle = launch.running_bundle()
+            sys.stdout.write(f"nodeferry-agent {__version__} sha256:{bundle.sha256}\n")
+            return ExitCode.OK
+        if args.command is None:
+            raise InvalidInput("a subcommand is required (see --help)", code="invalid_argument")
+        state = StateDir(args.state_dir)
+        return int(args.func(args, state))
+    except AgentError as exc:
+        if human:
+            sys.stderr.write(
+                f"error: {exc.body().get('field') or ''}"
+                f"{': ' if exc.body().get('field') else ''}{exc.message}\n"
+            )
+        else:
+            _emit(exc.body())
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.CANCELLED)
+    except Exception as exc:
+        body = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+        if human:
+            sys.stderr.write(f"internal error: {body['message']}\n")
+        else:
+            _emit(body)
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

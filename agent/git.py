@@ -1,0 +1,197 @@
+"""The git steps of one node: clone (into a temp dir, renamed into place), inspect, update.
+
+Git never asks anything: no terminal prompt, no askpass, ssh in batch mode, and
+stdin is closed. Every command has a timeout; transient clone failures are
+retried with backoff.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from agent import procs
+from agent.errors import StepFailed
+from agent.tasklog import TaskLog
+
+CLONE_TRIES = 3
+BACKOFF_SECONDS = (1.0, 3.0)
+_COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
+# Failures that another try cannot fix.
+_PERMANENT = re.compile(
+    r"not found|does not exist|no such repository|not exported|does not appear to be a git repository|"
+    r"Could not find remote branch|couldn't find remote ref|not our ref|"
+    r"Authentication failed|Permission denied|could not read Username|"
+    r"terminal prompts disabled|access denied|invalid",
+    re.IGNORECASE,
+)
+
+
+def temp_prefix(task_id: str) -> str:
+    """Temp clone dirs are hidden (ComfyUI skips them) and name their task."""
+    return f".nodeferry-{task_id[:8]}-"
+
+
+def git_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for name in ("GIT_ASKPASS", "SSH_ASKPASS", "GIT_DIR", "GIT_WORK_TREE"):
+        env.pop(name, None)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GCM_INTERACTIVE"] = "never"
+    env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+    env["LC_ALL"] = "C"
+    return env
+
+
+class Git:
+    def __init__(
+        self,
+        log: TaskLog,
+        children: procs.Children,
+        timeout: float,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
+        self.log = log
+        self.children = children
+        self.timeout = timeout
+        self.env = git_env(env)
+
+    def run(self, args: Sequence[str], prefix: str, cwd: Optional[Path] = None) -> procs.Result:
+        argv = ["git", "-c", "credential.helper=", "-c", "core.askPass=", *args]
+        return procs.run(
+            argv,
+            log=self.log,
+            prefix=prefix,
+            children=self.children,
+            timeout=self.timeout,
+            cwd=str(cwd) if cwd else None,
+            env=self.env,
+        )
+
+    def output(self, args: Sequence[str], prefix: str, cwd: Path) -> Optional[str]:
+        result = self.run(args, prefix, cwd)
+        if not result.ok:
+            return None
+        return result.tail[-1].strip() if result.tail else ""
+
+    # -- inspecting an existing directory ------------------------------------------
+
+    def origin_of(self, directory: Path, prefix: str) -> Optional[str]:
+        """The origin URL of the repo whose top level is ``directory``, else None."""
+        if not (directory / ".git").exists():
+            return None
+        top = self.output(["rev-parse", "--show-toplevel"], prefix, directory)
+        if top is None or os.path.realpath(top) != os.path.realpath(directory):
+            return None
+        return self.output(["config", "--get", "remote.origin.url"], prefix, directory) or ""
+
+    def head(self, directory: Path, prefix: str) -> str:
+        sha = self.output(["rev-parse", "HEAD"], prefix, directory)
+        if not sha:
+            raise StepFailed(f"cannot read the checked-out commit in {directory}")
+        return sha
+
+    # -- clone ---------------------------------------------------------------------
+
+    def clone(self, url: str, ref: Optional[str], dest: Path, prefix: str, tmp_prefix: str) -> str:
+        """Clone ``url`` at ``ref`` into ``dest`` (which must not exist); returns the commit.
+
+        The clone happens in a temp dir beside ``dest`` that is renamed into place
+        only when complete, so a failed or cancelled clone leaves nothing behind.
+        """
+        last_error = ""
+        for attempt in range(1, CLONE_TRIES + 1):
+            tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix + dest.name + "-", dir=dest.parent))
+            try:
+                self._clone_into(url, ref, tmp, prefix)
+                sha = self.head(tmp, prefix)
+                if ref is not None and _COMMIT.match(ref) and not sha.startswith(ref.lower()):
+                    raise StepFailed(f"checked out {sha}, not the pinned commit {ref}")
+                if dest.exists() or dest.is_symlink():
+                    raise StepFailed(f"{dest} appeared while cloning; left it untouched")
+                os.rename(tmp, dest)
+                return sha
+            except StepFailed as exc:
+                last_error = str(exc)
+                if attempt == CLONE_TRIES or _PERMANENT.search(last_error):
+                    raise
+                self.log.line(prefix, f"clone attempt {attempt} failed; retrying")
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self.children.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+        raise StepFailed(last_error)  # pragma: no cover - the loop returns or raises
+
+    def _clone_into(self, url: str, ref: Optional[str], tmp: Path, prefix: str) -> None:
+        if ref is not None and _COMMIT.match(ref):
+            # A commit cannot be named to a shallow clone portably: fetch history.
+            self._must(["clone", "--no-checkout", "--", url, str(tmp)], prefix, "git clone")
+            target = ref
+            if (
+                self.output(["rev-parse", "--verify", "--quiet", ref + "^{commit}"], prefix, tmp)
+                is None
+            ):
+                # Not a known commit: maybe a branch or tag that looks like hex.
+                target = "origin/" + ref
+            self._must(["checkout", "--quiet", "--detach", target], prefix, "git checkout", cwd=tmp)
+            self._must(
+                ["submodule", "update", "--init", "--recursive"],
+                prefix,
+                "git submodule update",
+                cwd=tmp,
+            )
+            return
+        args: List[str] = ["clone", "--depth", "1", "--recurse-submodules", "--shallow-submodules"]
+        if ref is not None:
+            args += ["--branch", ref]
+        self._must([*args, "--", url, str(tmp)], prefix, "git clone")
+
+    def _must(
+        self, args: Sequence[str], prefix: str, what: str, cwd: Optional[Path] = None
+    ) -> procs.Result:
+        result = self.run(args, prefix, cwd)
+        if not result.ok:
+            raise StepFailed(result.describe(what))
+        return result
+
+    # -- update ----------------------------------------------------------------------
+
+    def update(self, directory: Path, ref: Optional[str], prefix: str) -> str:
+        """Bring an existing clone to ``ref`` (or its branch's latest); returns the commit."""
+        shallow = self.output(["rev-parse", "--is-shallow-repository"], prefix, directory)
+        fetch = ["fetch", "--quiet", "origin"]
+        if shallow == "true":
+            # New history down to the old shallow boundary; keeps the clone small.
+            fetch.insert(1, "--update-shallow")
+        fetch.append(ref if ref is not None else "HEAD")
+        self._must(fetch, prefix, "git fetch", cwd=directory)
+        if ref is not None:
+            self._must(
+                ["checkout", "--quiet", "--detach", "FETCH_HEAD"],
+                prefix,
+                "git checkout",
+                cwd=directory,
+            )
+        else:
+            self._must(
+                ["merge", "--ff-only", "FETCH_HEAD"], prefix, "git merge --ff-only", cwd=directory
+            )
+        self._must(
+            ["submodule", "update", "--init", "--recursive"],
+            prefix,
+            "git submodule update",
+            cwd=directory,
+        )
+        return self.head(directory, prefix)
+
+
+def same_origin(a: str, b: str) -> bool:
+    def norm(url: str) -> str:
+        url = url.strip().rstrip("/")
+        if url.endswith(".git"):
+            url = url[: -len(".git")]
+        return url.lower()
+
+    return norm(a) == norm(b)

@@ -1,0 +1,79 @@
+"""Is a task's worker still running? Asked by ``status``, ``list`` and ``cancel``.
+
+A pid alone is not enough: after a reboot or a long time the same pid may belong
+to another process. The worker counts as alive only when the pid exists, its
+``/proc/<pid>/cmdline`` names the task id, and the machine's boot id is the one
+the worker recorded.
+"""
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> Optional[str]:
+    try:
+        return BOOT_ID_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def cmdline(pid: int) -> Optional[List[str]]:
+    """The argv of ``pid``; None when /proc cannot tell (no such process, no /proc)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_alive(pid: Optional[int], task_id: str, recorded_boot_id: Optional[str]) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    current_boot = boot_id()
+    if recorded_boot_id and current_boot and recorded_boot_id != current_boot:
+        return False
+    if not pid_exists(pid):
+        return False
+    if not Path("/proc/self/cmdline").exists():
+        return True  # no /proc (not Linux): the pid check is all we have
+    argv = cmdline(pid)
+    # A zombie has an empty cmdline: it is dead, only not reaped yet.
+    return bool(argv) and task_id in argv
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` in the process tree, read from /proc."""
+    children: dict[int, List[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses; fields follow the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) < 2:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: List[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found

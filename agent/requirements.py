@@ -1,0 +1,155 @@
+"""ComfyUI's interpreter and the one batched requirements install.
+
+All new nodes' ``requirements.txt`` files are resolved together (one resolve is
+faster and cannot leave two nodes with conflicting versions), with constraints
+pinning the torch family already installed so no node can swap torch out. When
+the batch fails, each node is retried alone so the failure is pinned on the
+node(s) that cause it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from agent import procs
+from agent.tasklog import TaskLog
+
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "xformers")
+INSTALLER_ENV = "NODEFERRY_AGENT_INSTALLER"  # "uv", "pip" or "auto" (default)
+
+#: Where ComfyUI's interpreter usually is, after the spec's ``python``.
+VENV_CANDIDATES = (
+    ("{ui_home}/venv", "the ComfyUI home's venv"),
+    ("{ui_home}/.venv", "the ComfyUI home's .venv"),
+    ("/venv/main", "VastAI's ComfyUI image venv"),
+    ("/opt/environments/python/comfyui", "ai-dock's ComfyUI environment"),
+)
+
+# uv spells some of pip's options differently.
+_UV_OPTION = {
+    "--trusted-host": "--allow-insecure-host",
+    "--no-cache-dir": "--no-cache",
+    "--pre": "--prerelease=allow",
+    "--prefer-binary": None,  # uv prefers wheels anyway
+}
+
+_READ_VERSIONS = """
+import json, sys
+names = sys.argv[1:]
+found = {}
+try:
+    from importlib import metadata
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+except ImportError:
+    import pkg_resources
+    for name in names:
+        try:
+            found[name] = pkg_resources.get_distribution(name).version
+        except pkg_resources.DistributionNotFound:
+            pass
+print(json.dumps(found))
+"""
+
+
+def find_interpreter(spec_python: Optional[str], ui_home: Path) -> Tuple[Optional[str], str]:
+    """ComfyUI's Python and why it was chosen (for the log)."""
+    if spec_python:
+        found = shutil.which(os.path.expanduser(spec_python))
+        if found:
+            return found, f"the spec's python ({spec_python})"
+        return None, f"the spec's python {spec_python!r} does not exist or is not executable"
+    for template, why in VENV_CANDIDATES:
+        venv = Path(template.format(ui_home=ui_home))
+        for name in ("python", "python3"):
+            candidate = venv / "bin" / name
+            if os.access(candidate, os.X_OK) and candidate.is_file():
+                return str(candidate), f"{why} ({venv})"
+    fallback = shutil.which("python3")
+    if fallback:
+        return fallback, "python3 on PATH (no ComfyUI venv found)"
+    return None, "no ComfyUI venv and no python3 on PATH"
+
+
+def installed_versions(python: str, names: Sequence[str], timeout: float = 60) -> Dict[str, str]:
+    try:
+        out = subprocess.run(
+            [python, "-c", _READ_VERSIONS, *names],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+        data = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_constraints(path: Path, pins: Dict[str, str]) -> None:
+    lines = [f"{name}=={version}" for name, version in sorted(pins.items())]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def choose_installer(python: str) -> str:
+    wanted = os.environ.get(INSTALLER_ENV, "auto")
+    if wanted in ("uv", "auto") and shutil.which("uv"):
+        return "uv"
+    if wanted == "uv":
+        return "pip"  # asked for uv, but there is none: pip is the honest fallback
+    return "pip"
+
+
+def pip_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["PIP_NO_INPUT"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("VIRTUAL_ENV", None)  # the target is --python / the interpreter, not ours
+    env.pop("PYTHONPATH", None)  # ours points at the agent; never leak it into ComfyUI's
+    return env
+
+
+def install_command(
+    installer: str,
+    python: str,
+    requirement_files: Sequence[Path],
+    constraints: Optional[Path],
+    pip_args: Sequence[str],
+) -> List[str]:
+    if installer == "uv":
+        argv = ["uv", "pip", "install", "--python", python]
+        for arg in pip_args:
+            option, eq, value = arg.partition("=")
+            if option in _UV_OPTION:
+                replacement = _UV_OPTION[option]
+                if replacement is None:
+                    continue
+                arg = replacement + (eq + value if eq else "")
+            argv.append(arg)
+    else:
+        argv = [python, "-m", "pip", "install", *pip_args]
+    if constraints is not None:
+        argv += ["-c", str(constraints)]
+    for path in requirement_files:
+        argv += ["-r", str(path)]
+    return argv
+
+
+def run_install(
+    argv: Sequence[str],
+    *,
+    log: TaskLog,
+    prefix: str,
+    children: procs.Children,
+    timeout: float,
+) -> procs.Result:
+    return procs.run(
+        argv, log=log, prefix=prefix, children=children, timeout=timeout, env=pip_env()
+    )

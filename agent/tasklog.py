@@ -1,0 +1,33 @@
+"""``agent.log``: every command the agent runs, its output prefixed by the node, timings."""
+
+import shlex
+import threading
+from typing import IO, Optional, Sequence
+
+from protocol import utc_now
+
+
+class TaskLog:
+    def __init__(self, stream: IO[str], echo: Optional[IO[str]] = None) -> None:
+        self._stream = stream
+        self._echo = echo
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str, echo: Optional[IO[str]] = None) -> "TaskLog":
+        return cls(open(path, "a", encoding="utf-8", errors="replace", buffering=1), echo)
+
+    def line(self, prefix: Optional[str], text: str) -> None:
+        head = f"{utc_now()} [{prefix}] " if prefix else f"{utc_now()} "
+        with self._lock:
+            self._stream.write(head + text.rstrip("\n") + "\n")
+            if self._echo is not None:
+                self._echo.write(head + text.rstrip("\n") + "\n")
+
+    def command(self, prefix: Optional[str], argv: Sequence[str], cwd: Optional[str]) -> None:
+        where = f" (in {cwd})" if cwd else ""
+        self.line(prefix, "$ " + shlex.join(list(argv)) + where)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stream.close()
