@@ -464,13 +464,10 @@ class AsyncClient:
                         if is_final(document):
                             return document
                 except ApiError as exc:
-                    if exc.status == 404:
-                        # Either the task is unknown (the poll below raises that
-                        # with the controller's message) or this controller has
-                        # no event stream (the poll succeeds): stop asking.
-                        await self.progress(task_id, allow_stale=True)
-                        self.events_supported = False
-                    elif exc.status in (405, 406, 501) or exc.code == "no_event_stream":
+                    if isinstance(exc, TaskNotFound) and exc.code == "unknown_task":
+                        raise
+                    if exc.status in (404, 405, 406, 501) or exc.code == "no_event_stream":
+                        # This controller has no event stream: poll from now on.
                         self.events_supported = False
                     elif not isinstance(exc, ServiceUnavailable):
                         raise
