@@ -91,6 +91,12 @@ def short_error(error: object, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def one_line(error: object, limit: int = 300) -> str:
+    """The whole error on one line, shortened: for the task's own error."""
+    text = " ".join(line.strip() for line in str(error or "").splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def overall_fraction(doc: Document) -> float:
     if doc.get("state") == "completed":
         return 1.0
@@ -170,7 +176,7 @@ def render(
         requirements.append_text(status_text(doc.get("requirements_status", "none")))
         parts.append(requirements)
     if doc.get("error"):
-        parts.append(Text(f"error: {short_error(doc.get('error'), 400)}", style="bold red"))
+        parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
 
 
@@ -190,7 +196,7 @@ def summary(doc: Document) -> Text:
     if state == "cancelled":
         return Text(f"✗ cancelled: {counts}{took}", style="bold red")
     if state in ("failed", "lost"):
-        reason = short_error(doc.get("error"), 300) or state
+        reason = one_line(doc.get("error")) or state
         return Text(f"✗ {state}: {reason}", style="bold red")
     return Text(f"… {state.replace('_', ' ')}: {counts}", style="bold")
 

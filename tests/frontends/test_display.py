@@ -1,0 +1,137 @@
+"""The terminal view and the CLI's input handling, without a controller."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import uuid
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from controller import console as commands
+from controller import display
+from protocol import ProtocolError
+
+pytestmark = pytest.mark.timeout(20)
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 30, tzinfo=datetime.timezone.utc)
+
+
+def running_doc() -> dict[str, object]:
+    return {
+        "task_id": str(uuid.uuid4()),
+        "state": "installing_requirements",
+        "in_progress": True,
+        "total_nodes": 3,
+        "processed": 2,
+        "successful": 1,
+        "failed": 1,
+        "skipped": 0,
+        "has_requirements": True,
+        "requirements_status": "running",
+        "started_at": "2026-01-01T12:00:00.000Z",
+        "nodes": [
+            {
+                "name": "ComfyUI-Good",
+                "url": "git://127.0.0.1/good",
+                "status": "installed",
+                "commit": "0123456789abcdef",
+                "requirements_status": "done",
+                "started_at": "2026-01-01T12:00:00.000Z",
+                "finished_at": "2026-01-01T12:00:05.000Z",
+            },
+            {
+                "name": "ComfyUI-Bad",
+                "url": "git://127.0.0.1/bad",
+                "status": "failed",
+                "error": "git clone failed:\nfatal: repository 'git://127.0.0.1/bad' not found",
+                "started_at": "2026-01-01T12:00:00.000Z",
+                "finished_at": "2026-01-01T12:00:01.000Z",
+            },
+            {
+                "name": "ComfyUI-Slow",
+                "url": "git://127.0.0.1/slow",
+                "status": "installing_requirements",
+                "requirements_status": "running",
+                "started_at": "2026-01-01T12:00:10.000Z",
+            },
+        ],
+    }
+
+
+def text_of(renderable: object, width: int = 120) -> str:
+    out = Console(width=width, record=True, color_system="truecolor", force_terminal=True)
+    out.print(renderable)
+    return out.export_text()
+
+
+def test_render_shows_bar_rows_times_errors_and_requirements() -> None:
+    doc = running_doc()
+    text = text_of(display.render(doc, title="local:/ComfyUI", now=NOW))
+    assert "installing requirements" in text
+    assert "2/3 nodes" in text and "67%" in text
+    assert "0:30" in text  # task elapsed, running
+    assert "0:05" in text  # a finished node's time
+    assert "0:20" in text  # a running node's time, to now
+    assert "0123456789" in text
+    assert "repository 'git://127.0.0.1/bad' not found" in text
+    assert "requirements: running" in text
+
+
+def test_failed_node_error_is_red() -> None:
+    out = Console(width=120, record=True, force_terminal=True, color_system="truecolor")
+    out.print(display.render(running_doc(), now=NOW))
+    html = out.export_html(inline_styles=True)
+    error_span = next(line for line in html.splitlines() if "not found" in line)
+    assert "color: #800000" in error_span or "color: #ff0000" in error_span
+
+
+def test_summary_and_exit_status() -> None:
+    done = {"state": "completed", "success": True, "successful": 3, "failed": 0, "skipped": 0}
+    assert commands.exit_status(done) == 0
+    assert "✓ done: 3 installed" in display.summary(done).plain
+    failed = {**done, "success": False, "successful": 2, "failed": 1}
+    assert commands.exit_status(failed) == 1
+    assert display.summary(failed).plain.startswith("✗ finished with failures")
+    assert commands.exit_status({"state": "cancelled"}) == 6
+    lost = {"state": "lost", "error": "the agent died\nwithout finishing"}
+    assert commands.exit_status(lost) == 1
+    assert "the agent died without finishing" in display.summary(lost).plain
+
+
+def test_change_log_prints_only_changes() -> None:
+    log = display.ChangeLog()
+    doc = running_doc()
+    first = log.lines(doc)
+    assert first[0] == "state: installing_requirements"
+    assert any(line.startswith("  ComfyUI-Bad: failed: fatal: repository") for line in first)
+    assert log.lines(doc) == []
+    nodes = doc["nodes"]
+    assert isinstance(nodes, list)
+    nodes[2]["status"] = "installed"
+    assert log.lines(doc) == ["  ComfyUI-Slow: installed"]
+
+
+def test_nodes_file(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.txt"
+    nodes.write_text(
+        "# my workflow\n"
+        "https://github.com/ltdrdata/ComfyUI-Manager\n"
+        "\n"
+        "  https://github.com/a/b@v1.2   # pinned\n"
+    )
+    args = argparse.Namespace(nodes_file=nodes, nodes=["https://github.com/c/d"])
+    assert commands.collect_nodes(args) == [
+        "https://github.com/ltdrdata/ComfyUI-Manager",
+        "https://github.com/a/b@v1.2",
+        "https://github.com/c/d",
+    ]
+    nodes.write_text("https://github.com/a/b\next::sh -c touch%20/tmp/x\n")
+    with pytest.raises(ProtocolError, match=r"nodes.txt:2"):
+        commands.collect_nodes(argparse.Namespace(nodes_file=nodes, nodes=[]))
+    with pytest.raises(ProtocolError, match="at least one node"):
+        commands.collect_nodes(argparse.Namespace(nodes_file=None, nodes=[]))
+    with pytest.raises(ProtocolError, match="cannot read"):
+        commands.collect_nodes(argparse.Namespace(nodes_file=tmp_path / "nope", nodes=[]))
