@@ -165,10 +165,14 @@ class SshServer:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the listener by its pid. Running sessions (and what they started) live on."""
+    def stop(self, timeout: float = 10.0, *, drop_sessions: bool = False) -> None:
+        """Stop the listener by its pid. Running sessions (and what they started) live
+        on, unless ``drop_sessions``: then open connections are cut too, as when the
+        network goes away."""
         if self.pid is None:
             return
+        if drop_sessions:
+            self.kill_sessions()
         pid, self.pid = self.pid, None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,69 @@
+"""``create_app(settings)``: the aiohttp application, used by ``nodeferry serve``
+and by tests alike.
+
+Everything is built here (the executor every blocking call runs in, the task
+registry, the SSH pool, the task service) so it is in place before start-up;
+``cleanup_ctx`` starts the service's periodic jobs and closes it all on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from controller.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTINGS, STATS
+from controller.config import Settings
+from controller.middleware import auth_middleware, error_middleware
+from controller.registry import Registry
+from controller.routes import setup_routes
+from controller.service import TaskService
+from controller.ssh.hostkeys import KnownHosts
+from controller.ssh.pool import SSHPool
+from controller.stats import Stats
+from controller.transports import Transports
+
+#: Threads for paramiko, SQLite and file I/O. Many tasks poll at once and a
+#: connect may block for the whole connect timeout, so more than the CPU count.
+EXECUTOR_THREADS = 32
+
+
+def create_app(settings: Settings) -> web.Application:
+    # The agent bundle is built from the agent sources once per process.
+    from agent.bundle import bundle
+
+    settings.validate()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    stats = Stats()
+    known_hosts = KnownHosts(settings.known_hosts_path, settings.host_key_policy)
+    executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="nodeferry-io")
+    pool = SSHPool(settings, known_hosts, stats)
+    agent_bundle = bundle()
+    transports = Transports(settings, pool, stats, agent_bundle.data, agent_bundle.sha256)
+    registry = Registry(settings.database_path)
+    app[SETTINGS] = settings
+    app[STATS] = stats
+    app[KNOWN_HOSTS] = known_hosts
+    app[EXECUTOR] = executor
+    app[POOL] = pool
+    app[SERVICE] = TaskService(settings, registry, transports, executor, stats)
+    app.cleanup_ctx.append(_lifecycle)
+    setup_routes(app)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    await service.start_jobs()
+    try:
+        yield
+    finally:
+        await service.close()
+        app[POOL].close()
+        service.registry.close()
+        app[EXECUTOR].shutdown(wait=False, cancel_futures=True)

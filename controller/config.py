@@ -1,0 +1,256 @@
+"""The controller's settings: defaults, then a config file, then ``NODEFERRY_<NAME>``
+environment variables, then command-line options — later ones win.
+
+The config file is INI-style with one ``[nodeferry]`` section whose keys are the
+setting names below (``deploy/nodeferry.conf.example`` lists them all). Lists are
+written one item per word (``ssh_keys = /a/key /b/key``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.errors import ConfigError
+from protocol import fields as checks
+from protocol.errors import ProtocolError
+
+ENV_PREFIX = "NODEFERRY_"
+SECTION = "nodeferry"
+HOST_KEY_POLICIES = ("tofu", "strict", "insecure")
+DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nodeferry"
+
+
+@dataclass
+class Settings:
+    # -- HTTP -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Required when binding anything but loopback. Clients send
+    #: ``Authorization: Bearer <token>`` (or ``?token=`` where headers can't be set).
+    token: str | None = None
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 1024 * 1024
+
+    # -- state ----------------------------------------------------------------
+    data_dir: Path = field(default_factory=_default_data_dir)
+    #: Finished tasks older than this many seconds are removed (with their files on
+    #: the instance) by a periodic job.
+    retention: float = 2 * 3600.0
+    #: How often the retention job runs, in seconds.
+    cleanup_interval: float = 300.0
+
+    # -- SSH ------------------------------------------------------------------
+    #: Private keys to offer, in order. Empty: ~/.ssh/id_ed25519, id_ecdsa, id_rsa
+    #: (those that exist), then an ssh-agent if one is running.
+    ssh_keys: list[Path] = field(default_factory=list)
+    use_ssh_agent: bool = True
+    #: The controller's own known-hosts file. Default: <data_dir>/known_hosts.
+    known_hosts: Path | None = None
+    #: ``tofu`` records a new host's key and refuses a changed one; ``strict``
+    #: refuses hosts not already in the file; ``insecure`` accepts any key.
+    host_key_policy: str = "tofu"
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    keepalive_interval: float = 15.0
+    #: Channels per pooled connection before another connection is opened.
+    max_channels_per_connection: int = 5
+    max_connections_per_host: int = 4
+
+    # -- the agent on the instance --------------------------------------------
+    #: The agent's state dir on instances (``--state-dir``); ``~/`` is the SSH
+    #: user's home.
+    remote_state_dir: str = "~/.nodeferry"
+    #: The interpreter that runs the agent on instances.
+    remote_python: str = "python3"
+    #: The state dir for the ``local`` transport.
+    local_state_dir: Path = field(default_factory=lambda: Path.home() / ".nodeferry")
+    #: pip options used when a request gives none.
+    default_pip_args: list[str] = field(default_factory=list)
+
+    # -- progress reads -------------------------------------------------------
+    #: A progress document read less than this many seconds ago is served from cache.
+    refresh_interval: float = 0.5
+    #: The agent rewrites its document at least this often; after three intervals
+    #: without a change the controller asks the agent's ``status`` whether it lives.
+    heartbeat_interval: float = 2.0
+    #: How often running tasks are refreshed when nobody is asking, in seconds.
+    monitor_interval: float = 5.0
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.known_hosts if self.known_hosts is not None else self.data_dir / "known_hosts"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "tasks.sqlite3"
+
+    def validate(self) -> Settings:
+        if self.host_key_policy not in HOST_KEY_POLICIES:
+            raise ConfigError(
+                "host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES)
+            )
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("port must be from 1 to 65535")
+        if not _is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without an API token: anyone who can "
+                "reach it could run installs on your instances. Set NODEFERRY_TOKEN (or "
+                "token = … in the config file), or bind to 127.0.0.1."
+            )
+        for name in (
+            "retention",
+            "cleanup_interval",
+            "connect_timeout",
+            "command_timeout",
+            "refresh_interval",
+            "heartbeat_interval",
+            "monitor_interval",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_channels_per_connection < 2 or self.max_connections_per_host < 1:
+            raise ConfigError(
+                "max_channels_per_connection must be at least 2 and "
+                "max_connections_per_host at least 1"
+            )
+        try:
+            checks.remote_path(self.remote_state_dir, "remote_state_dir")
+            checks.python_command(self.remote_python, "remote_python")
+            self.default_pip_args = checks.pip_args(self.default_pip_args, "default_pip_args")
+        except ProtocolError as exc:
+            raise ConfigError(str(exc)) from None
+        return self
+
+    def key_paths(self) -> list[Path]:
+        if self.ssh_keys:
+            return list(self.ssh_keys)
+        ssh_dir = Path.home() / ".ssh"
+        return [ssh_dir / name for name in DEFAULT_KEY_NAMES if (ssh_dir / name).exists()]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _convert(name: str, raw: Any, kind: Any) -> Any:
+    """Turn a string from a file or the environment into the setting's type."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    try:
+        if kind in (int,):
+            return int(text)
+        if kind in (float,):
+            return float(text)
+        if kind in (bool,):
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a valid {kind.__name__}") from None
+    if kind == "path":
+        return Path(text).expanduser()
+    if kind == "optional_path":
+        return Path(text).expanduser() if text else None
+    if kind == "path_list":
+        return [Path(word).expanduser() for word in text.split()]
+    if kind == "str_list":
+        return text.split()
+    if kind == "optional_str":
+        return text or None
+    return text
+
+
+_KINDS: dict[str, Any] = {
+    "host": str,
+    "port": int,
+    "token": "optional_str",
+    "max_body_bytes": int,
+    "data_dir": "path",
+    "retention": float,
+    "cleanup_interval": float,
+    "ssh_keys": "path_list",
+    "use_ssh_agent": bool,
+    "known_hosts": "optional_path",
+    "host_key_policy": str,
+    "connect_timeout": float,
+    "command_timeout": float,
+    "keepalive_interval": float,
+    "max_channels_per_connection": int,
+    "max_connections_per_host": int,
+    "remote_state_dir": str,
+    "remote_python": str,
+    "local_state_dir": "path",
+    "default_pip_args": "str_list",
+    "refresh_interval": float,
+    "heartbeat_interval": float,
+    "monitor_interval": float,
+}
+assert set(_KINDS) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def setting_names() -> list[str]:
+    return list(_KINDS)
+
+
+def read_file(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"config file {path} has no [{SECTION}] section")
+    values = dict(parser.items(SECTION))
+    unknown = set(values) - set(_KINDS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s): {', '.join(sorted(unknown))}"
+        )
+    return values
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from defaults < ``config_file`` < ``environ`` < ``overrides`` (None = unset)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"]).expanduser()
+    if config_file is not None:
+        values.update(read_file(config_file))
+    for name in _KINDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            values[name] = env[env_name]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    converted = {name: _convert(name, raw, _KINDS[name]) for name, raw in values.items()}
+    return Settings(**converted).validate()

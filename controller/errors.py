@@ -1,0 +1,111 @@
+"""The controller's errors. Each knows the HTTP status and the machine-readable
+code it is answered with; the error middleware turns them into
+``{"success": false, "error": code, "message": text}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControllerError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"success": False, "error": self.code, "message": self.message}
+
+
+class ConfigError(ControllerError):
+    code = "config"
+
+
+class InvalidRequest(ControllerError):
+    """A request body or parameter is wrong; ``field`` names the offending one."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "field": self.field}
+
+
+class Unauthorized(ControllerError):
+    status = 401
+    code = "unauthorized"
+
+
+class UnknownTask(ControllerError):
+    status = 404
+    code = "unknown_task"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id} is known to this controller")
+        self.task_id = task_id
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "in_progress": False, "task_id": self.task_id}
+
+
+class Conflict(ControllerError):
+    status = 409
+    code = "conflict"
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "task_id": self.task_id}
+
+
+class RemoteError(ControllerError):
+    """Something went wrong talking to an instance."""
+
+    status = 502
+    code = "remote_error"
+
+
+class Unreachable(RemoteError):
+    """The instance cannot be reached (refused, timed out, connection dropped)."""
+
+    status = 503
+    code = "unreachable"
+
+
+class AuthFailed(RemoteError):
+    code = "auth_failed"
+
+
+class HostKeyError(RemoteError):
+    code = "host_key_unknown"
+
+
+class HostKeyChanged(HostKeyError):
+    code = "host_key_changed"
+
+
+class RemoteCommandError(RemoteError):
+    """A command on the instance failed; keeps everything needed to explain why."""
+
+    code = "remote_command_failed"
+
+    def __init__(
+        self, message: str, *, command: str, exit_status: int, stdout: str, stderr: str
+    ) -> None:
+        super().__init__(message)
+        self.command = command
+        self.exit_status = exit_status
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class AgentMissingPython(RemoteCommandError):
+    code = "no_python"

@@ -1,0 +1,98 @@
+"""HTTP handlers: parse the request, call the task service, answer JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from protocol import __version__
+
+from controller.appkeys import SERVICE, STATS
+from controller.errors import InvalidRequest
+from controller.schemas import InstallRequest, ProgressRequest, parse_body
+from controller.service import LOG_DEFAULT_LIMIT, TaskView
+from controller.target import parse_target
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()  # raises 413 past the app's client_max_size
+    if not raw.strip():
+        raise InvalidRequest("", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("", "the request body is not UTF-8") from None
+    except ValueError as exc:
+        raise InvalidRequest("", f"the request body is not valid JSON: {exc}") from None
+
+
+def progress_answer(view: TaskView) -> web.Response:
+    body = view.response()
+    if view.stale:
+        body.update(
+            success=False,
+            error="unreachable",
+            message=f"{view.target} cannot be reached; this is the last known progress "
+            f"({view.problem})",
+        )
+        return web.json_response(body, status=503)
+    return web.json_response(body)
+
+
+async def install(request: web.Request) -> web.Response:
+    body = parse_body(InstallRequest, await read_json(request))
+    task_id = await request.app[SERVICE].start(body)
+    return web.json_response(
+        {"success": True, "task_id": task_id, "message": "Installation started in background"},
+        status=202,
+    )
+
+
+async def install_progress(request: web.Request) -> web.Response:
+    body = parse_body(ProgressRequest, await read_json(request))
+    view = await request.app[SERVICE].progress(body.task_id)
+    if body.ssh_connection is not None:
+        target = parse_target(body.ssh_connection)
+        if target.key != view.target.key:
+            raise InvalidRequest(
+                "ssh_connection",
+                f"task {body.task_id} runs on {view.target}, not on {target}",
+            )
+    return progress_answer(view)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    return web.json_response({"success": True, "tasks": await request.app[SERVICE].list_tasks()})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return progress_answer(await request.app[SERVICE].progress(request.match_info["task_id"]))
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    view = await request.app[SERVICE].cancel(request.match_info["task_id"])
+    return progress_answer(view)
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise InvalidRequest(name, "must be a whole number of bytes, 0 or more")
+    return int(text)
+
+
+async def task_log(request: web.Request) -> web.Response:
+    offset = _query_int(request, "offset", 0)
+    limit = _query_int(request, "limit", LOG_DEFAULT_LIMIT)
+    chunk = await request.app[SERVICE].read_log(request.match_info["task_id"], offset, limit)
+    return web.json_response({"success": True, **chunk})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"success": True, "status": "ok", "version": __version__, "stats": request.app[STATS].snapshot()}
+    )

@@ -1,0 +1,21 @@
+"""Every route of the controller, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from controller import handlers
+
+
+def setup_routes(app: web.Application) -> None:
+    # The seed-compatible API an existing frontend depends on: keep these shapes.
+    app.router.add_post("/ssh/install-custom-nodes", handlers.install)
+    app.router.add_post("/ssh/install-custom-nodes/progress", handlers.install_progress)
+    # REST companions.
+    app.router.add_get("/api/tasks", handlers.list_tasks)
+    app.router.add_get("/api/tasks/{task_id}", handlers.get_task)
+    app.router.add_post("/api/tasks/{task_id}/cancel", handlers.cancel_task)
+    app.router.add_get("/api/tasks/{task_id}/log", handlers.task_log)
+    app.router.add_get("/healthz", handlers.healthz)
+    # Live views (issue 4) register here: the event stream and the dashboard.
+    # e.g. events.add_routes(app); dashboard.add_routes(app)

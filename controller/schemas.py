@@ -1,0 +1,160 @@
+"""Pydantic models of request bodies and of the progress document.
+
+Request models check shapes and types (naming the field on error); the deep
+checks of every value that reaches an instance stay in ``protocol`` (one
+implementation shared with the agent). The progress model is an independent
+description of ``protocol.Progress``; a test proves the two accept and reject
+the same documents.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from controller.errors import InvalidRequest
+
+MAX_NODES = 500
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class InstallRequest(BaseModel):
+    """``POST /ssh/install-custom-nodes``."""
+
+    model_config = _STRICT
+
+    ssh_connection: str = Field(max_length=512)
+    ui_home: str = Field(max_length=4096)
+    #: ``"URL"``, ``"URL@REF"`` or ``{"url", "ref", "name"}``; ``protocol.parse_node``
+    #: checks each one and names the field precisely.
+    nodes: list[Any] = Field(min_length=1, max_length=MAX_NODES)
+    python: str | None = Field(default=None, max_length=4096)
+    pip_args: list[str] | None = Field(default=None, max_length=64)
+    jobs: int = Field(default=4, ge=1, le=32)
+    update: bool = False
+
+
+class ProgressRequest(BaseModel):
+    """``POST /ssh/install-custom-nodes/progress``."""
+
+    model_config = _STRICT
+
+    task_id: str = Field(max_length=64)
+    ssh_connection: str | None = Field(default=None, max_length=512)
+
+
+def parse_body(model: type[BaseModel], data: object) -> Any:
+    """``model`` from a decoded JSON body, or :class:`InvalidRequest` naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("", "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        elif error["type"] == "missing":
+            message = "is required"
+        raise InvalidRequest(location, message) from None
+
+
+# -- the progress document -----------------------------------------------------
+
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _uuid4(value: str) -> str:
+    lowered = value.lower()
+    if not _UUID4.match(lowered):
+        raise ValueError("must be a UUID4 in canonical form")
+    return lowered
+
+
+def _timestamp(value: str) -> str:
+    if not value.endswith("Z"):
+        raise ValueError("must look like 2026-01-31T12:00:00.000Z")
+    try:
+        datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        raise ValueError("must look like 2026-01-31T12:00:00.000Z") from None
+    return value
+
+
+Timestamp = Annotated[str, AfterValidator(_timestamp)]
+Count = Annotated[int, Field(ge=0)]
+State = Literal[
+    "starting",
+    "cloning",
+    "installing_requirements",
+    "running_install_scripts",
+    "completed",
+    "failed",
+    "cancelled",
+    "lost",
+]
+NodeStatus = Literal[
+    "pending",
+    "cloning",
+    "cloned",
+    "installing_requirements",
+    "running_install_script",
+    "installed",
+    "skipped",
+    "failed",
+    "cancelled",
+]
+RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
+ErrorCode = Literal["conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"]
+
+
+class NodeProgressModel(BaseModel):
+    model_config = _STRICT
+
+    name: str
+    url: str
+    ref: str | None = None
+    status: NodeStatus
+    commit: str | None = None
+    requirements_status: RequirementsStatus = "none"
+    error: str | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+class ProgressModel(BaseModel):
+    """``progress.json``, schema 1."""
+
+    model_config = _STRICT
+
+    schema_: Literal[1] = Field(alias="schema")
+    task_id: Annotated[str, AfterValidator(_uuid4)]
+    ui_home: str
+    state: State
+    pid: int | None = None
+    boot_id: str | None = None
+    started_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None = None
+    total_nodes: Count = 0
+    processed: Count = 0
+    successful: Count = 0
+    failed: Count = 0
+    skipped: Count = 0
+    current_node: str | None = None
+    current_status: str | None = None
+    has_requirements: bool = False
+    requirements_status: RequirementsStatus = "none"
+    nodes: list[NodeProgressModel] = Field(default_factory=list)
+    exit_code: int | None = None
+    error: str | None = None
+    error_code: ErrorCode | None = None
+    log_file: str | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)

@@ -1,0 +1,1 @@
+"""SSH to instances: host-key policy, a connection pool with SFTP, remote commands."""

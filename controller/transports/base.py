@@ -1,0 +1,102 @@
+"""What the task service needs from a machine, whichever way it is reached.
+
+Blocking methods: the service calls them in the app's executor. Paths are
+relative to the agent's state dir on that machine.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from controller.errors import AgentMissingPython, RemoteCommandError
+from controller.ssh.pool import CommandResult
+from controller.target import Target
+
+#: Exit status of a POSIX shell that could not find the command.
+COMMAND_NOT_FOUND = 127
+
+
+@dataclass(frozen=True)
+class FileStat:
+    mtime: float
+    size: int
+
+
+@dataclass
+class AgentReply:
+    """An agent subcommand's exit status and its one JSON object on stdout."""
+
+    exit_status: int
+    document: dict[str, Any]
+    result: CommandResult
+
+
+class Transport(abc.ABC):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @abc.abstractmethod
+    def state_dir(self) -> str:
+        """The agent's ``--state-dir`` on the machine, absolute."""
+
+    @abc.abstractmethod
+    def ensure_agent(self) -> str:
+        """The agent bundle's path on the machine, uploading it if missing."""
+
+    @abc.abstractmethod
+    def execute(self, argv: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
+        """Run ``argv`` on the machine (no shell interpretation of its words)."""
+
+    @abc.abstractmethod
+    def stat(self, relative: str) -> FileStat | None:
+        """``None`` when the file does not exist."""
+
+    @abc.abstractmethod
+    def read(self, relative: str, offset: int = 0, limit: int | None = None) -> bytes:
+        """Bytes from ``offset``; raises FileNotFoundError when the file does not exist."""
+
+    @abc.abstractmethod
+    def python(self) -> str:
+        """The interpreter that runs the agent."""
+
+    def run_agent(
+        self, args: list[str], *, stdin: bytes | None = None, timeout: float
+    ) -> AgentReply:
+        """``AGENT --state-dir DIR ARGS…``, its JSON reply parsed."""
+        argv = [self.python(), self.ensure_agent(), "--state-dir", self.state_dir(), *args]
+        result = self.execute(argv, stdin, timeout)
+        stdout = result.stdout.decode("utf-8", errors="replace")
+        stderr = result.stderr.decode("utf-8", errors="replace")
+        if result.exit_status == COMMAND_NOT_FOUND:
+            raise AgentMissingPython(
+                f"'{self.python()}' was not found on {self.target}: the agent needs Python "
+                "3.8 or newer there (set remote_python if it has another name)",
+                command=result.command,
+                exit_status=result.exit_status,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        try:
+            document = json.loads(stdout) if stdout.strip() else {}
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            tail = (stderr.strip() or stdout.strip())[-500:]
+            raise RemoteCommandError(
+                f"the agent on {self.target} answered '{args[0]}' with exit status "
+                f"{result.exit_status} and no JSON reply: {tail or '(no output)'}",
+                command=result.command,
+                exit_status=result.exit_status,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        return AgentReply(result.exit_status, document, result)
+
+
+def shell_command(argv: list[str]) -> str:
+    """One command line for a remote shell; every word quoted."""
+    return shlex.join(argv)
