@@ -24,22 +24,10 @@ from pathlib import Path
 
 import paramiko
 
+from tests.support.comfy import isolated_pip_env
+
 CLONE_TIMEOUT = 300.0
 PIP_TIMEOUT = 300.0
-
-
-def isolated_pip_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment with this machine's pip configuration taken out.
-
-    The global pip config here adds extra indexes and constraints; a benchmark
-    must see only the local wheelhouse it passes, and never the network.
-    """
-    env = {k: v for k, v in (base or os.environ).items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    # pip would otherwise ask an index whether it is out of date.
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    return env
 
 
 @dataclass

@@ -57,6 +57,10 @@ class Report:
     machine: dict[str, Any] = field(default_factory=lambda: machine_description())
 
     def add(self, row: Row) -> Row:
+        if self.size != "full":
+            # Targets are set for the full size on two cores; a smoke run proves the
+            # script runs and says nothing about whether they are met.
+            row.met = None
         self.rows.append(row)
         return row
 

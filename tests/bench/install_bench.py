@@ -1,0 +1,264 @@
+"""Install wall time: the agent against the sequential baseline, same repositories
+(behind the latency proxy), same wheelhouse, a fresh ComfyUI home, venv copy and
+pip/uv caches for every run. Also the agent's footprint: bundle bytes and peak
+RSS during the install.
+
+The agent runs from its bundle (``python agent.pyz run --spec -``), the way it
+runs on an instance. Where its time goes is read from its own progress document
+while it runs: the moments the task enters ``installing_requirements``,
+``running_install_scripts`` and its final state.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.bench.baselines import BaselineInstall, sequential_install
+from tests.bench.lab import Lab
+from tests.bench.procwatch import PeakRssSampler
+from tests.bench.report import Report, Row
+from tests.bench.stats import Summary, median
+
+SECTION = "install"
+AGENT_TIMEOUT = 300.0
+
+
+@dataclass
+class AgentInstall:
+    wall: float
+    state: str
+    successful: int
+    failed: int
+    peak_rss: int
+    #: Seconds from launch to the first sight of each task state.
+    state_times: dict[str, float] = field(default_factory=dict)
+    installer: str = "auto"
+
+    def phases(self) -> dict[str, float]:
+        """Seconds in start-up, cloning, requirements and install.py, from the state times."""
+        marks = self.state_times
+        order = ["cloning", "installing_requirements", "running_install_scripts"]
+        end = self.wall
+        seen = [(name, marks[name]) for name in order if name in marks]
+        out: dict[str, float] = {"startup": seen[0][1] if seen else end}
+        for (name, began), following in zip(seen, [*seen[1:], ("end", end)], strict=False):
+            out[name] = following[1] - began
+        return {
+            "startup": out["startup"],
+            "clone": out.get("cloning", 0.0),
+            "requirements": out.get("installing_requirements", 0.0),
+            "install_scripts": out.get("running_install_scripts", 0.0),
+        }
+
+
+def write_bundle(lab: Lab) -> tuple[Path, int]:
+    from agent.bundle import bundle
+
+    built = bundle()
+    path = lab.workdir / built.filename
+    if not path.exists():
+        path.write_bytes(built.data)
+    return path, len(built.data)
+
+
+def agent_install(
+    lab: Lab,
+    bundle_path: Path,
+    urls: list[str],
+    label: str,
+    *,
+    installer: str = "auto",
+) -> AgentInstall:
+    home = lab.fresh_home(label)
+    env = lab.fresh_env(label)
+    env["NODEFERRY_AGENT_INSTALLER"] = installer
+    state_dir = home.root.parent / "state"
+    task_id = str(uuid.uuid4())
+    spec = {
+        "task_id": task_id,
+        "ui_home": str(home.root),
+        "nodes": urls,
+        "python": str(home.python),
+        "pip_args": lab.pip_args,
+        "jobs": lab.size.agent_jobs,
+    }
+    progress_file = state_dir / "tasks" / task_id / "progress.json"
+    states: dict[str, float] = {}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(bundle_path), "--state-dir", str(state_dir), "run", "--spec", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=home.root.parent,
+    )
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_states, args=(progress_file, states, started, done), daemon=True
+    )
+    watcher.start()
+    with PeakRssSampler(proc.pid) as rss:
+        try:
+            out, err = proc.communicate(json.dumps(spec).encode(), timeout=AGENT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(
+                f"the agent did not finish {label} within {AGENT_TIMEOUT:.0f} s"
+            ) from None
+    wall = time.perf_counter() - started
+    done.set()
+    watcher.join(5)
+    try:
+        final = json.loads(out)
+    except ValueError:
+        raise RuntimeError(
+            f"the agent printed no final document (exit {proc.returncode}): "
+            f"{err.decode(errors='replace')[-2000:]}"
+        ) from None
+    result = AgentInstall(
+        wall=wall,
+        state=final["state"],
+        successful=final["successful"],
+        failed=final["failed"],
+        peak_rss=rss.peak,
+        state_times=states,
+        installer=installer,
+    )
+    if result.state != "completed" or result.failed:
+        failures = [f"{n['name']}: {n.get('error')}" for n in final["nodes"] if n.get("error")]
+        raise RuntimeError(f"agent install {label} ended {result.state}: {failures[:3]}")
+    lab.discard(home.root.parent)
+    return result
+
+
+def _watch_states(
+    progress_file: Path, states: dict[str, float], started: float, done: threading.Event
+) -> None:
+    """Record when each task state first shows in the document (20 ms resolution)."""
+    while not done.is_set():
+        try:
+            state = json.loads(progress_file.read_text())["state"]
+        except (OSError, ValueError, KeyError):
+            state = None
+        if state is not None and state not in states:
+            states[state] = time.perf_counter() - started
+        done.wait(0.02)
+
+
+def baseline_install(lab: Lab, urls: list[str], label: str) -> BaselineInstall:
+    home = lab.fresh_home(label)
+    result = sequential_install(
+        urls, home.root, str(home.python), lab.pip_args, env=lab.fresh_env(label)
+    )
+    if result.failed:
+        errors = [n.error for n in result.nodes if not n.ok]
+        raise RuntimeError(f"the sequential baseline failed on {result.failed}: {errors[:2]}")
+    lab.discard(home.root.parent)
+    return result
+
+
+def run(lab: Lab, report: Report, log: Callable[[str], None]) -> None:
+    size = lab.size
+    bundle_path, bundle_bytes = write_bundle(lab)
+    report.add(
+        Row(
+            "footprint",
+            "agent bundle size",
+            bundle_bytes,
+            "bytes",
+            target="<= 100 KiB",
+            met=bundle_bytes <= 100 * 1024,
+        )
+    )
+    urls = lab.node_urls(via_proxy=True)
+    assert lab.repo_set is not None
+    report.detail(
+        SECTION,
+        "repos",
+        {
+            "count": len(urls),
+            "history_bytes_total": lab.repo_set.total_history_bytes,
+            "with_requirements": sum(1 for p in lab.repo_set.plans if p.requirements),
+            "with_install_py": sum(1 for p in lab.repo_set.plans if p.install_script),
+            "proxy_delay_each_way_s": size.proxy_delay,
+            "agent_jobs": size.agent_jobs,
+        },
+    )
+    baselines: list[BaselineInstall] = []
+    agents: list[AgentInstall] = []
+    agents_pip: list[AgentInstall] = []
+    # Interleaved, so slow drift of the machine's load hits both sides alike.
+    for index in range(size.install_runs):
+        log(f"install run {index + 1}/{size.install_runs}: sequential baseline")
+        baselines.append(baseline_install(lab, urls, f"baseline-{index}"))
+        log(f"  baseline {baselines[-1].wall:.2f} s; agent (uv when available)")
+        agents.append(agent_install(lab, bundle_path, urls, f"agent-{index}"))
+        log(f"  agent {agents[-1].wall:.2f} s; agent with pip only")
+        agents_pip.append(
+            agent_install(lab, bundle_path, urls, f"agentpip-{index}", installer="pip")
+        )
+        log(f"  agent (pip) {agents_pip[-1].wall:.2f} s")
+
+    base = Summary.of(b.wall for b in baselines)
+    fast = Summary.of(a.wall for a in agents)
+    fast_pip = Summary.of(a.wall for a in agents_pip)
+    report.add(
+        Row(
+            SECTION,
+            f"{len(urls)} nodes, wall (p50)",
+            fast.p50,
+            "s",
+            baseline=base.p50,
+            baseline_name="sequential clone+pip",
+            target=">= 8x",
+            met=base.p50 / fast.p50 >= 8,
+        )
+    )
+    report.add(
+        Row(
+            SECTION,
+            f"{len(urls)} nodes, wall (p50), agent forced to pip",
+            fast_pip.p50,
+            "s",
+            baseline=base.p50,
+            baseline_name="sequential clone+pip",
+            note="NODEFERRY_AGENT_INSTALLER=pip: what an instance without uv gets",
+        )
+    )
+    peak = max(a.peak_rss for a in [*agents, *agents_pip])
+    report.add(
+        Row(
+            "footprint",
+            "agent peak RSS during the install",
+            peak,
+            "bytes",
+            note="the worker process itself; git/pip/uv children are separate processes",
+        )
+    )
+    report.detail(SECTION, "baseline_wall", base)
+    report.detail(SECTION, "agent_wall", fast)
+    report.detail(SECTION, "agent_pip_wall", fast_pip)
+    report.detail(
+        SECTION,
+        "baseline_breakdown_p50",
+        {
+            "clone": median([b.clone for b in baselines]),
+            "requirements": median([b.requirements for b in baselines]),
+            "install_scripts": median([b.install_script for b in baselines]),
+        },
+    )
+    for name, runs in (("agent_breakdown_p50", agents), ("agent_pip_breakdown_p50", agents_pip)):
+        phases = [a.phases() for a in runs]
+        report.detail(SECTION, name, {key: median([p[key] for p in phases]) for key in phases[0]})
+    report.detail(SECTION, "agent_peak_rss_bytes", [a.peak_rss for a in agents])
+    report.detail(SECTION, "agent_state_times", [a.state_times for a in agents])
