@@ -150,8 +150,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 @contextlib.asynccontextmanager
-async def in_process_controller(settings: Settings) -> AsyncIterator[str]:
-    """Serve ``create_app(settings)`` in this process on a free loopback port; yields its URL."""
+async def in_process_controller(settings: Settings, port: int = 0) -> AsyncIterator[str]:
+    """Serve ``create_app(settings)`` in this process on loopback (``port`` 0: a free one).
+
+    Yields its URL.
+    """
     from aiohttp import web
 
     from controller.app import create_app
@@ -159,7 +162,7 @@ async def in_process_controller(settings: Settings) -> AsyncIterator[str]:
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         host, port = runner.addresses[0][:2]
         yield f"http://{host}:{port}"

@@ -9,8 +9,20 @@ const LOG_REFRESH_MS = 2000;
 const LOG_TAIL_CHARS = 16000;
 const RETRY_MS = 2000;
 
-const tasks = new Map(); // task_id -> {doc, summary, card, watching, log}
-let token = localStorage.getItem("nodeferry.token") || "";
+const tasks = new Map(); // task_id -> entry (see ensureEntry)
+let token = takeTokenFromUrl() || localStorage.getItem("nodeferry.token") || "";
+
+// `/?token=…` opens the page on a controller with a token; keep the token for
+// API calls and take it out of the address bar (and so out of history).
+function takeTokenFromUrl() {
+  const url = new URL(window.location.href);
+  const given = url.searchParams.get("token");
+  if (!given) return "";
+  localStorage.setItem("nodeferry.token", given);
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+  return given;
+}
 
 // -- HTTP ---------------------------------------------------------------------
 
@@ -143,7 +155,7 @@ function fraction(doc) {
 }
 
 function renderCard(entry) {
-  const doc = entry.doc || {};
+  const doc = entry.doc || entry.summary || {};
   const summary = entry.summary || {};
   const state = doc.state || summary.state || "starting";
   const taskId = entry.id;
@@ -259,6 +271,8 @@ function setDoc(entry, doc) {
   }
 }
 
+// Follow a task until it is final. For a task that is already final, the
+// stream sends its one final event and ends.
 async function watch(entry) {
   if (entry.watching) return;
   entry.watching = true;
@@ -320,11 +334,8 @@ async function refreshList() {
       const entry = ensureEntry(taskId);
       entry.summary = task;
       entry.sortKey = task.created_at || task.started_at || (task.progress && task.progress.started_at) || entry.sortKey;
-      const doc = task.progress && typeof task.progress === "object" ? task.progress : null;
-      if (doc && doc.state && !entry.doc) entry.doc = doc;
       renderCard(entry);
-      const state = (entry.doc && entry.doc.state) || task.state;
-      if (!FINAL_STATES.has(state)) watch(entry);
+      if (!entry.doc && !entry.watching) watch(entry);
     }
     placeCards();
   } catch (error) {

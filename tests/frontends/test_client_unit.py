@@ -228,7 +228,7 @@ def threaded_fake() -> Iterator[tuple[str, FakeController]]:
 
 
 def test_sync_client(threaded_fake: tuple[str, FakeController]) -> None:
-    url, fake = threaded_fake
+    url, _fake = threaded_fake
     seen: list[str] = []
     with Client(url) as client:
         task_id = client.start("local", "/ComfyUI", ["https://example.invalid/a/b"])
