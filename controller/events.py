@@ -37,7 +37,14 @@ DEFAULT_HEARTBEAT = 15.0
 #: How long a browser waits before reconnecting a dropped stream, in ms.
 RETRY_MS = 2000
 
-_STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("event_streams")
+class _OpenStreams:
+    """The handler tasks of the streams open now, to end them at shutdown."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[object]] = set()
+
+
+_STREAMS = web.AppKey("event_streams", _OpenStreams)
 
 
 def format_event(event: str, data: str, event_id: int | None = None) -> bytes:
@@ -76,7 +83,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    streams = request.app[_STREAMS]
+    streams = request.app[_STREAMS].tasks
     current = asyncio.current_task()
     if current is not None:
         streams.add(current)
@@ -111,12 +118,11 @@ async def task_events(request: web.Request) -> web.StreamResponse:
 
 async def _close_streams(app: web.Application) -> None:
     """Open streams would hold a graceful shutdown for its whole timeout: end them."""
-    for task in list(app[_STREAMS]):
+    for task in list(app[_STREAMS].tasks):
         task.cancel()
 
 
 def add_routes(app: web.Application) -> None:
-    streams: set[asyncio.Task[object]] = set()
-    app[_STREAMS] = streams
+    app[_STREAMS] = _OpenStreams()
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/api/tasks/{task_id}/events", task_events, name="task_events")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller import handlers
+from controller import dashboard, events, handlers
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,4 +18,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks/{task_id}/log", handlers.task_log)
     app.router.add_get("/healthz", handlers.healthz)
     # Live views (issue 4) register here: the event stream and the dashboard.
-    # e.g. events.add_routes(app); dashboard.add_routes(app)
+    events.add_routes(app)
+    dashboard.add_routes(app)
