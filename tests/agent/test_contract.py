@@ -1,5 +1,6 @@
 """The argv contract the controller relies on: start, status, cancel, list, cleanup."""
 
+import contextlib
 import json
 import os
 import signal
@@ -87,7 +88,7 @@ def test_two_starts_on_one_comfy_home_exactly_one_runs(
         )
         for _ in specs
     ]
-    outputs = [p.communicate(json.dumps(s), timeout=60) for p, s in zip(procs, specs)]
+    outputs = [p.communicate(json.dumps(s), timeout=60) for p, s in zip(procs, specs, strict=False)]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 3], outputs
     winner = next(i for i, p in enumerate(procs) if p.returncode == 0)
@@ -171,10 +172,8 @@ def test_cancel_a_worker_that_does_not_answer(agent: Agent, comfy: ComfyHome, re
         final = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
         assert time.monotonic() - started < 4.0
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(out["pid"], signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert final.state == "cancelled"
     assert final.nodes[0].status == "cancelled"
     assert "removed half-made clones" in (final.error or "")
@@ -207,10 +206,8 @@ def test_sigkilled_worker_is_reported_lost(agent: Agent, comfy: ComfyHome, repos
         follow_up = agent.start(agent.spec(comfy.root, [repos.plain.url]))
         assert agent.wait_final(follow_up["task_id"]).state == "completed"
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(script_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_worker_survives_the_end_of_its_launching_session(
