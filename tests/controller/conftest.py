@@ -1,0 +1,202 @@
+"""Fixtures with real parts for the controller: sshd instances on loopback, a git
+daemon serving generated node repos, fake ComfyUI homes, and the app under test
+talking HTTP through aiohttp's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from controller.app import create_app
+from controller.config import Settings
+from tests.support.comfy import ComfyHome, make_comfy_home
+from tests.support.gitserver import GitServer, Repo
+from tests.support.sshd import SshServer, make_key
+
+FINAL_STATES = {"completed", "failed", "cancelled", "lost"}
+
+#: install.py that sleeps as many seconds as ``<ui_home>/sleep_seconds`` says
+#: (cwd is the node's directory), so each test picks how long an install lasts.
+SLEEP_INSTALL_PY = """\
+import time
+from pathlib import Path
+time.sleep(float(Path("../../sleep_seconds").read_text()))
+Path("slept.marker").write_text("done")
+"""
+
+
+@dataclass
+class NodeRepos:
+    plain: Repo
+    second: Repo
+    sleeper: Repo
+    urls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    with GitServer(tmp_path_factory.mktemp("controller-gitd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def node_repos(git_server: GitServer) -> NodeRepos:
+    return NodeRepos(
+        plain=git_server.add_repo("ComfyUI-Plain", {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"}),
+        second=git_server.add_repo("ComfyUI-Second", {"__init__.py": ""}),
+        sleeper=git_server.add_repo(
+            "ComfyUI-Sleeper", {"__init__.py": "", "install.py": SLEEP_INSTALL_PY}
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_key(tmp_path_factory.mktemp("client-key") / "id_ed25519")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, client_key: Path) -> Iterator[SshServer]:
+    server = SshServer(tmp_path / "sshd-a", client_key=client_key)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sshd_b(tmp_path: Path, client_key: Path) -> Iterator[SshServer]:
+    server = SshServer(tmp_path / "sshd-b", client_key=client_key)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def comfy_home(root: Path, sleep_seconds: float = 0.0) -> ComfyHome:
+    """A fake ComfyUI (no venv: install.py runs with the controller's interpreter)."""
+    home = make_comfy_home(root, with_venv=False)
+    (home.root / "sleep_seconds").write_text(str(sleep_seconds))
+    return home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> ComfyHome:
+    return comfy_home(tmp_path / "ComfyUI")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, client_key: Path) -> Settings:
+    return make_settings(tmp_path, client_key)
+
+
+def make_settings(tmp_path: Path, client_key: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "controller-data",
+        "ssh_keys": [client_key],
+        "use_ssh_agent": False,
+        "known_hosts": tmp_path / "controller-data" / "known_hosts",
+        "remote_state_dir": str(tmp_path / "remote-state"),
+        "local_state_dir": tmp_path / "local-state",
+        "connect_timeout": 5.0,
+        "command_timeout": 30.0,
+        "refresh_interval": 0.2,
+        "monitor_interval": 1.0,
+        "cleanup_interval": 3600.0,
+    }
+    values.update(overrides)
+    return Settings(**values).validate()
+
+
+AppFactory = Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[AppFactory]:
+    """Start a controller app for ``settings``; all are closed at the end of the test."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(settings: Settings) -> TestClient[web.Request, web.Application]:
+        client = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def client(
+    make_client: AppFactory, settings: Settings
+) -> TestClient[web.Request, web.Application]:
+    return await make_client(settings)
+
+
+def install_body(ssh_connection: str, home: ComfyHome, nodes: list[Any], **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "ssh_connection": ssh_connection,
+        "ui_home": str(home.root),
+        "nodes": nodes,
+        # install.py runs with this interpreter; the fake home has no venv.
+        "python": sys.executable,
+    }
+    body.update(extra)
+    return body
+
+
+async def start_install(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
+    response = await client.post("/ssh/install-custom-nodes", json=body)
+    payload = await response.json()
+    assert response.status == 202, payload
+    return str(payload["task_id"])
+
+
+async def poll(
+    client: TestClient[Any, Any], task_id: str
+) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
+    return response.status, await response.json()
+
+
+async def wait_for(
+    client: TestClient[Any, Any],
+    task_id: str,
+    condition: Callable[[int, dict[str, Any]], bool],
+    timeout: float = 60.0,
+    interval: float = 0.1,
+) -> tuple[int, dict[str, Any]]:
+    """Poll the progress endpoint until ``condition(status, body)`` holds."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        status, body = await poll(client, task_id)
+        state = f"{status}:{body.get('state')}"
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if condition(status, body):
+            return status, body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout} s; saw {seen}; last {body}")
+        await asyncio.sleep(interval)
+
+
+async def wait_final(
+    client: TestClient[Any, Any], task_id: str, timeout: float = 60.0
+) -> dict[str, Any]:
+    _, body = await wait_for(
+        client, task_id, lambda status, b: status == 200 and b.get("state") in FINAL_STATES, timeout
+    )
+    return body
