@@ -57,13 +57,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.set_defaults(func=demo_command)
 
 
-def demo_settings(sandbox: sandboxes.Sandbox, port: int) -> Settings:
+def demo_settings(sandbox: sandboxes.Sandbox) -> Settings:
     """Settings for the sandbox alone: no environment or user config leaks in."""
     return load_settings(
         environ={},
         overrides={
             "host": "127.0.0.1",
-            "port": port,
             "data_dir": sandbox.data_dir,
             "local_state_dir": sandbox.state_dir,
             "refresh_interval": 0.25,
@@ -122,7 +121,7 @@ def _check_imports(sandbox: sandboxes.Sandbox) -> list[str]:
 async def run_demo(
     sandbox: sandboxes.Sandbox, git_url: str, port: int, serve: bool, out: Console
 ) -> int:
-    settings = demo_settings(sandbox, port)
+    settings = demo_settings(sandbox)
     async with commands.in_process_controller(settings, port) as url:
         out.print(f"controller on {url} (local transport)", style="dim")
         async with AsyncClient(url) as client:

@@ -60,6 +60,8 @@ class SampleNode:
     description: str
     requirements: tuple[str, ...] = ()
     install_script: bool = False
+    #: How long its install.py works (printing as it goes), like one that downloads a model.
+    install_seconds: float = 0.0
     tag: str | None = None
 
 
@@ -81,6 +83,7 @@ SAMPLE_NODES = (
         "a requirement with a dependency, and an install.py",
         requirements=("nodeferry-demo-tiles==0.4.1",),
         install_script=True,
+        install_seconds=2.0,
     ),
     SampleNode(
         "ComfyUI-Demo-Prompts",
@@ -188,11 +191,16 @@ def _node_files(node: SampleNode) -> dict[str, str]:
     if node.requirements:
         files["requirements.txt"] = "\n".join(node.requirements) + "\n"
     if node.install_script:
-        # What real install.py files do: prepare something next to the node.
+        # What real install.py files do: fetch or prepare something next to the node.
+        steps = max(1, int(node.install_seconds * 2))
         files["install.py"] = (
+            "import time\n"
             "from pathlib import Path\n\n"
+            f"for step in range(1, {steps + 1}):\n"
+            f"    print(f'install.py: preparing assets {{step}}/{steps}', flush=True)\n"
+            f"    time.sleep({node.install_seconds / steps!r})\n"
             "Path(__file__).with_name('.installed').write_text('ok')\n"
-            "print('install.py: prepared the node')\n"
+            "print('install.py: prepared the node', flush=True)\n"
         )
     return files
 

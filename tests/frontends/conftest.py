@@ -1,0 +1,154 @@
+"""Real parts for the frontends' tests: the demo sandbox (ComfyUI folder with a venv, a
+wheelhouse, sample nodes behind a real ``git daemon`` on 127.0.0.1) and a real
+controller (``create_app``, ``local`` transport, the real agent) served from a
+background thread so blocking clients, subprocesses and a browser can all use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from controller import sandbox as sandboxes
+from controller.app import create_app
+from controller.appkeys import STATS
+from controller.client import Client, ClientError
+from controller.config import Settings, load_settings
+from controller.events import HEARTBEAT
+from controller.stats import Stats
+from protocol import FINAL_STATES
+
+#: A node whose install.py works for a long time: something to watch and cancel.
+SLOW_NODE = sandboxes.SampleNode(
+    "ComfyUI-Slow", "an install.py that takes minutes", install_script=True, install_seconds=300
+)
+REFRESH_INTERVAL = 0.2
+HEARTBEAT_SECONDS = 0.5
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class DemoWorld:
+    sandbox: sandboxes.Sandbox
+    git_url: str
+
+    def nodes(self) -> list[str]:
+        return self.sandbox.node_refs(self.git_url)
+
+    def slow_node(self) -> str:
+        return f"{self.git_url}/{SLOW_NODE.name}.git"
+
+    def new_ui_home(self, base: Path) -> Path:
+        """A fresh ComfyUI folder; it shares the sandbox's venv through ``python``."""
+        home = base / "ComfyUI"
+        (home / "custom_nodes").mkdir(parents=True)
+        (home / "main.py").write_text("# ComfyUI stand-in\n")
+        return home
+
+
+@pytest.fixture(scope="session")
+def isolated_pip() -> Iterator[None]:
+    """The agent (a child of the controller) installs from the wheelhouse only."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ["PIP_CONFIG_FILE"] = os.devnull
+    yield
+    os.environ.pop("PIP_CONFIG_FILE", None)
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory, isolated_pip: None) -> Iterator[DemoWorld]:
+    sandbox = sandboxes.build(tmp_path_factory.mktemp("world") / "sandbox")
+    work = sandbox.root / "work"
+    sandboxes.build_repo(SLOW_NODE, work, sandbox.repos)
+    with sandboxes.git_daemon(sandbox.repos) as git_url:
+        yield DemoWorld(sandbox, git_url)
+
+
+@dataclass
+class RunningController:
+    url: str
+    app: web.Application
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def stats(self) -> Stats:
+        return self.app[STATS]
+
+
+def controller_settings(base: Path) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "data_dir": base / "data",
+            "local_state_dir": base / "agent-state",
+            "refresh_interval": REFRESH_INTERVAL,
+        },
+    )
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: web.Application, settings: Settings) -> Iterator[RunningController]:
+    """Serve ``app`` on a free loopback port from a thread with its own event loop."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    host, port = runner.addresses[0][:2]
+    thread = threading.Thread(target=loop.run_forever, name="controller", daemon=True)
+    thread.start()
+    try:
+        yield RunningController(f"http://{host}:{port}", app, settings, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture(scope="session")
+def controller(
+    tmp_path_factory: pytest.TempPathFactory, world: DemoWorld
+) -> Iterator[RunningController]:
+    settings = controller_settings(tmp_path_factory.mktemp("controller"))
+    app = create_app(settings)
+    app[HEARTBEAT] = HEARTBEAT_SECONDS
+    with serve_in_thread(app, settings) as running:
+        try:
+            yield running
+        finally:
+            cancel_unfinished(running.url)
+
+
+def cancel_unfinished(url: str) -> None:
+    """No agent worker outlives the tests (slow installs run for minutes)."""
+    with Client(url) as client:
+        for task in client.tasks():
+            if task["state"] not in FINAL_STATES:
+                with contextlib.suppress(ClientError):
+                    client.cancel(task["task_id"])
