@@ -15,7 +15,6 @@ import pytest
 
 from controller.client import AsyncClient, Client, TaskNotFound, iter_sse
 from tests.frontends.conftest import (
-    HEARTBEAT_SECONDS,
     REFRESH_INTERVAL,
     DemoWorld,
     RunningController,
