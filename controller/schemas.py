@@ -70,10 +70,9 @@ _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 
 
 def _uuid4(value: str) -> str:
-    lowered = value.lower()
-    if not _UUID4.match(lowered):
-        raise ValueError("must be a UUID4 in canonical form")
-    return lowered
+    if not _UUID4.match(value):
+        raise ValueError("must be a UUID4 in canonical (lowercase) form")
+    return value
 
 
 def _timestamp(value: str) -> str:
