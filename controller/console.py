@@ -372,13 +372,11 @@ class Follower:
     async def _ask(self) -> str:
         if self.on_interrupt != "ask":
             return self.on_interrupt
-        self.console.print(
-            "\n[bold]Interrupted.[/] [c]ancel the install on the instance, or "
-            "[d]etach and leave it running? [c/d] (d): ",
-            end="",
-            markup=True,
-            highlight=False,
+        prompt = Text.assemble(
+            ("\nInterrupted. ", "bold"),
+            "[c]ancel the install on the instance, or [d]etach and leave it running? [c/d] (d): ",
         )
+        self.console.print(prompt, end="")
         answer = await _read_line(sys.stdin, self._interrupts)
         self.console.print()
         return "cancel" if answer.strip().lower() in ("c", "cancel") else "detach"
