@@ -26,6 +26,8 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest("", "the request body is not UTF-8") from None
     except ValueError as exc:
         raise InvalidRequest("", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("", "the request body is nested too deeply") from None
 
 
 def progress_answer(view: TaskView) -> web.Response:

@@ -40,12 +40,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ControllerError as exc:
         return web.json_response(exc.body(), status=exc.status)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
         return web.json_response(
-            error_body(
-                "too_large",
-                f"the request body is larger than the limit of {exc.max_size} bytes",
-            ),
+            error_body("too_large", f"the request body is larger than the limit of {limit} bytes"),
             status=413,
         )
     except web.HTTPException as exc:
