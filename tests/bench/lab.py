@@ -83,7 +83,10 @@ class Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.wheelhouse = self.workdir / "wheelhouse"
         self.runs = self.workdir / "runs"
-        self._stack = ExitStack()
+        #: Cleanups of everything sections start (servers, processes), run at exit.
+        self.stack = ExitStack()
+        #: What sections share (the controller and its sshd), made by the first that needs it.
+        self.shared: dict[str, object] = {}
         self._counter = itertools.count()
         self.git: GitServer | None = None
         self.proxy: LatencyProxy | None = None
@@ -105,15 +108,15 @@ class Lab:
                 install_scripts=self.size.install_scripts,
             )
             self.repo_set = repos.generate(self.git.root, plans)
-            self._stack.enter_context(self.git)
-            self.proxy = self._stack.enter_context(
+            self.stack.enter_context(self.git)
+            self.proxy = self.stack.enter_context(
                 LatencyProxy("127.0.0.1", self.git.port, delay=self.size.proxy_delay)
             )
             if self.runs.exists():
                 shutil.rmtree(self.runs)
             self.runs.mkdir()
         except BaseException:
-            self._stack.close()
+            self.stack.close()
             raise
         return self
 
@@ -123,7 +126,7 @@ class Lab:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stack.close()
+        self.stack.close()
 
     def _build_wheelhouse(self) -> None:
         self.wheelhouse.mkdir(parents=True, exist_ok=True)

@@ -124,30 +124,36 @@ class LatencyProxy:
         if task is not None:
             self._tasks.add(task)
         try:
-            await asyncio.sleep(2 * self.delay)
-            try:
-                server_r, server_w = await asyncio.open_connection(
-                    self.target_host, self.target_port
-                )
-            except OSError:
-                client_w.close()
-                return
-            pipes = [
-                asyncio.ensure_future(self._pipe(client_r, server_w, upstream=True)),
-                asyncio.ensure_future(self._pipe(server_r, client_w, upstream=False)),
-            ]
-            try:
-                # A reset on one side ends the other too, or its read would wait forever.
-                await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
-            finally:
-                for writer in (client_w, server_w):
-                    writer.close()
-                for pipe in pipes:
-                    pipe.cancel()
-                await asyncio.gather(*pipes, return_exceptions=True)
+            await self._forward(client_r, client_w)
+        except asyncio.CancelledError:
+            # The proxy is stopping: the connection simply ends.
+            client_w.close()
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _forward(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        await asyncio.sleep(2 * self.delay)
+        try:
+            server_r, server_w = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            client_w.close()
+            return
+        pipes = [
+            asyncio.ensure_future(self._pipe(client_r, server_w, upstream=True)),
+            asyncio.ensure_future(self._pipe(server_r, client_w, upstream=False)),
+        ]
+        try:
+            # A reset on one side ends the other too, or its read would wait forever.
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for writer in (client_w, server_w):
+                writer.close()
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
