@@ -1,0 +1,184 @@
+"""What must survive: a controller restart, an sshd restart, a dead agent, two
+controllers racing, and the retention job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.appkeys import SERVICE
+from controller.config import Settings
+from tests.controller.conftest import (
+    AppFactory,
+    NodeRepos,
+    install_body,
+    make_settings,
+    poll,
+    start_install,
+    wait_final,
+    wait_for,
+)
+from tests.support.comfy import ComfyHome
+from tests.support.sshd import SshServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def _running(status: int, body: dict[str, Any]) -> bool:
+    return status == 200 and body.get("state") == "running_install_scripts"
+
+
+async def test_controller_restart_mid_install(
+    make_client: AppFactory,
+    settings: Settings,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    (home.root / "sleep_seconds").write_text("4")
+    first = await make_client(settings)
+    task_id = await start_install(
+        first, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    _, running = await wait_for(first, task_id, _running)
+    worker_pid = running["pid"]
+    await first.close()
+
+    second = await make_client(settings)
+    status, body = await poll(second, task_id)
+    assert status == 200
+    assert body["state"] in ("running_install_scripts", "completed")
+    final = await wait_final(second, task_id)
+    assert final["state"] == "completed"
+    assert final["pid"] == worker_pid  # the same install, never restarted
+    assert (home.custom_nodes / "ComfyUI-Sleeper" / "slept.marker").exists()
+    listing = await (await second.get("/api/tasks")).json()
+    assert [t["task_id"] for t in listing["tasks"]] == [task_id]
+
+
+async def test_sshd_restart_mid_install(
+    client: Any, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    (home.root / "sleep_seconds").write_text("6")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    _, running = await wait_for(client, task_id, _running)
+    # The network goes away: the listener and every open session die.
+    sshd.stop(drop_sessions=True)
+    status, stale = await wait_for(client, task_id, lambda s, b: s == 503, timeout=30)
+    assert stale["stale"] is True
+    assert stale["success"] is False and stale["error"] == "unreachable"
+    assert stale["state"] == "running_install_scripts"
+    assert stale["task_id"] == task_id
+    assert "cannot be reached" in stale["message"]
+    sshd.start()
+    final = await wait_final(client, task_id)
+    assert final["state"] == "completed"
+    assert final["pid"] == running["pid"]
+    assert final["stale"] is False
+    assert (home.custom_nodes / "ComfyUI-Sleeper" / "slept.marker").exists()
+
+
+async def test_killed_agent_reads_lost_within_10s(
+    client: Any, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    (home.root / "sleep_seconds").write_text("120")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    _, running = await wait_for(client, task_id, _running)
+    worker = running["pid"]
+    # The worker leads its own session: kill it and everything it started.
+    os.killpg(worker, signal.SIGKILL)
+    killed_at = time.monotonic()
+    final = await wait_final(client, task_id, timeout=30)
+    assert time.monotonic() - killed_at < 10
+    assert final["state"] in ("lost", "failed")
+    assert final["error_code"] in ("lost", "agent_crashed")
+    assert str(worker) in final["error"] or "died" in final["error"]
+    assert final["success"] is False and final["in_progress"] is False
+
+
+async def test_two_controllers_race_on_one_instance(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    (home.root / "sleep_seconds").write_text("2")
+    # Two controllers with their own registries, sharing the instance's agent state.
+    remote_state = str(tmp_path / "shared-remote-state")
+    one = await make_client(
+        make_settings(tmp_path / "one", client_key, remote_state_dir=remote_state)
+    )
+    two = await make_client(
+        make_settings(tmp_path / "two", client_key, remote_state_dir=remote_state)
+    )
+    body = install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    task_one, task_two = await asyncio.gather(start_install(one, body), start_install(two, body))
+    final_one, final_two = await asyncio.gather(
+        wait_final(one, task_one), wait_final(two, task_two)
+    )
+    states = sorted([final_one["state"], final_two["state"]])
+    assert states == ["completed", "failed"]
+    loser = final_one if final_one["state"] == "failed" else final_two
+    winner = final_two if loser is final_one else final_one
+    assert loser["error_code"] == "conflict"
+    assert "nothing was installed" in loser["error"]
+    assert winner["task_id"] in loser["error"]
+    assert home.node_dirs() == ["ComfyUI-Sleeper"]
+
+
+async def test_retention_job_removes_old_tasks_and_their_files(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    settings = make_settings(tmp_path, client_key, retention=1.0, cleanup_interval=0.5)
+    client = await make_client(settings)
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.plain.url])
+    )
+    await wait_final(client, task_id)
+    task_dir = Path(settings.remote_state_dir) / "tasks" / task_id
+    assert (task_dir / "progress.json").exists()
+    deadline = time.monotonic() + 30
+    while (await client.get(f"/api/tasks/{task_id}")).status != 404:
+        assert time.monotonic() < deadline, "the retention job never removed the task"
+        await asyncio.sleep(0.2)
+    assert not task_dir.exists()
+    # The install itself is untouched.
+    assert home.node_dirs() == ["ComfyUI-Plain"]
+
+
+async def test_retention_keeps_unfinished_tasks(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    settings = make_settings(tmp_path, client_key, retention=1.0)
+    client = await make_client(settings)
+    (home.root / "sleep_seconds").write_text("3")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(client, task_id, _running)
+    service = client.app[SERVICE]
+    assert await service.cleanup(now=time.time() + 3600) == []
+    assert (await wait_final(client, task_id))["state"] == "completed"
+    assert await service.cleanup(now=time.time() + 3600) == [task_id]
