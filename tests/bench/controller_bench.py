@@ -105,8 +105,8 @@ def controller_env(lab: Lab, log: Log) -> ControllerEnv:
     base = lab.fresh_dir("controller")
     client_key = make_key(base / "client_key")
     remote_state = base / "remote-state"
-    quick = lab.git.add_repo("bench-quick-node", {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"})
-    slow = lab.git.add_repo(
+    quick = lab.small_repo("bench-quick-node", {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"})
+    slow = lab.small_repo(
         "bench-slow-node",
         {
             "__init__.py": "NODE_CLASS_MAPPINGS = {}\n",
@@ -135,8 +135,8 @@ def controller_env(lab: Lab, log: Log) -> ControllerEnv:
         remote_state=remote_state,
         main=main,
         controller=controller,
-        quick_url=quick.url,
-        slow_url=slow.url,
+        quick_url=quick,
+        slow_url=slow,
     )
     env.servers.append(main)
     lab.shared["controller"] = env

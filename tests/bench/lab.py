@@ -163,6 +163,13 @@ class Lab:
         names = self.repo_set.names[:limit] if limit is not None else self.repo_set.names
         return [f"git://127.0.0.1:{port}/{name}" for name in names]
 
+    def small_repo(self, name: str, files: dict[str, str]) -> str:
+        """A one-commit repository served by the daemon (made anew each run); its URL."""
+        assert self.git is not None
+        for leftover in (self.git.root / f"{name}.git", self.git.work_root / name):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return self.git.add_repo(name, files).url
+
     def fresh_dir(self, label: str) -> Path:
         path = self.runs / f"{next(self._counter):03d}-{label}"
         path.mkdir(parents=True)
