@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -493,12 +494,18 @@ class AsyncClient:
 class Client:
     """The blocking twin of :class:`AsyncClient`, for code without an event loop.
 
-    It runs its own private event loop, so it must not be called from inside a
-    running one (use :class:`AsyncClient` there).
+    It runs an :class:`AsyncClient` on a private event loop in a background
+    thread, so it works from any thread, also one where another loop runs (a
+    notebook, a GUI, Playwright). ``wait``'s ``on_progress`` is called in that
+    background thread.
     """
 
     def __init__(self, base_url: str, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="nodeferry-client", daemon=True
+        )
+        self._thread.start()
         self._async = AsyncClient(base_url, **options)
 
     @property
@@ -520,10 +527,17 @@ class Client:
         if self._loop.is_closed():
             return
         self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
         self._loop.close()
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return self._loop.run_until_complete(coro)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C while waiting: stop the work too
+            raise
 
     def health(self) -> Document:
         return self._run(self._async.health())

@@ -221,7 +221,8 @@ function renderCard(entry) {
     h("span", {class: "task-id", title: "task id"}, taskId),
   );
 
-  card.replaceChildren(head, bar, table || h("p", {class: "waiting"}, "waiting for the agent…"), footer, entry.logBox);
+  // The log box stays in place (moving it would reset its scroll position).
+  entry.body.replaceChildren(head, bar, table || h("p", {class: "waiting"}, "waiting for the agent…"), footer);
 }
 
 function ensureEntry(taskId) {
@@ -230,11 +231,13 @@ function ensureEntry(taskId) {
   const logText = h("pre", {class: "log-text"});
   const logBox = h("details", {class: "log"}, h("summary", null, "log"), logText);
   logBox.addEventListener("toggle", () => { if (logBox.open) refreshLog(entry); });
+  const body = h("div", {class: "task-body"});
   entry = {
     id: taskId,
     doc: null,
     summary: null,
-    card: h("article", {class: "task", "data-task-id": taskId}),
+    card: h("article", {class: "task", "data-task-id": taskId}, body, logBox),
+    body,
     logBox,
     logText,
     logOffset: 0,
@@ -371,6 +374,8 @@ async function startInstall(event) {
     nodes,
     update: form.update.checked,
   };
+  const python = form.python.value.trim();
+  if (python) body.python = python;
   const pipArgs = form.pip_args.value.trim();
   if (pipArgs) body.pip_args = pipArgs.split(/\s+/);
   message.className = "message";

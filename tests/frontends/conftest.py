@@ -115,13 +115,19 @@ def controller_settings(base: Path) -> Settings:
 def serve_in_thread(app: web.Application, settings: Settings) -> Iterator[RunningController]:
     """Serve ``app`` on a free loopback port from a thread with its own event loop."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    host, port = runner.addresses[0][:2]
     thread = threading.Thread(target=loop.run_forever, name="controller", daemon=True)
     thread.start()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+
+    async def start() -> tuple[str, int]:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        return host, port
+
+    # Everything runs on the thread's loop, so this works where a loop already
+    # runs in the calling thread (Playwright's sync API has one).
+    host, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     try:
         yield RunningController(f"http://{host}:{port}", app, settings, loop)
     finally:
