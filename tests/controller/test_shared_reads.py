@@ -1,0 +1,176 @@
+"""Progress reads are shared: many readers of one task cost one remote read per
+refresh interval; an unchanged file is only stat'ed; watchers see every change."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.appkeys import SERVICE, STATS
+from controller.service import TaskView
+from tests.controller.conftest import (
+    AppFactory,
+    NodeRepos,
+    install_body,
+    make_settings,
+    start_install,
+    wait_final,
+    wait_for,
+)
+from tests.support.comfy import ComfyHome
+from tests.support.sshd import SshServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+async def test_concurrent_pollers_share_one_read(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # The monitor job stays out of the way so every read below is one we caused.
+    settings = make_settings(tmp_path, client_key, refresh_interval=0.5, monitor_interval=3600)
+    client = await make_client(settings)
+    (home.root / "sleep_seconds").write_text("6")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    stats = client.app[STATS]
+
+    # 100 requests at once: one read in flight serves them all.
+    await asyncio.sleep(settings.refresh_interval)  # let the cached document age out
+    before = stats.snapshot()
+    responses = await asyncio.gather(
+        *(
+            client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
+            for _ in range(100)
+        )
+    )
+    bodies = [await r.json() for r in responses]
+    after = stats.snapshot()
+    assert all(r.status == 200 for r in responses)
+    assert len({b["read_at"] for b in bodies}) == 1
+    reads = after["remote_reads"] - before["remote_reads"]
+    stat_calls = after["remote_stats"] - before["remote_stats"]
+    assert reads <= 1 and stat_calls == 1
+    assert after["cache_hits"] - before["cache_hits"] >= 99
+
+    # Polling for 2 s costs at most one stat per refresh interval, and reads only
+    # when the file changed (the agent's heartbeat rewrites it every 2 s).
+    before = stats.snapshot()
+    began = time.monotonic()
+    polls = 0
+    while time.monotonic() - began < 2.0:
+        await asyncio.gather(
+            *(
+                client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
+                for _ in range(10)
+            )
+        )
+        polls += 10
+        await asyncio.sleep(0.05)
+    after = stats.snapshot()
+    elapsed = time.monotonic() - began
+    max_refreshes = int(elapsed / settings.refresh_interval) + 2
+    assert polls >= 100
+    assert after["remote_stats"] - before["remote_stats"] <= max_refreshes
+    assert after["remote_reads"] - before["remote_reads"] <= max_refreshes
+    await wait_final(client, task_id)
+
+
+async def test_unchanged_file_is_only_stated(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    settings = make_settings(tmp_path, client_key, refresh_interval=0.1, monitor_interval=3600)
+    client = await make_client(settings)
+    (home.root / "sleep_seconds").write_text("5")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    stats = client.app[STATS]
+    before = stats.snapshot()
+    for _ in range(30):
+        await client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
+        await asyncio.sleep(0.1)
+    after = stats.snapshot()
+    stat_calls = after["remote_stats"] - before["remote_stats"]
+    reads = after["remote_reads"] - before["remote_reads"]
+    assert stat_calls >= 15
+    # ~3 s at a 2 s heartbeat: a few real changes, each read for about a second.
+    assert reads < stat_calls
+    await wait_final(client, task_id)
+
+
+async def test_watchers_share_reads_and_see_the_end(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    settings = make_settings(tmp_path, client_key, refresh_interval=0.3, monitor_interval=3600)
+    client = await make_client(settings)
+    (home.root / "sleep_seconds").write_text("2")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.plain.url, node_repos.sleeper.url])
+    )
+    service = client.app[SERVICE]
+    stats = client.app[STATS]
+
+    async def follow() -> list[TaskView]:
+        seen = []
+        async for view in service.watch(task_id, heartbeat=10.0):
+            assert view is not None
+            seen.append(view)
+        return seen
+
+    began = time.monotonic()
+    before = stats.snapshot()["remote_reads"]
+    runs = await asyncio.wait_for(asyncio.gather(*(follow() for _ in range(20))), 60)
+    elapsed = time.monotonic() - began
+    reads = stats.snapshot()["remote_reads"] - before
+    for seen in runs:
+        assert seen[-1].progress.state == "completed"
+        versions = [v.version for v in seen]
+        assert versions == sorted(set(versions))
+        states = [v.progress.state for v in seen]
+        assert states[0] in ("starting", "cloning", "running_install_scripts")
+    # Twenty watchers, one reader's worth of reads.
+    assert reads <= int(elapsed / settings.refresh_interval) + 2
+    final = await wait_final(client, task_id)
+    assert final["state"] == "completed"
+
+
+async def test_heartbeat_yields_none_while_idle(
+    client: Any, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    (home.root / "sleep_seconds").write_text("4")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    service = client.app[SERVICE]
+    watcher = service.watch(task_id, heartbeat=0.3)
+    kinds = []
+    async for view in watcher:
+        kinds.append("none" if view is None else view.progress.state)
+        if len(kinds) >= 6 or (view is not None and view.progress.is_final):
+            break
+    await watcher.aclose()
+    assert "none" in kinds
+    await wait_final(client, task_id)
