@@ -53,7 +53,7 @@ def parse_spec(data: object) -> InstallSpec:
         )
     except ProtocolError as exc:
         raise InvalidInput(exc.message, field=exc.field or None) from None
-    home = Path(os.path.expanduser(spec.ui_home))
+    home = Path(spec.ui_home).expanduser()
     if not home.is_dir():
         raise InvalidInput(f"{spec.ui_home} does not exist or is not a directory", "ui_home")
     if not ((home / "main.py").is_file() or (home / "custom_nodes").is_dir()):
@@ -69,7 +69,7 @@ def _prepare_task(state: StateDir, spec: InstallSpec) -> "tuple[TaskPaths, int]"
     state.ensure()
     if state.task(spec.task_id).dir.exists():
         raise InvalidInput(f"task {spec.task_id} already exists on this instance", "task_id")
-    fd = lock.acquire(state.locks, os.path.expanduser(spec.ui_home), spec.task_id)
+    fd = lock.acquire(state.locks, str(Path(spec.ui_home).expanduser()), spec.task_id)
     try:
         paths = state.create_task(spec.task_id)
         write_atomic(paths.spec, spec.to_json())
@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     data: Dict[str, Any] = {
         "task_id": new_task_id(),
-        "ui_home": os.path.abspath(os.path.expanduser(args.ui_home)),
+        "ui_home": str(Path(args.ui_home).expanduser().absolute()),
         "nodes": list(args.nodes),
         "jobs": args.jobs,
         "update": args.update,
@@ -204,7 +204,7 @@ def cmd_worker(args: argparse.Namespace, state: StateDir) -> int:
     spec = parse_spec(_read_spec_text(str(paths.spec)))
     if args.lock_fd is None:
         # Started by hand: take the lock here. Normally it is inherited.
-        args.lock_fd = lock.acquire(state.locks, os.path.expanduser(spec.ui_home), spec.task_id)
+        args.lock_fd = lock.acquire(state.locks, str(Path(spec.ui_home).expanduser()), spec.task_id)
     return run_worker(spec, paths)
 
 
@@ -236,7 +236,7 @@ def cmd_cleanup(args: argparse.Namespace, state: StateDir) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as the contract's JSON (exit 2)."""
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise InvalidInput(f"{self.prog}: {message}", code="invalid_argument")
 
 
@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_command(args: argparse.Namespace) -> None:
+    if args.command is None:
+        raise InvalidInput("a subcommand is required (see --help)", code="invalid_argument")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     human = False
     try:
@@ -301,8 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             bundle = launch.running_bundle()
             sys.stdout.write(f"nodeferry-agent {__version__} sha256:{bundle.sha256}\n")
             return ExitCode.OK
-        if args.command is None:
-            raise InvalidInput("a subcommand is required (see --help)", code="invalid_argument")
+        _require_command(args)
         state = StateDir(args.state_dir)
         return int(args.func(args, state))
     except AgentError as exc:

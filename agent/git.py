@@ -21,7 +21,8 @@ BACKOFF_SECONDS = (1.0, 3.0)
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 # Failures that another try cannot fix.
 _PERMANENT = re.compile(
-    r"not found|does not exist|no such repository|not exported|does not appear to be a git repository|"
+    r"not found|does not exist|no such repository|not exported|"
+    r"does not appear to be a git repository|"
     r"Could not find remote branch|couldn't find remote ref|not our ref|"
     r"Authentication failed|Permission denied|could not read Username|"
     r"terminal prompts disabled|access denied|invalid",
@@ -105,14 +106,7 @@ class Git:
         for attempt in range(1, CLONE_TRIES + 1):
             tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix + dest.name + "-", dir=dest.parent))
             try:
-                self._clone_into(url, ref, tmp, prefix)
-                sha = self.head(tmp, prefix)
-                if ref is not None and _COMMIT.match(ref) and not sha.startswith(ref.lower()):
-                    raise StepFailed(f"checked out {sha}, not the pinned commit {ref}")
-                if dest.exists() or dest.is_symlink():
-                    raise StepFailed(f"{dest} appeared while cloning; left it untouched")
-                os.rename(tmp, dest)
-                return sha
+                return self._clone_and_place(url, ref, tmp, dest, prefix)
             except StepFailed as exc:
                 last_error = str(exc)
                 if attempt == CLONE_TRIES or _PERMANENT.search(last_error):
@@ -123,6 +117,18 @@ class Git:
                     shutil.rmtree(tmp, ignore_errors=True)
             self.children.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
         raise StepFailed(last_error)  # pragma: no cover - the loop returns or raises
+
+    def _clone_and_place(
+        self, url: str, ref: Optional[str], tmp: Path, dest: Path, prefix: str
+    ) -> str:
+        self._clone_into(url, ref, tmp, prefix)
+        sha = self.head(tmp, prefix)
+        if ref is not None and _COMMIT.match(ref) and not sha.startswith(ref.lower()):
+            raise StepFailed(f"checked out {sha}, not the pinned commit {ref}")
+        if dest.exists() or dest.is_symlink():
+            raise StepFailed(f"{dest} appeared while cloning; left it untouched")
+        tmp.rename(dest)
+        return sha
 
     def _clone_into(self, url: str, ref: Optional[str], tmp: Path, prefix: str) -> None:
         if ref is not None and _COMMIT.match(ref):

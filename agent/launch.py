@@ -68,8 +68,7 @@ def spawn_worker(
     it survives the SSH session and the sshd that started ``start``.
     """
     paths = state.task(task_id)
-    log = open(paths.log, "ab")
-    try:
+    with open(paths.log, "ab") as log:
         return subprocess.Popen(
             worker_argv(state, task_id, lock_fd),
             stdin=subprocess.DEVNULL,
@@ -79,5 +78,3 @@ def spawn_worker(
             pass_fds=(lock_fd,),
             start_new_session=detached,
         )
-    finally:
-        log.close()

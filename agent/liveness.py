@@ -51,7 +51,7 @@ def worker_alive(pid: Optional[int], task_id: str, recorded_boot_id: Optional[st
         return True  # no /proc (not Linux): the pid check is all we have
     argv = cmdline(pid)
     # A zombie has an empty cmdline: it is dead, only not reaped yet.
-    return bool(argv) and task_id in argv
+    return argv is not None and task_id in argv
 
 
 def descendants(pid: int) -> List[int]:

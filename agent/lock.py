@@ -15,7 +15,7 @@ from agent.errors import Conflict
 
 
 def lock_path(locks_dir: Path, ui_home: str) -> Path:
-    real = os.path.realpath(os.path.expanduser(ui_home))
+    real = str(Path(ui_home).expanduser().resolve())
     digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()
     return locks_dir / f"{digest}.lock"
 

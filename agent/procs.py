@@ -6,6 +6,7 @@ stdin closed, so nothing can wait for an answer from a person.
 """
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -91,10 +92,8 @@ class Children:
 
 
 def _kill_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run(

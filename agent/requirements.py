@@ -61,7 +61,7 @@ print(json.dumps(found))
 def find_interpreter(spec_python: Optional[str], ui_home: Path) -> Tuple[Optional[str], str]:
     """ComfyUI's Python and why it was chosen (for the log)."""
     if spec_python:
-        found = shutil.which(os.path.expanduser(spec_python))
+        found = shutil.which(str(Path(spec_python).expanduser()))
         if found:
             return found, f"the spec's python ({spec_python})"
         return None, f"the spec's python {spec_python!r} does not exist or is not executable"

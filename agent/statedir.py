@@ -24,8 +24,8 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.is_symlink() or not path.is_dir():
         raise InvalidInput(f"{path} is not a directory", code="bad_state_dir")
-    if os.stat(path).st_mode & 0o077:
-        os.chmod(path, 0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
     return path
 
 

@@ -19,10 +19,13 @@ class TaskLog:
 
     def line(self, prefix: Optional[str], text: str) -> None:
         head = f"{utc_now()} [{prefix}] " if prefix else f"{utc_now()} "
+        line = head + text.rstrip("\n") + "\n"
         with self._lock:
-            self._stream.write(head + text.rstrip("\n") + "\n")
+            if self._stream.closed:
+                return  # a late line (a signal after the end) has nowhere to go
+            self._stream.write(line)
             if self._echo is not None:
-                self._echo.write(head + text.rstrip("\n") + "\n")
+                self._echo.write(line)
 
     def command(self, prefix: Optional[str], argv: Sequence[str], cwd: Optional[str]) -> None:
         where = f" (in {cwd})" if cwd else ""

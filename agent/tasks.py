@@ -1,5 +1,6 @@
 """Reading and managing tasks on this instance: status, cancel, list, cleanup."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,10 +60,8 @@ def cancel(paths: TaskPaths) -> Progress:
         return progress
     pid = progress.pid
     if pid is not None and liveness.worker_alive(pid, progress.task_id, progress.boot_id):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + CANCEL_GRACE_SECONDS
         while time.monotonic() < deadline:
             current = _try_load(paths)
@@ -77,7 +76,7 @@ def cancel(paths: TaskPaths) -> Progress:
         return current
     # The worker is gone without a final word: write it for it.
     doc = current or progress
-    custom_nodes = Path(os.path.expanduser(doc.ui_home)) / "custom_nodes"
+    custom_nodes = Path(doc.ui_home).expanduser() / "custom_nodes"
     removed = sweep_temp_dirs(custom_nodes, gitmod.temp_prefix(doc.task_id))
     writer = ProgressWriter(paths.progress, doc)
     message = "the install was cancelled"

@@ -7,16 +7,18 @@ signal.
 """
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from agent import git as gitmod
 from agent import liveness, procs, requirements
@@ -41,10 +43,8 @@ class Timeouts:
         for name in ("git", "requirements", "install_script"):
             raw = os.environ.get(f"NODEFERRY_AGENT_{name.upper()}_TIMEOUT")
             if raw:
-                try:
+                with contextlib.suppress(ValueError):
                     setattr(values, name, max(1.0, float(raw)))
-                except ValueError:
-                    pass
         return values
 
 
@@ -77,7 +77,7 @@ class Installer:
         self.timeouts = timeouts or Timeouts.from_env()
         self.children = procs.Children()
         self.git = gitmod.Git(log, self.children, self.timeouts.git)
-        self.ui_home = Path(os.path.expanduser(spec.ui_home))
+        self.ui_home = Path(spec.ui_home).expanduser()
         self.custom_nodes = self.ui_home / "custom_nodes"
         self.tmp_prefix = gitmod.temp_prefix(spec.task_id)
         # Nodes whose files changed in this run: they get requirements and install.py.
@@ -368,6 +368,35 @@ def sweep_temp_dirs(custom_nodes: Path, prefix: str) -> List[str]:
     return removed
 
 
+def _install_signal_handlers(installer: Installer, log: TaskLog) -> None:
+    """SIGTERM/SIGINT/SIGHUP cancel the install.
+
+    The handler itself only writes the signal number to a pipe: a Python signal
+    handler runs between two bytecodes of the main thread, which may hold the
+    very lock (the log's, the children's) that cancelling needs. A watcher
+    thread does the cancelling in ordinary thread context.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+        with contextlib.suppress(OSError):
+            os.write(write_fd, bytes([signum]))
+
+    def watch() -> None:
+        while True:
+            data = os.read(read_fd, 16)
+            if not data:
+                return
+            for signum in data:
+                log.line(None, f"received signal {signum}; cancelling")
+                installer.cancel()
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def run_worker(spec: InstallSpec, paths: TaskPaths, log_echo: bool = False) -> int:
     """The worker process's body: first document, signals, install, final document."""
     log = TaskLog.open(str(paths.log), echo=sys.stderr if log_echo else None)
@@ -376,14 +405,7 @@ def run_worker(spec: InstallSpec, paths: TaskPaths, log_echo: bool = False) -> i
         pass  # the first document: the launcher waits for it
     writer.start_heartbeat()
     installer = Installer(spec, paths, writer, log)
-    signals: Dict[int, object] = {}
-
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        log.line(None, f"received signal {signum}; cancelling")
-        installer.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signals[sig] = signal.signal(sig, on_signal)
+    _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")
     try:
         return installer.run()

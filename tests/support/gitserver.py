@@ -12,17 +12,18 @@ No pytest here: the benchmark script and other areas' tests use it too.
 The daemon is a child process killed by pid on :meth:`stop`.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
 
-Content = Union[str, bytes]
+Content = str | bytes
 
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "nodeferry tests",
@@ -166,6 +167,8 @@ class GitServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                # Its own group, so stop() also ends the per-connection children.
+                start_new_session=True,
             )
             if self._wait_listening():
                 return self
@@ -188,8 +191,8 @@ class GitServer:
     def _stop_proc(self) -> str:
         if self.proc is None:
             return ""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         try:
             _out, err = self.proc.communicate(timeout=5)
         except subprocess.TimeoutExpired:
