@@ -1,0 +1,172 @@
+"""The SSH pool and host-key policy against a real sshd."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.config import Settings
+from controller.errors import AuthFailed, HostKeyChanged, HostKeyError, Unreachable
+from controller.ssh.hostkeys import KnownHosts
+from controller.ssh.pool import SSHPool
+from controller.stats import Stats
+from controller.target import Target, parse_target
+from tests.controller.conftest import make_settings
+from tests.support.sshd import SshServer, make_key
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _pool(settings: Settings) -> SSHPool:
+    return SSHPool(
+        settings, KnownHosts(settings.known_hosts_path, settings.host_key_policy), Stats()
+    )
+
+
+def _target(server: SshServer) -> Target:
+    return parse_target(server.connection_string())
+
+
+def test_commands_stdin_exit_status_and_nodelay(
+    tmp_path: Path, client_key: Path, sshd: SshServer
+) -> None:
+    pool = _pool(make_settings(tmp_path, client_key))
+    try:
+        target = _target(sshd)
+        result = pool.run(target, "cat; echo oops >&2; exit 3", b"payload", timeout=10)
+        assert (result.exit_status, result.stdout, result.stderr) == (3, b"payload", b"oops\n")
+        conn = pool._connections[target.key][0]
+        sock = conn.transport.sock
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        # Pooled: the next command reuses the connection.
+        pool.run(target, "true", None, timeout=10)
+        assert pool.stats.connections == 1
+        home = pool.sftp(target, lambda sftp, home: home)
+        assert home == str(Path.home())
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(("max_connections", "expected"), [(4, range(3, 5)), (1, range(1, 2))])
+def test_channels_per_connection_are_capped_and_callers_queue(
+    tmp_path: Path, client_key: Path, sshd: SshServer, max_connections: int, expected: range
+) -> None:
+    settings = make_settings(
+        tmp_path, client_key, max_channels_per_connection=5, max_connections_per_host=max_connections
+    )
+    pool = _pool(settings)
+    target = _target(sshd)
+    errors: list[BaseException] = []
+    results: list[int] = []
+
+    def work() -> None:
+        try:
+            results.append(pool.run(target, "sleep 0.3; echo ok", None, timeout=30).exit_status)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(15)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert results == [0] * 15
+        assert pool.connection_count(target) in expected
+        assert all(c.in_use == 0 for c in pool._connections[target.key])
+    finally:
+        pool.close()
+
+
+def test_reconnects_after_a_drop(tmp_path: Path, client_key: Path, sshd: SshServer) -> None:
+    pool = _pool(make_settings(tmp_path, client_key))
+    target = _target(sshd)
+    try:
+        assert pool.run(target, "echo one", None, timeout=10).stdout == b"one\n"
+        assert pool.sftp(target, lambda sftp, home: sftp.stat(home).st_size) is not None
+        assert sshd.kill_sessions() >= 1
+        deadline = time.monotonic() + 10
+        while pool._connections[target.key][0].transport.is_active():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # SFTP retries on a fresh connection by itself; commands get a new one too.
+        assert pool.sftp(target, lambda sftp, home: home) == str(Path.home())
+        assert pool.run(target, "echo two", None, timeout=10).stdout == b"two\n"
+        assert pool.stats.connections == 2
+    finally:
+        pool.close()
+
+
+def test_unreachable_and_wrong_key(tmp_path: Path, client_key: Path, sshd: SshServer) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    pool = _pool(make_settings(tmp_path, client_key, connect_timeout=2))
+    try:
+        began = time.monotonic()
+        with pytest.raises(Unreachable, match="cannot connect"):
+            pool.run(Target("ssh", "root", "127.0.0.1", free), "true", None, timeout=5)
+        assert time.monotonic() - began < 2
+    finally:
+        pool.close()
+    stranger = make_key(tmp_path / "stranger")
+    pool = _pool(make_settings(tmp_path, stranger))
+    try:
+        with pytest.raises(AuthFailed, match="authentication as root@127.0.0.1"):
+            pool.run(_target(sshd), "true", None, timeout=5)
+    finally:
+        pool.close()
+    assert sshd.session_count() == 0
+
+
+def test_host_key_policies(tmp_path: Path, client_key: Path, sshd: SshServer) -> None:
+    target = _target(sshd)
+    strict = _pool(make_settings(tmp_path, client_key, host_key_policy="strict"))
+    try:
+        with pytest.raises(HostKeyError, match="not in"):
+            strict.run(target, "true", None, timeout=5)
+    finally:
+        strict.close()
+
+    tofu_settings = make_settings(tmp_path, client_key)
+    tofu = _pool(tofu_settings)
+    try:
+        tofu.run(target, "true", None, timeout=5)
+    finally:
+        tofu.close()
+    assert sshd.host_public_key() in tofu_settings.known_hosts_path.read_text()
+
+    # Now strict accepts it (it is recorded) ...
+    strict = _pool(make_settings(tmp_path, client_key, host_key_policy="strict"))
+    try:
+        strict.run(target, "true", None, timeout=5)
+    finally:
+        strict.close()
+
+    # ... and a new key on the same address is refused until forgotten.
+    sshd.stop()
+    impostor = SshServer(tmp_path / "impostor", port=sshd.port, client_key=client_key).start()
+    try:
+        tofu = _pool(tofu_settings)
+        try:
+            with pytest.raises(HostKeyChanged, match=f"nodeferry hosts forget 127.0.0.1:{sshd.port}"):
+                tofu.run(target, "true", None, timeout=5)
+            assert impostor.session_count() == 0
+            insecure = _pool(make_settings(tmp_path, client_key, host_key_policy="insecure"))
+            try:
+                assert insecure.run(target, "echo in", None, timeout=5).stdout == b"in\n"
+            finally:
+                insecure.close()
+            assert KnownHosts(tofu_settings.known_hosts_path, "tofu").forget("127.0.0.1", sshd.port)
+            assert tofu.run(target, "true", None, timeout=5).exit_status == 0
+            assert impostor.host_public_key() in tofu_settings.known_hosts_path.read_text()
+        finally:
+            tofu.close()
+    finally:
+        impostor.stop()
