@@ -8,6 +8,10 @@ const LIST_REFRESH_MS = 3000;
 const LOG_REFRESH_MS = 2000;
 const LOG_TAIL_CHARS = 16000;
 const RETRY_MS = 2000;
+// A browser opens at most ~6 HTTP/1.1 connections per host; each event stream
+// holds one. Beyond this many running tasks, the rest are polled instead.
+const MAX_STREAMS = 4;
+let openStreams = 0;
 
 const tasks = new Map(); // task_id -> entry (see ensureEntry)
 let token = takeTokenFromUrl() || localStorage.getItem("nodeferry.token") || "";
@@ -281,8 +285,18 @@ async function watch(entry) {
   entry.watching = true;
   try {
     while (!(entry.doc && FINAL_STATES.has(entry.doc.state))) {
+      if (openStreams >= MAX_STREAMS) {
+        await pollOnce(entry);
+        await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+        continue;
+      }
+      openStreams += 1;
       try {
         await streamEvents(entry.id, (_event, doc) => setDoc(entry, doc));
+        // Ended without a final event (a controller restart): reconnect soon.
+        if (!(entry.doc && FINAL_STATES.has(entry.doc.state))) {
+          await new Promise((resolve) => setTimeout(resolve, RETRY_MS / 4));
+        }
       } catch (error) {
         if (error instanceof HttpError && error.status === 404) {
           entry.message = "this controller no longer knows the task";
@@ -290,17 +304,23 @@ async function watch(entry) {
           return;
         }
         // A dropped stream: read once, then reconnect after a pause.
-        try {
-          const doc = await api("POST", "ssh/install-custom-nodes/progress", {task_id: entry.id});
-          setDoc(entry, doc);
-        } catch (pollError) {
-          if (pollError.body && pollError.body.task_id === entry.id && pollError.body.state) setDoc(entry, pollError.body);
-        }
+        await pollOnce(entry);
         await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      } finally {
+        openStreams -= 1;
       }
     }
   } finally {
     entry.watching = false;
+  }
+}
+
+async function pollOnce(entry) {
+  try {
+    setDoc(entry, await api("POST", "ssh/install-custom-nodes/progress", {task_id: entry.id}));
+  } catch (error) {
+    // 503 still carries the last known document.
+    if (error.body && error.body.task_id === entry.id && error.body.state) setDoc(entry, error.body);
   }
 }
 
