@@ -37,6 +37,7 @@ DEFAULT_HEARTBEAT = 15.0
 #: How long a browser waits before reconnecting a dropped stream, in ms.
 RETRY_MS = 2000
 
+
 class _OpenStreams:
     """The handler tasks of the streams open now, to end them at shutdown."""
 
