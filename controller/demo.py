@@ -141,6 +141,8 @@ async def run_demo(
                 timeout=None,
                 on_interrupt="ask",
             )
+        if status == commands.EXIT_DETACHED:
+            return status  # Ctrl-C during the install: the person wants out
         installed = sorted(
             p.name
             for p in (sandbox.ui_home / "custom_nodes").iterdir()
