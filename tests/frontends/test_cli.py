@@ -266,6 +266,8 @@ def test_without_controller_an_in_process_one_serves_every_command(
     status = run_cli("status", task, env=env)
     assert status.returncode == 0, status.stderr
     assert re.search(r"ComfyUI-Demo-Tiles\s+✓ installed", status.stdout)
+    followed_status = run_cli("status", "-f", task, env=env)
+    assert followed_status.returncode == 0 and "✓ done: 1 installed" in followed_status.stdout
     listed = run_cli("tasks", "--json", env=env)
     assert [t["task_id"] for t in json.loads(listed.stdout)] == [task]
     logs = run_cli("logs", task, env=env)
