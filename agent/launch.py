@@ -4,6 +4,7 @@ The worker's argv always names the task id, so ``status`` can tell this task's
 worker from an unrelated process that got the same pid later.
 """
 
+import os
 import subprocess
 import sys
 import zipimport
@@ -12,6 +13,7 @@ from typing import List, Optional
 
 import agent
 from agent.bundle import Bundle, bundle
+from agent.liveness import TASK_ENV
 from agent.statedir import StateDir
 
 # Runs the agent from a checkout without touching PYTHONPATH (which would leak
@@ -68,6 +70,8 @@ def spawn_worker(
     it survives the SSH session and the sshd that started ``start``.
     """
     paths = state.task(task_id)
+    env = dict(os.environ)
+    env.pop(TASK_ENV, None)  # only the worker's own children carry a task's mark
     with open(paths.log, "ab") as log:
         return subprocess.Popen(
             worker_argv(state, task_id, lock_fd),
@@ -76,5 +80,6 @@ def spawn_worker(
             stderr=log,
             cwd=str(paths.dir),
             pass_fds=(lock_fd,),
+            env=env,
             start_new_session=detached,
         )

@@ -54,6 +54,31 @@ def worker_alive(pid: Optional[int], task_id: str, recorded_boot_id: Optional[st
     return argv is not None and task_id in argv
 
 
+TASK_ENV = "NODEFERRY_TASK_ID"
+
+
+def task_processes(task_id: str) -> List[int]:
+    """Processes whose environment names ``task_id``: everything a worker started.
+
+    The worker puts ``NODEFERRY_TASK_ID`` in its children's environment, which
+    their own children inherit, so they can be found (and stopped) even after the
+    worker died and they were reparented away from it.
+    """
+    marker = f"{TASK_ENV}={task_id}".encode()
+    found: List[int] = []
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
 def descendants(pid: int) -> List[int]:
     """Every process below ``pid`` in the process tree, read from /proc."""
     children: dict[int, List[int]] = {}

@@ -15,6 +15,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import Cancelled
+from agent.liveness import task_processes
 from agent.tasklog import TaskLog
 
 TAIL_LINES = 15
@@ -89,6 +90,15 @@ class Children:
         """Sleep unless cancelled (then raise at once)."""
         if self.cancelled.wait(seconds):
             raise Cancelled()
+
+
+def kill_task_processes(task_id: str) -> List[int]:
+    """SIGKILL whatever still runs with this task's mark, e.g. daemons an install.py forked."""
+    found = task_processes(task_id)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 def _kill_group(pid: int, sig: int) -> None:

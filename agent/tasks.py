@@ -71,6 +71,9 @@ def cancel(paths: TaskPaths) -> Progress:
                 break
             time.sleep(POLL_SECONDS)
         _kill_tree(pid, progress.task_id, progress.boot_id)
+    else:
+        # A lost worker: what it started may still run, reparented away from it.
+        _kill_tree(None, progress.task_id, progress.boot_id)
     current = _try_load(paths)
     if current is not None and current.is_final:
         return current
@@ -93,10 +96,11 @@ def _try_load(paths: TaskPaths) -> Optional[Progress]:
         return None
 
 
-def _kill_tree(pid: int, task_id: str, boot: Optional[str]) -> None:
-    """SIGKILL the worker and every process group below it, then wait for it to go."""
-    below = liveness.descendants(pid)
-    for target in [pid, *below]:
+def _kill_tree(pid: Optional[int], task_id: str, boot: Optional[str]) -> None:
+    """SIGKILL the worker and every process group it started, then wait for it to go."""
+    targets = [pid, *liveness.descendants(pid)] if pid is not None else []
+    targets += [p for p in liveness.task_processes(task_id) if p not in targets]
+    for target in targets:
         try:
             if os.getpgid(target) == target:
                 os.killpg(target, signal.SIGKILL)
@@ -105,7 +109,11 @@ def _kill_tree(pid: int, task_id: str, boot: Optional[str]) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and liveness.worker_alive(pid, task_id, boot):
+    while (
+        pid is not None
+        and time.monotonic() < deadline
+        and liveness.worker_alive(pid, task_id, boot)
+    ):
         time.sleep(POLL_SECONDS)
 
 

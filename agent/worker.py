@@ -93,6 +93,7 @@ class Installer:
             self._install()
         except Cancelled:
             self.log.line(None, "cancelled: stopping")
+            self._stop_stragglers()
             self._sweep_temp_dirs()
             self.writer.finish(
                 "cancelled",
@@ -350,6 +351,12 @@ class Installer:
 
     # cleanup ----------------------------------------------------------------------------
 
+    def _stop_stragglers(self) -> None:
+        # Children's groups are already killed; this catches what left its group.
+        stopped = procs.kill_task_processes(self.spec.task_id)
+        if stopped:
+            self.log.line(None, f"killed leftover processes: {stopped}")
+
     def _sweep_temp_dirs(self) -> None:
         sweep_temp_dirs(self.custom_nodes, self.tmp_prefix)
 
@@ -404,6 +411,8 @@ def run_worker(spec: InstallSpec, paths: TaskPaths, log_echo: bool = False) -> i
     with writer.change():
         pass  # the first document: the launcher waits for it
     writer.start_heartbeat()
+    # Inherited by every child and grandchild, so a cancel can find them all.
+    os.environ[liveness.TASK_ENV] = spec.task_id
     installer = Installer(spec, paths, writer, log)
     _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")

@@ -197,8 +197,15 @@ class Agent:
 
 
 @pytest.fixture
-def agent(state_dir: Path, wheelhouse: Path) -> Agent:
-    return Agent(state_dir, wheelhouse)
+def agent(state_dir: Path, wheelhouse: Path) -> Iterator[Agent]:
+    runner = Agent(state_dir, wheelhouse)
+    yield runner
+    # A failed test must not leave a detached worker installing into the next one.
+    tasks = state_dir / "tasks"
+    for task_dir in tasks.iterdir() if tasks.is_dir() else ():
+        progress = task_dir / "progress.json"
+        if progress.exists() and not Progress.from_json(progress.read_text()).is_final:
+            runner.run("cancel", "--task-id", task_dir.name)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

@@ -14,6 +14,7 @@ import pytest
 from protocol import ExitCode, Progress
 from tests.agent.conftest import REPO_ROOT, Agent, Repos, pid_running, temp_clone_dirs, wait_until
 from tests.support.comfy import ComfyHome
+from tests.support.gitserver import GitServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,6 +203,12 @@ def test_sigkilled_worker_is_reported_lost(agent: Agent, comfy: ComfyHome, repos
         assert on_disk.state == "running_install_scripts"
         listed = agent.json("list")["tasks"]
         assert listed[0]["state"] == "lost"
+        # Cancelling the lost task stops what the dead worker left running.
+        assert pid_running(script_pid)
+        cancelled = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
+        assert cancelled.state == "cancelled"
+        assert cancelled.nodes[0].status == "cancelled"
+        wait_until(lambda: not pid_running(script_pid), 5, "orphaned install.py killed")
         # The dead worker's lock went with it: a new install may start.
         follow_up = agent.start(agent.spec(comfy.root, [repos.plain.url]))
         assert agent.wait_final(follow_up["task_id"]).state == "completed"
@@ -355,3 +362,28 @@ def test_python_module_entry_point_runs_outside_the_checkout(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("nodeferry-agent ")
+
+
+ESCAPING_INSTALL_PY = """\
+import os, subprocess, time
+from pathlib import Path
+daemon = subprocess.Popen(["setsid", "sleep", "300"])
+Path("daemon.pid").write_text(str(daemon.pid))
+Path("started.marker").write_text(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+def test_cancel_stops_processes_that_left_their_group(
+    agent: Agent, comfy: ComfyHome, git_server: GitServer, tmp_path: Path
+) -> None:
+    repo = git_server.add_repo(f"escaper-{tmp_path.name}", {"install.py": ESCAPING_INSTALL_PY})
+    spec = agent.spec(comfy.root, [repo.url])
+    agent.start(spec)
+    node_dir = comfy.custom_nodes / repo.name
+    wait_until((node_dir / "started.marker").exists, 60, "install.py started")
+    daemon = int(wait_until(lambda: (node_dir / "daemon.pid").read_text().strip(), 10, "pid"))
+    assert os.getsid(daemon) == daemon  # it left install.py's session and group
+    final = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
+    assert final.state == "cancelled"
+    wait_until(lambda: not pid_running(daemon), 5, "escaped daemon killed")

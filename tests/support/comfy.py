@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -142,7 +143,11 @@ def make_comfy_home(
     with_main_py: bool = True,
     with_custom_nodes: bool = True,
 ) -> ComfyHome:
-    """A fake ComfyUI at ``root``. With ``venv_template`` its venv is a copy of that."""
+    """A fake ComfyUI at ``root`` with ``venv/`` holding pip and a fake torch 1.0.0.
+
+    With ``venv_template`` (see :func:`build_venv_template`) the venv is a copy
+    of it, which is fast; without, a new venv is made, which takes seconds.
+    """
     home = ComfyHome(Path(root))
     home.root.mkdir(parents=True, exist_ok=True)
     if with_main_py:
@@ -153,5 +158,9 @@ def make_comfy_home(
         if venv_template is not None:
             shutil.copytree(venv_template, home.venv, symlinks=True)
         else:
-            make_venv(home.venv)
+            wheelhouse = Path(tempfile.mkdtemp(prefix="fake-torch-"))
+            try:
+                build_venv_template(home.venv, wheelhouse)
+            finally:
+                shutil.rmtree(wheelhouse, ignore_errors=True)
     return home

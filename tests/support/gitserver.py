@@ -5,6 +5,7 @@ No pytest here: the benchmark script and other areas' tests use it too.
     with GitServer(tmp_dir) as server:
         repo = server.add_repo("ComfyUI-Foo", {"__init__.py": "", "requirements.txt": "bar\\n"})
         repo.url           # git://127.0.0.1:<port>/ComfyUI-Foo
+        node = server.add_node_repo("ComfyUI-Bar", requirements=["tinydep==1.0"])
         repo.head          # sha of the branch tip
         repo.commit({"more.py": "x = 1\\n"})   # a new commit; returns its sha
 
@@ -210,6 +211,23 @@ class GitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def add_node_repo(
+        self,
+        name: str,
+        *,
+        requirements: list[str] | None = None,
+        install_py: str | None = None,
+        files: Mapping[str, Content] | None = None,
+    ) -> Repo:
+        """A ComfyUI custom node: ``__init__.py`` plus optional requirements and install.py."""
+        content: dict[str, Content] = {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"}
+        if requirements is not None:
+            content["requirements.txt"] = "".join(line + "\n" for line in requirements)
+        if install_py is not None:
+            content["install.py"] = install_py
+        content.update(files or {})
+        return self.add_repo(name, content)
 
     def add_repo(
         self, name: str, files: Mapping[str, Content], message: str = "initial commit"
