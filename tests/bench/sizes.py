@@ -28,7 +28,13 @@ class BenchSize:
     scale_hosts: int
     scale_tasks_per_host: int
     scale_pollers: int
+    #: The offered load of the paced run, in polls/s over all pollers together.
+    scale_rate: float
     scale_seconds: float
+    #: A closed-loop run (every poller sends its next poll at once) finds the ceiling.
+    saturation_seconds: float
+    #: Polls spaced just over the refresh interval, so each one reads the instance.
+    uncached_polls: int
     sse_watchers: int
     sse_seconds: float
     # freshness
@@ -55,7 +61,10 @@ FULL = BenchSize(
     scale_hosts=50,
     scale_tasks_per_host=2,
     scale_pollers=100,
+    scale_rate=300.0,
     scale_seconds=30.0,
+    saturation_seconds=15.0,
+    uncached_polls=20,
     sse_watchers=100,
     sse_seconds=15.0,
     freshness_nodes=12,
@@ -80,7 +89,10 @@ SMOKE = BenchSize(
     scale_hosts=2,
     scale_tasks_per_host=2,
     scale_pollers=8,
+    scale_rate=40.0,
     scale_seconds=2.0,
+    saturation_seconds=2.0,
+    uncached_polls=2,
     sse_watchers=5,
     sse_seconds=2.0,
     freshness_nodes=3,
