@@ -30,6 +30,18 @@ _PERMANENT = re.compile(
 )
 
 
+# No credential helpers or askpass programs (they may open a prompt or a window),
+# and never a remote helper that runs commands, even from a submodule's URL.
+_SAFE_CONFIG = (
+    "-c",
+    "credential.helper=",
+    "-c",
+    "core.askPass=",
+    "-c",
+    "protocol.ext.allow=never",
+)
+
+
 def temp_prefix(task_id: str) -> str:
     """Temp clone dirs are hidden (ComfyUI skips them) and name their task."""
     return f".nodeferry-{task_id[:8]}-"
@@ -41,7 +53,10 @@ def git_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         env.pop(name, None)
     env["GIT_TERMINAL_PROMPT"] = "0"
     env["GCM_INTERACTIVE"] = "never"
-    env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+    # Keep a user's own ssh command (a deploy key, say), but never let it ask.
+    ssh = env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH") or "ssh"
+    env.pop("GIT_SSH", None)
+    env["GIT_SSH_COMMAND"] = ssh + " -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
     env["LC_ALL"] = "C"
     return env
 
@@ -60,7 +75,7 @@ class Git:
         self.env = git_env(env)
 
     def run(self, args: Sequence[str], prefix: str, cwd: Optional[Path] = None) -> procs.Result:
-        argv = ["git", "-c", "credential.helper=", "-c", "core.askPass=", *args]
+        argv = ["git", *_SAFE_CONFIG, *args]
         return procs.run(
             argv,
             log=self.log,

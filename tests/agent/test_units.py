@@ -291,6 +291,8 @@ def test_git_never_prompts() -> None:
     assert env["GIT_TERMINAL_PROMPT"] == "0"
     assert "GIT_ASKPASS" not in env and "SSH_ASKPASS" not in env
     assert "BatchMode=yes" in env["GIT_SSH_COMMAND"]
+    own = gitmod.git_env({"GIT_SSH_COMMAND": "ssh -i /keys/deploy", "HOME": "/"})
+    assert own["GIT_SSH_COMMAND"].startswith("ssh -i /keys/deploy -o BatchMode=yes")
 
 
 # -- clone retries ---------------------------------------------------------------------------
