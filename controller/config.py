@@ -98,9 +98,7 @@ class Settings:
 
     def validate(self) -> Settings:
         if self.host_key_policy not in HOST_KEY_POLICIES:
-            raise ConfigError(
-                "host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES)
-            )
+            raise ConfigError("host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES))
         if not 1 <= self.port <= 65535:
             raise ConfigError("port must be from 1 to 65535")
         if not _is_loopback(self.host) and not self.token:
@@ -165,7 +163,7 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(text)
+            raise ConfigError(f"{name}: {text!r} is not true or false")
     except ValueError:
         raise ConfigError(f"{name}: {text!r} is not a valid {kind.__name__}") from None
     if kind == "path":
@@ -227,9 +225,7 @@ def read_file(path: Path) -> dict[str, str]:
     values = dict(parser.items(SECTION))
     unknown = set(values) - set(_KINDS)
     if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown setting(s): {', '.join(sorted(unknown))}"
-        )
+        raise ConfigError(f"config file {path}: unknown setting(s): {', '.join(sorted(unknown))}")
     return values
 
 

@@ -7,13 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from protocol import __version__
-
 from controller.appkeys import SERVICE, STATS
 from controller.errors import InvalidRequest
 from controller.schemas import InstallRequest, ProgressRequest, parse_body
 from controller.service import LOG_DEFAULT_LIMIT, TaskView
 from controller.target import parse_target
+from protocol import __version__
 
 
 async def read_json(request: web.Request) -> Any:
@@ -96,5 +95,10 @@ async def task_log(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
-        {"success": True, "status": "ok", "version": __version__, "stats": request.app[STATS].snapshot()}
+        {
+            "success": True,
+            "status": "ok",
+            "version": __version__,
+            "stats": request.app[STATS].snapshot(),
+        }
     )

@@ -74,7 +74,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             # EventSource cannot set headers; the dashboard passes the token in the URL.
             given = request.query.get("token", "")
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized(
-                "missing or wrong API token: send 'Authorization: Bearer <token>'"
-            )
+            raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
     return await handler(request)

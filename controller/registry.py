@@ -37,7 +37,15 @@ CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
 """
 
 _FINAL = tuple(sorted(FINAL_STATES))
-_FINAL_SQL = ",".join("?" * len(_FINAL))
+# Only placeholders are formatted into these; every value is a bound parameter.
+_NOT_FINAL = "state NOT IN ({})".format(",".join("?" * len(_FINAL)))
+_COLUMNS = (
+    "task_id, target_kind, target_user, target_host, target_port, target_key, ui_home, "
+    "spec_json, created_at, finished_at, state, launched, progress_json"
+)
+_SELECT = "SELECT " + _COLUMNS + " FROM tasks "  # noqa: S608
+_INSERT = "INSERT INTO tasks (" + _COLUMNS + ") VALUES (" + ",".join("?" * 13) + ")"  # noqa: S608
+_RUNNING = "SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? AND " + _NOT_FINAL  # noqa: S608
 
 
 @dataclass
@@ -93,11 +101,6 @@ class Registry:
             progress=Progress.from_json(progress_json) if progress_json else None,
         )
 
-    _COLUMNS = (
-        "task_id, target_kind, target_user, target_host, target_port, target_key, ui_home, "
-        "spec_json, created_at, finished_at, state, launched, progress_json"
-    )
-
     def add_if_free(self, record: TaskRecord) -> str | None:
         """Insert ``record`` unless a task on the same machine and ComfyUI home is not
         finished; then return that task's id and insert nothing."""
@@ -106,15 +109,14 @@ class Registry:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    f"SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? "
-                    f"AND state NOT IN ({_FINAL_SQL}) ORDER BY created_at DESC LIMIT 1",
+                    _RUNNING + " ORDER BY created_at DESC LIMIT 1",
                     (target.key, home_key(record.ui_home), *_FINAL),
                 ).fetchone()
                 if row is not None:
                     self._db.execute("ROLLBACK")
                     return str(row[0])
                 self._db.execute(
-                    f"INSERT INTO tasks ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                    _INSERT,
                     (
                         record.task_id,
                         target.kind,
@@ -140,7 +142,7 @@ class Registry:
     def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM tasks WHERE task_id = ?",  # noqa: S608
+                _SELECT + "WHERE task_id = ?",
                 (task_id,),
             ).fetchone()
         return self._record(row) if row else None
@@ -148,8 +150,7 @@ class Registry:
     def is_running(self, target: Target, ui_home: str) -> str | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? "
-                f"AND state NOT IN ({_FINAL_SQL}) LIMIT 1",
+                _RUNNING + " LIMIT 1",
                 (target.key, home_key(ui_home), *_FINAL),
             ).fetchone()
         return str(row[0]) if row else None
@@ -168,7 +169,7 @@ class Registry:
         """Newest first."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM tasks ORDER BY created_at DESC LIMIT ?",  # noqa: S608
+                _SELECT + "ORDER BY created_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [self._record(row) for row in rows]
@@ -176,8 +177,7 @@ class Registry:
     def unfinished(self) -> list[TaskRecord]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM tasks WHERE state NOT IN ({_FINAL_SQL}) "  # noqa: S608
-                "ORDER BY created_at",
+                _SELECT + "WHERE " + _NOT_FINAL + " ORDER BY created_at",
                 _FINAL,
             ).fetchall()
         return [self._record(row) for row in rows]
@@ -185,8 +185,7 @@ class Registry:
     def finished_before(self, cutoff: float) -> list[TaskRecord]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM tasks WHERE finished_at IS NOT NULL "  # noqa: S608
-                "AND finished_at < ? ORDER BY finished_at",
+                _SELECT + "WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at",
                 (cutoff,),
             ).fetchall()
         return [self._record(row) for row in rows]

@@ -109,7 +109,9 @@ NodeStatus = Literal[
     "cancelled",
 ]
 RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
-ErrorCode = Literal["conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"]
+ErrorCode = Literal[
+    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
+]
 
 
 class NodeProgressModel(BaseModel):

@@ -27,9 +27,7 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--port", type=int, default=None, help="port (default 8765)")
     serve.add_argument("--config", type=Path, default=None, help="INI config file")
     serve.add_argument("--data-dir", type=Path, default=None, help="task registry directory")
-    serve.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=serve_command)
 
     hosts = subparsers.add_parser("hosts", help="manage the controller's known host keys")

@@ -137,7 +137,9 @@ class TaskService:
 
     async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(function, *args, **kwargs))
+        return await loop.run_in_executor(
+            self.executor, functools.partial(function, *args, **kwargs)
+        )
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coroutine)
@@ -195,8 +197,9 @@ class TaskService:
             live = self._remember(record)
         return live
 
-    async def _publish(self, live: _Live, progress: Progress, *, stale: bool = False,
-                       problem: str | None = None) -> TaskView:
+    async def _publish(
+        self, live: _Live, progress: Progress, *, stale: bool = False, problem: str | None = None
+    ) -> TaskView:
         """Install a new view; persist and wake watchers when the document changed."""
         previous = live.view
         changed = progress.to_dict() != previous.progress.to_dict()
@@ -228,7 +231,9 @@ class TaskService:
         """Register a task and launch it in the background; returns its id at once."""
         target = parse_target(request.ssh_connection)
         task_id = checks.new_task_id()
-        pip_args = request.pip_args if request.pip_args is not None else self.settings.default_pip_args
+        pip_args = (
+            request.pip_args if request.pip_args is not None else self.settings.default_pip_args
+        )
         try:
             spec = InstallSpec.from_dict(
                 {
@@ -411,7 +416,8 @@ class TaskService:
             lost = _failed_document(
                 live.view.progress,
                 "lost",
-                f"the task's files are gone from {live.record.target}; it can no longer be followed",
+                f"the task's files are gone from {live.record.target}; "
+                "it can no longer be followed",
             )
             lost.state = "lost"
             return await self._publish(live, lost)
@@ -575,7 +581,9 @@ def _whole_utf8(data: bytes) -> bytes:
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
         if byte & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            needed = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            needed = (
+                1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            )
             return data if back >= needed else data[:-back]
     return data
 
@@ -609,4 +617,3 @@ def _summary(record: TaskRecord, progress: Progress | None) -> dict[str, Any]:
 def _iso(epoch: float) -> str:
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-

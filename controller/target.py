@@ -22,7 +22,9 @@ MAX_LENGTH = 512
 DEFAULT_PORT = 22
 
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _IPV6 = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Flags a copied ssh command may carry that do not matter to us.

@@ -7,7 +7,6 @@ different key is refused, because that is what a man in the middle looks like.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from pathlib import Path
 
@@ -38,7 +37,7 @@ class KnownHosts:
         temp = self.path.with_name(self.path.name + ".tmp")
         keys.save(str(temp))
         temp.chmod(0o600)
-        os.replace(temp, self.path)
+        temp.replace(self.path)
 
     def check(self, host: str, port: int, key: paramiko.PKey) -> None:
         """Accept ``key`` for ``host:port`` or raise :class:`HostKeyError`."""

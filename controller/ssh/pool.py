@@ -123,9 +123,16 @@ class SSHPool:
         try:
             try:
                 transport.start_client(timeout=timeout)
+                # start_client returns quietly when its timeout passes mid-handshake.
+                if not transport.is_active() or transport.host_key is None:
+                    raise Unreachable(
+                        f"SSH handshake with {where} timed out after {timeout:g} s "
+                        "(is it an SSH server?)"
+                    )
+                server_key = transport.get_remote_server_key()
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise Unreachable(f"SSH handshake with {where} failed: {exc}") from None
-            self.known_hosts.check(target.host, target.port, transport.get_remote_server_key())
+            self.known_hosts.check(target.host, target.port, server_key)
             self._authenticate(transport, target, where)
         except BaseException:
             transport.close()
@@ -154,7 +161,9 @@ class SSHPool:
             except paramiko.AuthenticationException:
                 continue
             except DROPPED as exc:
-                raise Unreachable(f"connection to {where} dropped while logging in: {exc}") from None
+                raise Unreachable(
+                    f"connection to {where} dropped while logging in: {exc}"
+                ) from None
             if transport.is_authenticated():
                 return
         raise AuthFailed(
@@ -171,9 +180,10 @@ class SSHPool:
             conn.close()
         return conns
 
-    def _acquire(self, target: Target, *, want_sftp: bool) -> Connection:
-        """A connection with a slot reserved (``in_use`` += 1) — or, for SFTP, one
-        that has or can open an SFTP session (no slot kept)."""
+    def _acquire(self, target: Target, *, want_sftp: bool) -> tuple[Connection, bool]:
+        """A connection, and whether a channel slot was reserved on it (``in_use`` += 1;
+        give it back with :meth:`_release`). For SFTP, a connection that already has an
+        SFTP session comes without a reservation."""
         key = target.key
         deadline = time.monotonic() + self.settings.connect_timeout + self.settings.command_timeout
         seen_attempt: _Attempt | None = None
@@ -185,12 +195,12 @@ class SSHPool:
                 if want_sftp:
                     with_sftp = [c for c in conns if c.sftp is not None]
                     if with_sftp:
-                        return with_sftp[0]
+                        return with_sftp[0], False
                 free = [c for c in conns if c.free_slots > 0]
                 if free:
                     conn = max(free, key=lambda c: c.free_slots)
                     conn.in_use += 1
-                    return conn
+                    return conn, True
                 attempt = self._attempts.get(key)
                 if attempt is None and len(conns) < self.settings.max_connections_per_host:
                     attempt = _Attempt()
@@ -217,7 +227,7 @@ class SSHPool:
             self._connections.setdefault(key, []).append(conn)
             conn.in_use += 1
             self._cond.notify_all()
-        return conn
+        return conn, True
 
     def _release(self, conn: Connection) -> None:
         with self._cond:
@@ -238,16 +248,22 @@ class SSHPool:
         fresh connection hides a dropped one.
         """
         for attempt in (1, 2):
-            conn = self._acquire(target, want_sftp=True)
+            conn, reserved = self._acquire(target, want_sftp=True)
             try:
                 with conn.sftp_lock:
-                    if conn.sftp is None:
-                        # _acquire reserved a slot for us; it becomes the SFTP channel.
-                        try:
-                            conn.sftp = conn.transport.open_sftp_client()
-                            conn.sftp.get_channel().settimeout(self.settings.command_timeout)
-                            conn.home = conn.sftp.normalize(".")
-                        finally:
+                    try:
+                        if conn.sftp is None:
+                            # The reserved slot becomes the connection's SFTP channel.
+                            client = conn.transport.open_sftp_client()
+                            if client is None:
+                                raise paramiko.SSHException("the SFTP subsystem is not available")
+                            channel = client.get_channel()
+                            if channel is not None:
+                                channel.settimeout(self.settings.command_timeout)
+                            conn.home = client.normalize(".")
+                            conn.sftp = client
+                    finally:
+                        if reserved:
                             self._release(conn)
                     assert conn.sftp is not None and conn.home is not None
                     return operation(conn.sftp, conn.home)
@@ -267,7 +283,7 @@ class SSHPool:
         self, target: Target, command: str, stdin: bytes | None, timeout: float
     ) -> CommandResult:
         """Run ``command`` (already quoted) and collect its output and exit status."""
-        conn = self._acquire(target, want_sftp=False)
+        conn, _ = self._acquire(target, want_sftp=False)
         try:
             try:
                 channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
@@ -312,10 +328,9 @@ class SSHPool:
 
 
 def _read_all(recv: Callable[[int], bytes]) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = recv(65536)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-

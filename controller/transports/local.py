@@ -47,7 +47,7 @@ class LocalTransport(Transport):
         temp = agent_dir / f".{self._sha256}.{secrets.token_hex(4)}.tmp"
         temp.write_bytes(self._bundle)
         temp.chmod(0o600)
-        os.replace(temp, path)
+        temp.replace(path)
         self.stats.add("uploads")
         return str(path)
 

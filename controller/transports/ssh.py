@@ -75,7 +75,9 @@ class SshTransport(Transport):
                     try:
                         info = sftp.stat(directory)
                         if not stat_module.S_ISDIR(info.st_mode or 0):
-                            raise NotADirectoryError(f"{directory} on {self.target} is not a directory")
+                            raise NotADirectoryError(
+                                f"{directory} on {self.target} is not a directory"
+                            )
                     except FileNotFoundError:
                         _makedirs(sftp, directory)
                 temp = posixpath.join(agent_dir, f".{self._sha256}.{secrets.token_hex(4)}.tmp")

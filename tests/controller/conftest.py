@@ -145,7 +145,9 @@ async def client(
     return await make_client(settings)
 
 
-def install_body(ssh_connection: str, home: ComfyHome, nodes: list[Any], **extra: Any) -> dict[str, Any]:
+def install_body(
+    ssh_connection: str, home: ComfyHome, nodes: list[Any], **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "ssh_connection": ssh_connection,
         "ui_home": str(home.root),
@@ -164,9 +166,7 @@ async def start_install(client: TestClient[Any, Any], body: dict[str, Any]) -> s
     return str(payload["task_id"])
 
 
-async def poll(
-    client: TestClient[Any, Any], task_id: str
-) -> tuple[int, dict[str, Any]]:
+async def poll(client: TestClient[Any, Any], task_id: str) -> tuple[int, dict[str, Any]]:
     response = await client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
     return response.status, await response.json()
 

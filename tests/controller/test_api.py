@@ -81,14 +81,14 @@ async def test_install_from_starting_to_completed_with_seed_shapes(
     _, running = await wait_for(
         client, task_id, lambda s, b: b["state"] == "running_install_scripts"
     )
-    assert IN_PROGRESS_KEYS <= set(running)
+    assert set(running) >= IN_PROGRESS_KEYS
     assert running["success"] is True and running["in_progress"] is True
     assert running["completed"] is False
     assert running["current_node"] == "ComfyUI-Sleeper"
     assert [n["name"] for n in running["nodes"]] == ["ComfyUI-Plain", "ComfyUI-Sleeper"]
 
     final = await wait_final(client, task_id)
-    assert FINISHED_KEYS <= set(final)
+    assert set(final) >= FINISHED_KEYS
     assert final["state"] == "completed"
     assert final["in_progress"] is False and final["completed"] is True
     assert final["success"] is True
@@ -125,7 +125,9 @@ async def test_log_reads_in_pieces(
     await wait_final(client, task_id)
     pieces, offset = [], 0
     while True:
-        chunk = await (await client.get(f"/api/tasks/{task_id}/log?offset={offset}&limit=100")).json()
+        chunk = await (
+            await client.get(f"/api/tasks/{task_id}/log?offset={offset}&limit=100")
+        ).json()
         assert chunk["next_offset"] - offset <= 100
         pieces.append(chunk["data"])
         offset = chunk["next_offset"]
@@ -156,9 +158,7 @@ async def test_two_instances_install_at_once(
     await wait_for(client, task_a, lambda s, b: b["state"] == "running_install_scripts")
     _, b_state = await poll(client, task_b)
     assert b_state["state"] != "completed" or b_state["in_progress"] is False
-    final_a, final_b = await asyncio.gather(
-        wait_final(client, task_a), wait_final(client, task_b)
-    )
+    final_a, final_b = await asyncio.gather(wait_final(client, task_a), wait_final(client, task_b))
     assert final_a["state"] == final_b["state"] == "completed"
     assert final_a["target"] != final_b["target"]
     for home in (home_a, home_b):
@@ -173,7 +173,10 @@ async def test_second_start_on_same_home_is_409(
         client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
     )
     again = install_body(
-        f"ssh -p {sshd.port} root@127.0.0.1", home, [node_repos.plain.url], ui_home=str(home.root) + "/"
+        f"ssh -p {sshd.port} root@127.0.0.1",
+        home,
+        [node_repos.plain.url],
+        ui_home=str(home.root) + "/",
     )
     response = await client.post("/ssh/install-custom-nodes", json=again)
     body = await response.json()
@@ -204,7 +207,11 @@ def _unused_port() -> int:
 
 
 async def test_unreachable_host_still_202_fast_then_failed(
-    make_client: AppFactory, tmp_path: Path, client_key: Path, home: ComfyHome, node_repos: NodeRepos
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    home: ComfyHome,
+    node_repos: NodeRepos,
 ) -> None:
     client = await make_client(make_settings(tmp_path, client_key, connect_timeout=1.5))
     # A port nothing listens on, and one that accepts but never sends an SSH banner.
@@ -282,9 +289,9 @@ async def test_changed_host_key_is_refused_until_forgotten(
         assert impostor.session_count() == 0
         assert not (home.custom_nodes / "ComfyUI-Second").exists()
 
-        from controller.cli import main
-
         import os
+
+        from controller.cli import main
 
         os.environ["NODEFERRY_KNOWN_HOSTS"] = str(settings.known_hosts_path)
         try:

@@ -14,9 +14,7 @@ def test_precedence_file_env_overrides(tmp_path: Path) -> None:
         "[nodeferry]\nport = 9001\nretention = 60\nssh_keys = /k/one /k/two\n"
         "host_key_policy = strict\n"
     )
-    settings = load_settings(
-        config, environ={"NODEFERRY_PORT": "9002"}, overrides={"port": None}
-    )
+    settings = load_settings(config, environ={"NODEFERRY_PORT": "9002"}, overrides={"port": None})
     assert settings.port == 9002
     assert settings.retention == 60.0
     assert settings.ssh_keys == [Path("/k/one"), Path("/k/two")]

@@ -52,8 +52,16 @@ def _hostile_bodies(ssh: str, home: str) -> list[tuple[str, dict[str, Any], str]
     ):
         cases.append(("node " + repr(node), {**base, "nodes": [node]}, "nodes.0"))
     cases += [
-        ("ssh injection", {**base, "ssh_connection": f"root@127.0.0.1 touch {MARKER}"}, "ssh_connection"),
-        ("ssh proxycommand", {**base, "ssh_connection": f"-oProxyCommand=touch {MARKER}"}, "ssh_connection"),
+        (
+            "ssh injection",
+            {**base, "ssh_connection": f"root@127.0.0.1 touch {MARKER}"},
+            "ssh_connection",
+        ),
+        (
+            "ssh proxycommand",
+            {**base, "ssh_connection": f"-oProxyCommand=touch {MARKER}"},
+            "ssh_connection",
+        ),
         ("python injection", {**base, "python": f"python3; touch {MARKER}"}, "python"),
         ("pip injection", {**base, "pip_args": [f"--index-url=x;touch {MARKER}"]}, "pip_args.0"),
         ("pip option", {**base, "pip_args": ["--target", "/etc"]}, "pip_args.0"),
@@ -70,7 +78,8 @@ def _hostile_bodies(ssh: str, home: str) -> list[tuple[str, dict[str, Any], str]
 async def test_hostile_install_requests_run_nothing(
     client: Any, sshd: SshServer, home: ComfyHome
 ) -> None:
-    Path(MARKER).unlink(missing_ok=True)
+    marker = Path(MARKER)
+    marker.unlink(missing_ok=True)  # noqa: ASYNC240
     for name, body, field in _hostile_bodies(sshd.connection_string(), str(home.root)):
         response = await client.post("/ssh/install-custom-nodes", json=body)
         payload = await response.json()
@@ -83,7 +92,7 @@ async def test_hostile_install_requests_run_nothing(
     assert listing["tasks"] == []
     assert sshd.accepted_count() == 0
     assert sshd.session_count() == 0
-    assert not Path(MARKER).exists()
+    assert not marker.exists()  # noqa: ASYNC240
     assert home.node_dirs() == []
 
 

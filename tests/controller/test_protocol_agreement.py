@@ -39,8 +39,15 @@ def _in_progress() -> dict[str, Any]:
     progress.pid = 4242
     progress.boot_id = "b3cd8a1c-8cb4-4c4c-a398-3b39a212238c"
     progress.nodes = [
-        NodeProgress("A", "https://example.com/a", status="installed", commit="a" * 40,
-                     requirements_status="done", started_at=T0, finished_at=T1),
+        NodeProgress(
+            "A",
+            "https://example.com/a",
+            status="installed",
+            commit="a" * 40,
+            requirements_status="done",
+            started_at=T0,
+            finished_at=T1,
+        ),
         NodeProgress("B", "git://127.0.0.1:9418/b", ref="v1.2", status="cloning", started_at=T1),
         NodeProgress("C", "https://example.com/c", status="pending"),
     ]
@@ -67,8 +74,14 @@ VALID_DOCUMENTS = {
     "cancelled": _finished("cancelled", error_code="cancelled"),
     "short_fraction_time": _doc(updated_at="2026-11-29T03:40:00.1Z"),
     "node_with_error": _doc(nodes=[_node(status="failed", error="clone failed: not found")]),
-    "minimal": {"schema": 1, "task_id": TASK_ID, "ui_home": "/x", "state": "starting",
-                "started_at": T0, "updated_at": T0},
+    "minimal": {
+        "schema": 1,
+        "task_id": TASK_ID,
+        "ui_home": "/x",
+        "state": "starting",
+        "started_at": T0,
+        "updated_at": T0,
+    },
 }
 
 

@@ -72,7 +72,7 @@ async def test_sshd_restart_mid_install(
     _, running = await wait_for(client, task_id, _running)
     # The network goes away: the listener and every open session die.
     sshd.stop(drop_sessions=True)
-    status, stale = await wait_for(client, task_id, lambda s, b: s == 503, timeout=30)
+    _, stale = await wait_for(client, task_id, lambda s, b: s == 503, timeout=30)
     assert stale["stale"] is True
     assert stale["success"] is False and stale["error"] == "unreachable"
     assert stale["state"] == "running_install_scripts"

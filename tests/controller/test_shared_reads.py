@@ -4,6 +4,8 @@ refresh interval; an unchanged file is only stat'ed; watchers see every change."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -96,23 +98,44 @@ async def test_unchanged_file_is_only_stated(
 ) -> None:
     settings = make_settings(tmp_path, client_key, refresh_interval=0.1, monitor_interval=3600)
     client = await make_client(settings)
-    (home.root / "sleep_seconds").write_text("5")
+    (home.root / "sleep_seconds").write_text("2")
     task_id = await start_install(
         client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
     )
-    await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    _, running = await wait_for(
+        client, task_id, lambda s, b: b["state"] == "running_install_scripts"
+    )
     stats = client.app[STATS]
-    before = stats.snapshot()
-    for _ in range(30):
-        await client.post("/ssh/install-custom-nodes/progress", json={"task_id": task_id})
-        await asyncio.sleep(0.1)
-    after = stats.snapshot()
-    stat_calls = after["remote_stats"] - before["remote_stats"]
-    reads = after["remote_reads"] - before["remote_reads"]
-    assert stat_calls >= 15
-    # ~3 s at a 2 s heartbeat: a few real changes, each read for about a second.
-    assert reads < stat_calls
-    await wait_final(client, task_id)
+    # Freeze the worker: its document stops changing (no heartbeat) while it lives.
+    worker = running["pid"]
+    os.killpg(worker, signal.SIGSTOP)
+    try:
+        # Once the frozen file has been read a second after it last changed, polls
+        # cost a stat each and no read.
+        async def reads_settled() -> None:
+            while True:
+                before = stats.snapshot()["remote_reads"]
+                for _ in range(5):
+                    await client.get(f"/api/tasks/{task_id}")
+                    await asyncio.sleep(0.12)
+                if stats.snapshot()["remote_reads"] == before:
+                    return
+
+        await asyncio.wait_for(reads_settled(), 20)
+        before = stats.snapshot()
+        for _ in range(20):
+            response = await client.get(f"/api/tasks/{task_id}")
+            assert response.status == 200
+            await asyncio.sleep(0.12)
+        after = stats.snapshot()
+    finally:
+        os.killpg(worker, signal.SIGCONT)
+    assert after["remote_stats"] - before["remote_stats"] >= 10
+    assert after["remote_reads"] == before["remote_reads"]
+    # Thawed, it changes again and is read again, to the end.
+    final = await wait_final(client, task_id)
+    assert final["state"] == "completed"
+    assert stats.snapshot()["remote_reads"] > after["remote_reads"]
 
 
 async def test_watchers_share_reads_and_see_the_end(
@@ -127,7 +150,10 @@ async def test_watchers_share_reads_and_see_the_end(
     client = await make_client(settings)
     (home.root / "sleep_seconds").write_text("2")
     task_id = await start_install(
-        client, install_body(sshd.connection_string(), home, [node_repos.plain.url, node_repos.sleeper.url])
+        client,
+        install_body(
+            sshd.connection_string(), home, [node_repos.plain.url, node_repos.sleeper.url]
+        ),
     )
     service = client.app[SERVICE]
     stats = client.app[STATS]

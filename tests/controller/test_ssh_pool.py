@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -57,7 +58,10 @@ def test_channels_per_connection_are_capped_and_callers_queue(
     tmp_path: Path, client_key: Path, sshd: SshServer, max_connections: int, expected: range
 ) -> None:
     settings = make_settings(
-        tmp_path, client_key, max_channels_per_connection=5, max_connections_per_host=max_connections
+        tmp_path,
+        client_key,
+        max_channels_per_connection=5,
+        max_connections_per_host=max_connections,
     )
     pool = _pool(settings)
     target = _target(sshd)
@@ -118,7 +122,7 @@ def test_unreachable_and_wrong_key(tmp_path: Path, client_key: Path, sshd: SshSe
     stranger = make_key(tmp_path / "stranger")
     pool = _pool(make_settings(tmp_path, stranger))
     try:
-        with pytest.raises(AuthFailed, match="authentication as root@127.0.0.1"):
+        with pytest.raises(AuthFailed, match=r"authentication as root@127\.0\.0\.1"):
             pool.run(_target(sshd), "true", None, timeout=5)
     finally:
         pool.close()
@@ -155,7 +159,9 @@ def test_host_key_policies(tmp_path: Path, client_key: Path, sshd: SshServer) ->
     try:
         tofu = _pool(tofu_settings)
         try:
-            with pytest.raises(HostKeyChanged, match=f"nodeferry hosts forget 127.0.0.1:{sshd.port}"):
+            with pytest.raises(
+                HostKeyChanged, match=re.escape(f"nodeferry hosts forget 127.0.0.1:{sshd.port}")
+            ):
                 tofu.run(target, "true", None, timeout=5)
             assert impostor.session_count() == 0
             insecure = _pool(make_settings(tmp_path, client_key, host_key_policy="insecure"))
