@@ -185,7 +185,9 @@ function renderCard(entry) {
       h("span", {class: "ui-home"}, uiHome),
     ),
     h("div", {class: "meta"},
-      badge(state),
+      state === "completed" && doc.failed
+        ? h("span", {class: "badge s-failed"}, `completed · ${doc.failed} failed`)
+        : badge(state),
       doc.stale ? h("span", {class: "stale", title: "the instance is unreachable; this is the last known progress"}, "stale") : null,
       clock("elapsed", doc.started_at || summary.created_at, doc.finished_at),
       final ? null : cancel,
