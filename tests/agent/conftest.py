@@ -19,6 +19,9 @@ from tests.support.gitserver import GitServer, Repo
 from tests.support.wheels import build_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The interpreter that runs the agent; set NODEFERRY_TEST_AGENT_PYTHON to run these
+# tests against another one (e.g. Python 3.8, the oldest the agent supports).
+AGENT_PYTHON = os.environ.get("NODEFERRY_TEST_AGENT_PYTHON") or sys.executable
 
 SLOW_INSTALL_PY = """\
 import os, sys, time
@@ -129,7 +132,7 @@ class Agent:
         return ["--no-index", "--find-links", str(self.wheelhouse)]
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "agent", "--state-dir", str(self.state_dir), *args]
+        return [AGENT_PYTHON, "-m", "agent", "--state-dir", str(self.state_dir), *args]
 
     def run(
         self,
