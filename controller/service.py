@@ -536,7 +536,9 @@ class TaskService:
         """Keep unfinished tasks current when nobody asks, so liveness is checked
         and the registry learns how they ended."""
         for task_id, live in list(self._live.items()):
-            if not live.view.progress.is_final and live.record.launched:
+            # Also tasks a previous run of the controller was still starting.
+            starting_here = live.launch is not None and not live.launch.done()
+            if not live.view.progress.is_final and not starting_here:
                 with contextlib.suppress(ControllerError):
                     await self.progress(task_id)
 

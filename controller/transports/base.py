@@ -63,14 +63,23 @@ class Transport(abc.ABC):
     def python(self) -> str:
         """The interpreter that runs the agent."""
 
+    def forget_agent(self) -> None:
+        """Forget that the bundle is on the machine, so the next use checks again."""
+
     def run_agent(
         self, args: list[str], *, stdin: bytes | None = None, timeout: float
     ) -> AgentReply:
         """``AGENT --state-dir DIR ARGS…``, its JSON reply parsed."""
-        argv = [self.python(), self.ensure_agent(), "--state-dir", self.state_dir(), *args]
-        result = self.execute(argv, stdin, timeout)
-        stdout = result.stdout.decode("utf-8", errors="replace")
-        stderr = result.stderr.decode("utf-8", errors="replace")
+        for attempt in (1, 2):
+            argv = [self.python(), self.ensure_agent(), "--state-dir", self.state_dir(), *args]
+            result = self.execute(argv, stdin, timeout)
+            stdout = result.stdout.decode("utf-8", errors="replace")
+            stderr = result.stderr.decode("utf-8", errors="replace")
+            if attempt == 1 and result.exit_status != 0 and "can't open file" in stderr:
+                # The bundle we uploaded earlier was removed from the machine.
+                self.forget_agent()
+                continue
+            break
         if result.exit_status == COMMAND_NOT_FOUND:
             raise AgentMissingPython(
                 f"'{self.python()}' was not found on {self.target}: the agent needs Python "
@@ -81,7 +90,7 @@ class Transport(abc.ABC):
                 stderr=stderr,
             )
         try:
-            document = json.loads(stdout) if stdout.strip() else {}
+            document = json.loads(stdout)
         except ValueError:
             document = None
         if not isinstance(document, dict):

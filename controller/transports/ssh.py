@@ -91,6 +91,10 @@ class SshTransport(Transport):
             self._agent_path = path
             return path
 
+    def forget_agent(self) -> None:
+        with self._lock:
+            self._agent_path = None
+
     def execute(self, argv: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
         return self.pool.run(self.target, shell_command(argv), stdin, timeout)
 

@@ -362,3 +362,51 @@ async def test_progress_names_the_wrong_machine(
     body = await other.json()
     assert other.status == 400 and body["field"] == "ssh_connection"
     await wait_final(client, task_id)
+
+
+async def test_bundle_uploaded_once_and_again_when_removed(
+    client: Any, settings: Settings, sshd: SshServer, tmp_path: Path, node_repos: NodeRepos
+) -> None:
+    agent_dir = Path(settings.remote_state_dir) / "agent"
+    first = await start_install(
+        client,
+        install_body(sshd.connection_string(), comfy_home(tmp_path / "h1"), [node_repos.plain.url]),
+    )
+    assert (await wait_final(client, first))["state"] == "completed"
+    bundles = list(agent_dir.glob("*.pyz"))
+    assert len(bundles) == 1
+    second = await start_install(
+        client,
+        install_body(sshd.connection_string(), comfy_home(tmp_path / "h2"), [node_repos.plain.url]),
+    )
+    assert (await wait_final(client, second))["state"] == "completed"
+    health = await (await client.get("/healthz")).json()
+    assert health["stats"]["uploads"] == 1
+    # Someone wiped the bundle on the instance: the controller notices and re-uploads.
+    bundles[0].unlink()
+    third = await start_install(
+        client,
+        install_body(sshd.connection_string(), comfy_home(tmp_path / "h3"), [node_repos.plain.url]),
+    )
+    assert (await wait_final(client, third))["state"] == "completed"
+    health = await (await client.get("/healthz")).json()
+    assert health["stats"]["uploads"] == 2
+    assert bundles[0].exists()
+
+
+async def test_no_python_on_the_instance(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    client = await make_client(make_settings(tmp_path, client_key, remote_python="python3.999"))
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.plain.url])
+    )
+    final = await wait_final(client, task_id)
+    assert final["state"] == "failed" and final["error_code"] == "start_failed"
+    assert "'python3.999' was not found" in final["error"]
+    assert home.node_dirs() == []

@@ -182,3 +182,43 @@ async def test_retention_keeps_unfinished_tasks(
     assert await service.cleanup(now=time.time() + 3600) == []
     assert (await wait_final(client, task_id))["state"] == "completed"
     assert await service.cleanup(now=time.time() + 3600) == [task_id]
+
+
+async def test_restart_during_a_start_that_never_reached_the_agent(
+    make_client: AppFactory,
+    settings: Settings,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # A controller died between answering 202 and running `agent start`.
+    import uuid
+
+    from controller.registry import Registry, TaskRecord
+    from controller.target import parse_target
+    from protocol import InstallSpec
+
+    task_id = str(uuid.uuid4())
+    spec = InstallSpec.from_dict(
+        {"task_id": task_id, "ui_home": str(home.root), "nodes": [node_repos.plain.url]}
+    )
+    registry = Registry(settings.database_path)
+    registry.add_if_free(
+        TaskRecord(
+            task_id,
+            parse_target(sshd.connection_string()),
+            spec.ui_home,
+            spec.to_dict(),
+            time.time(),
+        )
+    )
+    registry.close()
+    client = await make_client(settings)
+    final = await wait_final(client, task_id)
+    assert final["state"] == "failed" and final["error_code"] == "start_failed"
+    assert "controller stopped before" in final["error"]
+    # The home is free for a new install.
+    again = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.plain.url])
+    )
+    assert (await wait_final(client, again))["state"] == "completed"
