@@ -63,6 +63,7 @@ class Transport(abc.ABC):
     def python(self) -> str:
         """The interpreter that runs the agent."""
 
+    @abc.abstractmethod
     def forget_agent(self) -> None:
         """Forget that the bundle is on the machine, so the next use checks again."""
 

@@ -51,6 +51,10 @@ class LocalTransport(Transport):
         self.stats.add("uploads")
         return str(path)
 
+    def forget_agent(self) -> None:
+        # Nothing cached: ensure_agent looks at the file every time here.
+        return None
+
     def execute(self, argv: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         try:
