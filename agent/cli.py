@@ -7,6 +7,7 @@ Machine-facing subcommands print one JSON object on stdout and exit with a
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def parse_spec(data: object) -> InstallSpec:
             f"{spec.ui_home} does not look like ComfyUI (no main.py, no custom_nodes/)",
             "ui_home",
         )
+    if spec.python is not None and shutil.which(str(Path(spec.python).expanduser())) is None:
+        raise InvalidInput(f"{spec.python} does not exist or is not executable", "python")
     return spec
 
 

@@ -84,6 +84,8 @@ def test_file_urls_need_the_explicit_flag(agent: Agent, comfy: ComfyHome, repos:
         ({"pip_args": ["--target", "/"]}, "pip_args.0", "not allowed"),
         ({"pip_args": ["--index-url"]}, "pip_args.0", "needs a value"),
         ({"python": "python3; rm -rf /"}, "python", ""),
+        ({"python": "/nonexistent/bin/python"}, "python", "does not exist"),
+        ({"python": "no-such-python-command"}, "python", "does not exist"),
         ({"nodes": []}, "nodes", "at least one"),
         ({"surprise": 1}, None, "unknown field"),
     ],
