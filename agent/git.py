@@ -25,7 +25,8 @@ _PERMANENT = re.compile(
     r"does not appear to be a git repository|"
     r"Could not find remote branch|couldn't find remote ref|not our ref|"
     r"Authentication failed|Permission denied|could not read Username|"
-    r"terminal prompts disabled|access denied|invalid",
+    r"terminal prompts disabled|access denied|invalid|"
+    r"appeared while cloning|not the pinned commit",
     re.IGNORECASE,
 )
 
@@ -118,13 +119,18 @@ class Git:
         only when complete, so a failed or cancelled clone leaves nothing behind.
         """
         last_error = ""
+        shallow_submodules = True
         for attempt in range(1, CLONE_TRIES + 1):
             tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix + dest.name + "-", dir=dest.parent))
             try:
-                return self._clone_and_place(url, ref, tmp, dest, prefix)
+                return self._clone_and_place(url, ref, tmp, dest, prefix, shallow_submodules)
             except StepFailed as exc:
                 last_error = str(exc)
-                if attempt == CLONE_TRIES or _PERMANENT.search(last_error):
+                if shallow_submodules and "submodule" in last_error.lower():
+                    # Servers that refuse to send an unadvertised commit break a
+                    # shallow submodule whose pinned commit is not a branch tip.
+                    shallow_submodules = False
+                elif attempt == CLONE_TRIES or _PERMANENT.search(last_error):
                     raise
                 self.log.line(prefix, f"clone attempt {attempt} failed; retrying")
             finally:
@@ -134,9 +140,15 @@ class Git:
         raise StepFailed(last_error)  # pragma: no cover - the loop returns or raises
 
     def _clone_and_place(
-        self, url: str, ref: Optional[str], tmp: Path, dest: Path, prefix: str
+        self,
+        url: str,
+        ref: Optional[str],
+        tmp: Path,
+        dest: Path,
+        prefix: str,
+        shallow_submodules: bool = True,
     ) -> str:
-        self._clone_into(url, ref, tmp, prefix)
+        self._clone_into(url, ref, tmp, prefix, shallow_submodules)
         sha = self.head(tmp, prefix)
         if ref is not None and _COMMIT.match(ref) and not sha.startswith(ref.lower()):
             raise StepFailed(f"checked out {sha}, not the pinned commit {ref}")
@@ -145,7 +157,9 @@ class Git:
         tmp.rename(dest)
         return sha
 
-    def _clone_into(self, url: str, ref: Optional[str], tmp: Path, prefix: str) -> None:
+    def _clone_into(
+        self, url: str, ref: Optional[str], tmp: Path, prefix: str, shallow_submodules: bool
+    ) -> None:
         if ref is not None and _COMMIT.match(ref):
             # A commit cannot be named to a shallow clone portably: fetch history.
             self._must(["clone", "--no-checkout", "--", url, str(tmp)], prefix, "git clone")
@@ -164,7 +178,9 @@ class Git:
                 cwd=tmp,
             )
             return
-        args: List[str] = ["clone", "--depth", "1", "--recurse-submodules", "--shallow-submodules"]
+        args: List[str] = ["clone", "--depth", "1", "--recurse-submodules"]
+        if shallow_submodules:
+            args.append("--shallow-submodules")
         if ref is not None:
             args += ["--branch", ref]
         self._must([*args, "--", url, str(tmp)], prefix, "git clone")

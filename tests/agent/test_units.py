@@ -308,7 +308,9 @@ def test_transient_clone_failures_are_retried_with_backoff(
     git = gitmod.Git(log, children, timeout=30)
     attempts: list[Path] = []
 
-    def flaky(url: str, ref: str | None, tmp: Path, dest: Path, prefix: str) -> str:
+    def flaky(
+        url: str, ref: str | None, tmp: Path, dest: Path, prefix: str, shallow: bool = True
+    ) -> str:
         attempts.append(tmp)
         assert tmp.is_dir() and tmp.parent == dest.parent
         if len(attempts) < 3:
@@ -516,3 +518,27 @@ def test_ctrl_c_on_install_cancels_cleanly(tmp_path: Path, venv_template: Path) 
     task_dir = next((tmp_path / "state" / "tasks").iterdir())
     doc = json.loads((task_dir / "progress.json").read_text())
     assert doc["state"] == "cancelled" and doc["nodes"][0]["status"] == "cancelled"
+
+
+def test_submodule_failure_retries_without_shallow_submodules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, _ = _log(tmp_path)
+    children = procs.Children()
+    monkeypatch.setattr(children, "sleep", lambda s: None)
+    git = gitmod.Git(log, children, timeout=30)
+    seen: list[bool] = []
+
+    def picky(
+        url: str, ref: str | None, tmp: Path, dest: Path, prefix: str, shallow: bool = True
+    ) -> str:
+        seen.append(shallow)
+        if shallow:
+            raise StepFailed("fatal: Fetched in submodule path 'x', but it did not contain abc")
+        tmp.rename(dest)
+        return "c" * 40
+
+    monkeypatch.setattr(git, "_clone_and_place", picky)
+    (tmp_path / "cn").mkdir()
+    assert git.clone("git://127.0.0.1/x", None, tmp_path / "cn" / "n", "n", ".nodeferry-x-")
+    assert seen == [True, False]
