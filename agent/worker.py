@@ -124,7 +124,7 @@ class Installer:
         return int(code)
 
     def cancel(self) -> None:
-        """Called from a signal handler: stop every child now; the main flow unwinds."""
+        """Stop every child now (called on SIGTERM/SIGINT/SIGHUP); the main flow unwinds."""
         self.children.cancel()
 
     # -- the steps -----------------------------------------------------------------
