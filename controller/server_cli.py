@@ -46,6 +46,9 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "DEBUG":
+        # paramiko logs every connection and SFTP session at INFO: noise at our scale.
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         settings = load_settings(
             args.config,

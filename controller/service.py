@@ -49,6 +49,8 @@ T = TypeVar("T")
 MTIME_RESOLUTION = 1.0
 LOG_READ_LIMIT = 1024 * 1024
 LOG_DEFAULT_LIMIT = 64 * 1024
+#: Seconds between registry writes of a document whose milestones did not change.
+PERSIST_INTERVAL = 10.0
 
 
 @dataclass
@@ -92,6 +94,9 @@ class _Live:
     #: When the document last changed, by the controller's clock.
     changed_mono: float = field(default_factory=time.monotonic)
     liveness_mono: float = 0.0
+    #: What was last written to the registry, and when.
+    persisted_milestone: tuple[Any, ...] = ()
+    persisted_mono: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -103,6 +108,17 @@ def _starting_document(record: TaskRecord) -> Progress:
     ]
     progress.recount()
     return progress
+
+
+def _milestone(progress: Progress) -> tuple[Any, ...]:
+    """The parts of a document worth persisting at once when they change."""
+    return (
+        progress.state,
+        progress.processed,
+        progress.current_node,
+        progress.requirements_status,
+        tuple(node.status for node in progress.nodes),
+    )
 
 
 def _failed_document(base: Progress, error_code: str, message: str) -> Progress:
@@ -213,13 +229,21 @@ class TaskService:
             record.state = progress.state
             if progress.is_final and record.finished_at is None:
                 record.finished_at = time.time()
-            await self._run(
-                self.registry.save_progress,
-                record.task_id,
-                progress,
-                record.finished_at,
-                record.launched,
-            )
+            # Heartbeats change the document every second or two; the registry only
+            # needs what a restarted controller would show before its first read.
+            milestone = _milestone(progress)
+            if (
+                milestone != live.persisted_milestone
+                or live.read_mono - live.persisted_mono >= PERSIST_INTERVAL
+            ):
+                live.persisted_milestone, live.persisted_mono = milestone, live.read_mono
+                await self._run(
+                    self.registry.save_progress,
+                    record.task_id,
+                    progress,
+                    record.finished_at,
+                    record.launched,
+                )
         if version != previous.version:
             event, live.changed = live.changed, asyncio.Event()
             event.set()
@@ -535,12 +559,19 @@ class TaskService:
     async def refresh_running(self) -> None:
         """Keep unfinished tasks current when nobody asks, so liveness is checked
         and the registry learns how they ended."""
-        for task_id, live in list(self._live.items()):
+        due = [
+            task_id
+            for task_id, live in self._live.items()
             # Also tasks a previous run of the controller was still starting.
-            starting_here = live.launch is not None and not live.launch.done()
-            if not live.view.progress.is_final and not starting_here:
-                with contextlib.suppress(ControllerError):
-                    await self.progress(task_id)
+            if not live.view.progress.is_final and (live.launch is None or live.launch.done())
+        ]
+
+        async def refresh(task_id: str) -> None:
+            with contextlib.suppress(ControllerError):
+                await self.progress(task_id)
+
+        # Concurrently: one unreachable instance must not hold up the others.
+        await asyncio.gather(*(refresh(task_id) for task_id in due))
 
     async def cleanup(self, now: float | None = None) -> list[str]:
         """Remove finished tasks older than the retention, with their files on the
