@@ -113,6 +113,12 @@ def comfy(tmp_path: Path, venv_template: Path) -> ComfyHome:
 
 
 @pytest.fixture
+def bare_comfy(tmp_path: Path) -> ComfyHome:
+    """A ComfyUI home without a venv: enough where no requirement is installed."""
+    return make_comfy_home(tmp_path / "ComfyUI", with_venv=False)
+
+
+@pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 

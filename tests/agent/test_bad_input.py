@@ -11,6 +11,27 @@ from tests.support.comfy import ComfyHome
 
 pytestmark = pytest.mark.timeout(60)
 
+
+def call(agent: Agent, *args: str, input: str = "", expect: int = 2) -> Any:
+    """The CLI in this process (fast: these cases never start a worker), JSON answer."""
+    import io
+    import sys
+    from contextlib import redirect_stdout
+
+    from agent.cli import main
+
+    out = io.StringIO()
+    saved = sys.stdin
+    sys.stdin = io.StringIO(input)
+    try:
+        with redirect_stdout(out):
+            code = main(["--state-dir", str(agent.state_dir), *args])
+    finally:
+        sys.stdin = saved
+    assert code == expect, (code, out.getvalue())
+    return json.loads(out.getvalue())
+
+
 GOOD = "https://github.com/comfyanonymous/ComfyUI_examples"
 
 
@@ -37,34 +58,38 @@ def _node_cases(tmp_path: Path) -> list[tuple[str, Any, str, str]]:
     ]
 
 
-def _assert_untouched(agent: Agent, comfy: ComfyHome) -> None:
+def _assert_untouched(agent: Agent, home: ComfyHome) -> None:
     tasks = agent.state_dir / "tasks"
     assert not tasks.exists() or list(tasks.iterdir()) == []
-    assert comfy.node_dirs() == []
+    assert home.node_dirs() == []
 
 
 @pytest.mark.parametrize(
     "case", range(17), ids=[c[0].replace(" ", "-") for c in _node_cases(Path("/x"))]
 )
-def test_bad_node_is_refused(case: int, agent: Agent, comfy: ComfyHome, tmp_path: Path) -> None:
+def test_bad_node_is_refused(
+    case: int, agent: Agent, bare_comfy: ComfyHome, tmp_path: Path
+) -> None:
     label, node, field, fragment = _node_cases(tmp_path)[case]
-    spec = agent.spec(comfy.root, [GOOD, node])
+    spec = agent.spec(bare_comfy.root, [GOOD, node])
     # The bad node is the second one: nothing is installed, not even the good first node.
     field = field.replace("nodes.0", "nodes.1")
-    body = agent.json("start", "--spec", "-", input=json.dumps(spec), expect=2)
+    body = call(agent, "start", "--spec", "-", input=json.dumps(spec))
     assert body["error"] == "invalid_spec", label
     assert body["field"] == field, (label, body)
     assert fragment in body["message"], (label, body)
-    _assert_untouched(agent, comfy)
+    _assert_untouched(agent, bare_comfy)
     assert not (tmp_path / "pwned").exists()
 
 
-def test_file_urls_need_the_explicit_flag(agent: Agent, comfy: ComfyHome, repos: Repos) -> None:
+def test_file_urls_need_the_explicit_flag(
+    agent: Agent, bare_comfy: ComfyHome, repos: Repos
+) -> None:
     url = f"file://{repos.plain.bare}"
-    spec = agent.spec(comfy.root, [url])
+    spec = agent.spec(bare_comfy.root, [url])
     refused = agent.json("run", "--spec", "-", input=json.dumps(spec), expect=2)
     assert refused["field"] == "nodes.0"
-    _assert_untouched(agent, comfy)
+    _assert_untouched(agent, bare_comfy)
     spec["allow_file_urls"] = True
     done = agent.json("run", "--spec", "-", input=json.dumps(spec), expect=0)
     assert done["nodes"][0]["status"] == "installed"
@@ -91,16 +116,16 @@ def test_file_urls_need_the_explicit_flag(agent: Agent, comfy: ComfyHome, repos:
     ],
 )
 def test_bad_spec_is_refused(
-    change: dict[str, Any], field: str | None, fragment: str, agent: Agent, comfy: ComfyHome
+    change: dict[str, Any], field: str | None, fragment: str, agent: Agent, bare_comfy: ComfyHome
 ) -> None:
-    spec = agent.spec(comfy.root, [GOOD])
+    spec = agent.spec(bare_comfy.root, [GOOD])
     spec.update(change)
     for command in ("start", "run"):
-        body = agent.json(command, "--spec", "-", input=json.dumps(spec), expect=2)
+        body = call(agent, command, "--spec", "-", input=json.dumps(spec))
         assert body["error"] == "invalid_spec"
         assert body["field"] == field, body
         assert fragment in body["message"], body
-    _assert_untouched(agent, comfy)
+    _assert_untouched(agent, bare_comfy)
 
 
 def test_comfy_home_must_look_like_comfyui(agent: Agent, tmp_path: Path) -> None:
@@ -114,17 +139,17 @@ def test_comfy_home_must_look_like_comfyui(agent: Agent, tmp_path: Path) -> None
     assert not (agent.state_dir / "tasks").exists()
 
 
-def test_spec_that_is_not_json(agent: Agent, comfy: ComfyHome) -> None:
+def test_spec_that_is_not_json(agent: Agent, bare_comfy: ComfyHome) -> None:
     body = agent.json("start", "--spec", "-", input="{nope", expect=2)
     assert body["error"] == "invalid_spec"
     assert "not valid JSON" in body["message"]
     missing = agent.json("start", "--spec", "/nonexistent/spec.json", expect=2)
     assert "cannot read the spec" in missing["message"]
-    _assert_untouched(agent, comfy)
+    _assert_untouched(agent, bare_comfy)
 
 
-def test_reused_task_id_is_refused(agent: Agent, comfy: ComfyHome, repos: Repos) -> None:
-    spec = agent.spec(comfy.root, [repos.plain.url])
+def test_reused_task_id_is_refused(agent: Agent, bare_comfy: ComfyHome, repos: Repos) -> None:
+    spec = agent.spec(bare_comfy.root, [repos.plain.url])
     agent.json("run", "--spec", "-", input=json.dumps(spec), expect=0)
     again = agent.json("start", "--spec", "-", input=json.dumps(spec), expect=2)
     assert again["field"] == "task_id"
@@ -138,10 +163,10 @@ def test_unknown_arguments_are_a_json_error(agent: Agent) -> None:
     assert agent.json(expect=2)["error"] == "invalid_argument"
 
 
-def test_install_command_reports_bad_urls_readably(agent: Agent, comfy: ComfyHome) -> None:
-    result = agent.run("install", "--ui-home", str(comfy.root), "ext::sh")
+def test_install_command_reports_bad_urls_readably(agent: Agent, bare_comfy: ComfyHome) -> None:
+    result = agent.run("install", "--ui-home", str(bare_comfy.root), "ext::sh")
     assert result.returncode == 2
     assert result.stderr.startswith("error: nodes.0: ")
     assert "remote-helper" in result.stderr
     assert "Traceback" not in result.stderr
-    _assert_untouched(agent, comfy)
+    _assert_untouched(agent, bare_comfy)
