@@ -197,3 +197,32 @@ def machine_description() -> dict[str, Any]:
         "kernel": platform.release(),
         "load_average_at_start": list(os.getloadavg()),
     }
+
+
+def markdown_table(data: dict[str, Any]) -> str:
+    """The rows of a JSON report as a Markdown table (what docs/BENCHMARKS.md shows)."""
+    lines = [
+        "| section | metric | nodeferry | baseline | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in data["rows"]:
+        baseline = ""
+        if row["baseline"] is not None:
+            baseline = _fmt(row["baseline"], row["unit"])
+            if row["baseline_name"]:
+                baseline += f" ({row['baseline_name']})"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}x"
+        met = {True: "yes", False: "**no**", None: ""}[row["met"]]
+        cells = [
+            row["section"],
+            row["metric"] + (f" — {row['note']}" if row["note"] else ""),
+            _fmt(row["value"], row["unit"]),
+            baseline,
+            ratio,
+            row["target"] or "",
+            met,
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    for section, message in data.get("errors", {}).items():
+        lines.append(f"\n**{section}: not measured** — {message}")
+    return "\n".join(lines)

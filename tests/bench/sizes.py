@@ -16,6 +16,8 @@ class BenchSize:
     install_runs: int
     proxy_delay: float
     agent_jobs: int
+    #: Other ``jobs`` settings the agent is also measured with (4 is the spec's default).
+    compare_jobs: tuple[int, ...]
     # start
     warm_starts: int
     cold_starts: int
@@ -52,6 +54,7 @@ FULL = BenchSize(
     install_runs=3,
     proxy_delay=0.05,
     agent_jobs=8,
+    compare_jobs=(4, 16),
     warm_starts=40,
     cold_starts=5,
     unreachable_starts=5,
@@ -80,6 +83,7 @@ SMOKE = BenchSize(
     install_runs=1,
     proxy_delay=0.01,
     agent_jobs=4,
+    compare_jobs=(),
     warm_starts=3,
     cold_starts=1,
     unreachable_starts=1,

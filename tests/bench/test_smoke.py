@@ -76,7 +76,13 @@ def test_smoke_figures_are_sane(smoke_report: dict) -> None:
     assert details["start"]["second_start_uploads"] == [0] * len(
         details["start"]["second_start_uploads"]
     )
-    assert details["scale"]["polls"] > 0
+    for run in ("paced", "saturated"):
+        assert details["scale"][run]["polls"] > 0
+        assert details["scale"][run]["errors"] == 0
+    # The event stream's shared read: many watchers, not many times the reads.
+    sse = details["scale"]["sse"]
+    assert sse["many"]["watchers"] > sse["one"]["watchers"] == 1
+    assert sse["many"]["events"] >= sse["many"]["watchers"]
 
 
 @pytest.mark.slow
