@@ -53,14 +53,13 @@ async def install(request: web.Request) -> web.Response:
 
 async def install_progress(request: web.Request) -> web.Response:
     body = parse_body(ProgressRequest, await read_json(request))
-    view = await request.app[SERVICE].progress(body.task_id)
-    if body.ssh_connection is not None:
-        target = parse_target(body.ssh_connection)
-        if target.key != view.target.key:
-            raise InvalidRequest(
-                "ssh_connection",
-                f"task {body.task_id} runs on {view.target}, not on {target}",
-            )
+    target = parse_target(body.ssh_connection) if body.ssh_connection is not None else None
+    # With ssh_connection, a task this controller never started is looked for there.
+    view = await request.app[SERVICE].progress(body.task_id, target)
+    if target is not None and target.key != view.target.key:
+        raise InvalidRequest(
+            "ssh_connection", f"task {body.task_id} runs on {view.target}, not on {target}"
+        )
     return progress_answer(view)
 
 

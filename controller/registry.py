@@ -101,6 +101,25 @@ class Registry:
             progress=Progress.from_json(progress_json) if progress_json else None,
         )
 
+    @staticmethod
+    def _row(record: TaskRecord) -> tuple[Any, ...]:
+        target = record.target
+        return (
+            record.task_id,
+            target.kind,
+            target.user,
+            target.host,
+            target.port,
+            target.key,
+            home_key(record.ui_home),
+            json.dumps(record.spec),
+            record.created_at,
+            record.finished_at,
+            record.state,
+            int(record.launched),
+            record.progress.to_json() if record.progress else None,
+        )
+
     def add_if_free(self, record: TaskRecord) -> str | None:
         """Insert ``record`` unless a task on the same machine and ComfyUI home is not
         finished; then return that task's id and insert nothing."""
@@ -115,29 +134,17 @@ class Registry:
                 if row is not None:
                     self._db.execute("ROLLBACK")
                     return str(row[0])
-                self._db.execute(
-                    _INSERT,
-                    (
-                        record.task_id,
-                        target.kind,
-                        target.user,
-                        target.host,
-                        target.port,
-                        target.key,
-                        home_key(record.ui_home),
-                        json.dumps(record.spec),
-                        record.created_at,
-                        record.finished_at,
-                        record.state,
-                        int(record.launched),
-                        record.progress.to_json() if record.progress else None,
-                    ),
-                )
+                self._db.execute(_INSERT, self._row(record))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return None
+
+    def adopt(self, record: TaskRecord) -> None:
+        """Insert a task found on a machine (no conflict check: it already runs there)."""
+        with self._lock:
+            self._db.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), self._row(record))
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:

@@ -345,9 +345,19 @@ class TaskService:
 
     # -- progress ----------------------------------------------------------------
 
-    async def progress(self, task_id: object) -> TaskView:
-        """The task's current view: shared, cached, single-flight."""
-        live = await self._get_live(task_id)
+    async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
+        """The task's current view: shared, cached, single-flight.
+
+        With ``target``, a task this controller does not know is looked for on that
+        machine (started by another controller, or before the registry was lost) and
+        followed from then on.
+        """
+        try:
+            live = await self._get_live(task_id)
+        except UnknownTask as exc:
+            if target is None:
+                raise
+            live = await self._adopt(exc.task_id, target)
         if live.view.progress.is_final or (live.launch is not None and not live.launch.done()):
             self.stats.add("cache_hits")
             return live.view
@@ -360,6 +370,48 @@ class TaskService:
         else:
             self.stats.add("cache_hits")
         return await asyncio.shield(live.inflight)
+
+    async def _adopt(self, task_id: str, target: Target) -> _Live:
+        transport = self.transports.get(target)
+        path = self._progress_path(task_id)
+
+        def read() -> bytes | None:
+            if transport.stat(path) is None:
+                return None
+            data = transport.read(path)
+            self.stats.add("remote_reads")
+            return data
+
+        try:
+            data = await self._run(read)
+        except OSError as exc:
+            raise Unreachable(f"cannot look for task {task_id} on {target}: {exc}") from None
+        if data is None:
+            raise UnknownTask(task_id)
+        try:
+            progress = Progress.from_json(data.decode("utf-8"))
+        except (ProtocolError, UnicodeDecodeError) as exc:
+            raise RemoteError(
+                f"task {task_id} on {target} has an unreadable document: {exc}"
+            ) from None
+        if progress.task_id != task_id:
+            raise UnknownTask(task_id)
+        now = time.time()
+        record = TaskRecord(
+            task_id=task_id,
+            target=target,
+            ui_home=progress.ui_home,
+            spec={},
+            created_at=now,
+            state=progress.state,
+            finished_at=now if progress.is_final else None,
+            launched=True,
+            progress=progress,
+        )
+        await self._run(self.registry.adopt, record)
+        live = self._remember(record)
+        live.read_mono = time.monotonic()
+        return live
 
     def _progress_path(self, task_id: str) -> str:
         return f"tasks/{task_id}/progress.json"

@@ -222,3 +222,50 @@ async def test_restart_during_a_start_that_never_reached_the_agent(
         client, install_body(sshd.connection_string(), home, [node_repos.plain.url])
     )
     assert (await wait_final(client, again))["state"] == "completed"
+
+
+async def test_a_task_started_elsewhere_is_found_through_ssh_connection(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # Controller one starts the install; controller two has never heard of it.
+    remote_state = str(tmp_path / "shared-remote-state")
+    one = await make_client(
+        make_settings(tmp_path / "one", client_key, remote_state_dir=remote_state)
+    )
+    two = await make_client(
+        make_settings(tmp_path / "two", client_key, remote_state_dir=remote_state)
+    )
+    (home.root / "sleep_seconds").write_text("2")
+    task_id = await start_install(
+        one, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(one, task_id, _running)
+    status, _ = await poll(two, task_id)
+    assert status == 404
+    found = await two.post(
+        "/ssh/install-custom-nodes/progress",
+        json={"task_id": task_id, "ssh_connection": sshd.connection_string()},
+    )
+    body = await found.json()
+    assert found.status == 200, body
+    assert body["task_id"] == task_id and body["state"] == "running_install_scripts"
+    # From now on controller two follows it without being told where.
+    final = await wait_final(two, task_id)
+    assert final["state"] == "completed"
+    listing = await (await two.get("/api/tasks")).json()
+    assert [t["task_id"] for t in listing["tasks"]] == [task_id]
+    # A task that is on neither controller nor instance stays unknown.
+    absent = await two.post(
+        "/ssh/install-custom-nodes/progress",
+        json={
+            "task_id": "3f2b8e0a-5c1d-4e7f-9a2b-1c3d5e7f9a2b",
+            "ssh_connection": sshd.connection_string(),
+        },
+    )
+    assert absent.status == 404
+    assert (await absent.json())["in_progress"] is False
