@@ -47,11 +47,7 @@ def _read_spec_text(source: str) -> str:
 def parse_spec(data: object) -> InstallSpec:
     """A validated spec whose ``ui_home`` exists and looks like ComfyUI."""
     try:
-        spec = (
-            InstallSpec.from_dict(data)
-            if not isinstance(data, str)
-            else (InstallSpec.from_json(data))
-        )
+        spec = InstallSpec.from_json(data) if isinstance(data, str) else InstallSpec.from_dict(data)
     except ProtocolError as exc:
         raise InvalidInput(exc.message, field=exc.field or None) from None
     home = Path(spec.ui_home).expanduser()
