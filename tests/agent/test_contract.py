@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from protocol import ExitCode, Progress
+from protocol.progress import parse_time
 from tests.agent.conftest import REPO_ROOT, Agent, Repos, pid_running, temp_clone_dirs, wait_until
 from tests.support.comfy import ComfyHome
 from tests.support.gitserver import GitServer
@@ -72,6 +73,16 @@ def test_version_names_the_bundle_hash(agent: Agent) -> None:
     assert result.stdout.strip() == f"nodeferry-agent 0.1.0 sha256:{bundle().sha256}"
 
 
+def reaction_seconds(final: Progress) -> float:
+    """From the worker's "received signal" log line to its final document."""
+    assert final.log_file and final.finished_at
+    line = next(
+        line for line in Path(final.log_file).read_text().splitlines() if "received signal" in line
+    )
+    received = parse_time(line.split(" ", 1)[0])
+    return (parse_time(final.finished_at) - received).total_seconds()
+
+
 def test_two_starts_on_one_comfy_home_exactly_one_runs(
     agent: Agent, comfy: ComfyHome, repos: Repos
 ) -> None:
@@ -120,8 +131,10 @@ def test_cancel_during_a_long_install_script(agent: Agent, comfy: ComfyHome, rep
     assert running.state == "running_install_scripts"
     started = time.monotonic()
     final = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
-    elapsed = time.monotonic() - started
-    assert elapsed < 2.0 + 1.0, elapsed  # 2 s budget; 1 s for the CLI's own start-up
+    # The 2 s budget runs from the worker getting the signal to its final document;
+    # the CLI's own start-up is on top and slow on a loaded CI box.
+    assert time.monotonic() - started < 6.0
+    assert reaction_seconds(final) < 2.0
     assert final.state == "cancelled"
     assert final.exit_code == ExitCode.CANCELLED
     assert final.error_code == "cancelled"
@@ -150,7 +163,8 @@ def test_cancel_during_a_clone_leaves_no_half_made_directory(
     wait_until(lambda: temp_clone_dirs(comfy), 10, "temp clone dir exists")
     started = time.monotonic()
     final = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 6.0
+    assert reaction_seconds(final) < 2.0
     assert final.state == "cancelled"
     assert [n.status for n in final.nodes] == ["cancelled", "cancelled"]
     assert temp_clone_dirs(comfy) == []
@@ -171,7 +185,8 @@ def test_cancel_a_worker_that_does_not_answer(agent: Agent, comfy: ComfyHome, re
     try:
         started = time.monotonic()
         final = Progress.from_dict(agent.json("cancel", "--task-id", spec["task_id"]))
-        assert time.monotonic() - started < 4.0
+        # 1.5 s waiting for an answer, then the kill; plus the CLI's start-up.
+        assert time.monotonic() - started < 8.0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(out["pid"], signal.SIGCONT)
@@ -280,7 +295,7 @@ def test_progress_document_is_valid_at_every_moment(
         comfy.root,
         [repos.plain.url, repos.with_reqs.url, repos.with_install.url, repos.slow_install.url],
     )
-    out = agent.start(spec, env=dict(agent.env, SLOW_INSTALL_SECONDS="4"))
+    out = agent.start(spec, env=dict(agent.env, SLOW_INSTALL_SECONDS="6"))
     path = Path(out["progress_file"])
     order = [
         "starting",
@@ -305,7 +320,7 @@ def test_progress_document_is_valid_at_every_moment(
             break
     assert seen[-1] == "completed"
     assert [order.index(s) for s in seen] == sorted(order.index(s) for s in seen), seen
-    # The heartbeat rewrote the document while install.py slept for 4 s.
+    # The heartbeat rewrote the document while install.py slept for 6 s.
     assert len(updates) >= 3, updates
     assert reads > 10
 
