@@ -542,3 +542,28 @@ def test_submodule_failure_retries_without_shallow_submodules(
     (tmp_path / "cn").mkdir()
     assert git.clone("git://127.0.0.1/x", None, tmp_path / "cn" / "n", "n", ".nodeferry-x-")
     assert seen == [True, False]
+
+
+def test_an_unexpected_exception_still_writes_a_final_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = make_comfy_home(tmp_path / "ComfyUI", with_venv=False)
+    state = StateDir(tmp_path / "state").ensure()
+    spec = InstallSpec.from_dict(
+        {"task_id": new_task_id(), "ui_home": str(home.root), "nodes": ["https://e.com/a"]}
+    )
+    paths = state.create_task(spec.task_id)
+    writer = ProgressWriter(paths.progress, initial_progress(spec, paths))
+    installer = Installer(spec, paths, writer, TaskLog.open(str(paths.log)))
+
+    def boom() -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(installer, "_clone_all", boom)
+    assert installer.run() == 5
+    final = read_progress(paths.progress)
+    assert final is not None and final.state == "failed"
+    assert final.error_code == "agent_crashed" and final.exit_code == 5
+    assert final.error == "the agent failed: RuntimeError: disk on fire"
+    assert final.nodes[0].status == "failed" and final.finished_at
+    assert "Traceback" in paths.log.read_text()
