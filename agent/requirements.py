@@ -106,6 +106,55 @@ def choose_installer(python: str) -> str:
     return "pip"
 
 
+# pip settings that decide where packages come from, and how to say them to uv,
+# which does not read pip's configuration.
+_PIP_SOURCES = ("index-url", "extra-index-url", "find-links", "trusted-host", "no-index")
+_SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}
+
+
+def pip_config_as_args(python: str, given: Sequence[str], timeout: float = 60) -> List[str]:
+    """pip's configured package sources (pip.conf, PIP_* variables) as options for uv.
+
+    A machine set up with a mirror in pip.conf must not silently go to PyPI
+    because uv was found. Options already in ``given`` (the spec's) win.
+    """
+    try:
+        out = subprocess.run(
+            [python, "-m", "pip", "config", "list"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=pip_env(),
+            check=False,
+        ).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return []
+    best: Dict[str, Tuple[int, str]] = {}
+    for line in out.splitlines():
+        key, eq, raw = line.partition("=")
+        section, _dot, name = key.rpartition(".")
+        if not eq or name not in _PIP_SOURCES or section not in _SECTION_RANK:
+            continue
+        rank = _SECTION_RANK[section]
+        if name not in best or rank >= best[name][0]:
+            best[name] = (rank, raw.strip().strip("'\""))
+    already = {arg.partition("=")[0] for arg in given}
+    aliases = {"-i": "--index-url", "-f": "--find-links"}
+    already |= {aliases[a] for a in already if a in aliases}
+    args: List[str] = []
+    for name, (_rank, value) in sorted(best.items()):
+        option = "--" + name
+        if option in already:
+            continue
+        if name == "no-index":
+            if value.lower() in ("1", "true", "yes", "on"):
+                args.append(option)
+            continue
+        for item in value.split():
+            args += [option, item]
+    return args
+
+
 def pip_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["PIP_NO_INPUT"] = "1"

@@ -9,6 +9,7 @@ signal.
 import concurrent.futures
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -252,6 +253,12 @@ class Installer:
         self.log.line(None, f"torch family pinned: {pinned}")
         installer = requirements.choose_installer(python)
         self.log.line(None, f"installing requirements with {installer}")
+        pip_args = list(self.spec.pip_args)
+        if installer == "uv":
+            from_pip = requirements.pip_config_as_args(python, pip_args)
+            if from_pip:
+                self.log.line(None, "uv gets pip's configured sources: " + shlex.join(from_pip))
+            pip_args += from_pip
         for i in wanting:
             self._set_requirements(i, "running", "installing_requirements")
         argv = requirements.install_command(
@@ -259,7 +266,7 @@ class Installer:
             python,
             [self._requirements_file(i) for i in wanting],
             self.paths.constraints,
-            self.spec.pip_args,
+            pip_args,
         )
         result = requirements.run_install(
             argv,
@@ -282,7 +289,7 @@ class Installer:
                     python,
                     [self._requirements_file(i)],
                     self.paths.constraints,
-                    self.spec.pip_args,
+                    pip_args,
                 )
                 single = requirements.run_install(
                     argv,

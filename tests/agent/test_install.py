@@ -268,3 +268,18 @@ def test_standalone_install_shows_live_progress(
     assert ok.returncode == 0
     assert re.search(r"\[1/1\] plain +skipped", ok.stdout)
     assert "completed: 1 node(s), 0 installed, 1 skipped, 0 failed" in ok.stdout
+
+
+def test_uv_follows_pips_configured_sources(
+    agent: Agent, comfy: ComfyHome, repos: Repos, tmp_path: Path
+) -> None:
+    """A machine whose pip.conf points at a mirror must not send uv to PyPI instead."""
+    pip_conf = tmp_path / "pip.conf"
+    pip_conf.write_text(f"[global]\nno-index = true\nfind-links = {agent.wheelhouse}\n")
+    agent.env["PIP_CONFIG_FILE"] = str(pip_conf)
+    agent.env["NODEFERRY_AGENT_INSTALLER"] = "uv"
+    final = run_spec(agent, agent.spec(comfy.root, [repos.with_reqs.url], pip_args=[]))
+    assert final.nodes[0].status == "installed", final.nodes[0].error
+    assert comfy.installed("tinydep") == "1.0"
+    log = log_of(final)
+    assert f"uv gets pip's configured sources: --find-links {agent.wheelhouse} --no-index" in log

@@ -567,3 +567,43 @@ def test_an_unexpected_exception_still_writes_a_final_document(
     assert final.error == "the agent failed: RuntimeError: disk on fire"
     assert final.nodes[0].status == "failed" and final.finished_at
     assert "Traceback" in paths.log.read_text()
+
+
+def test_pip_config_becomes_uv_options(
+    venv_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = str(venv_template / "bin" / "python")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nindex-url = https://mirror.example/simple\n"
+        "extra-index-url = https://a.example/simple https://b.example/simple\n"
+        "trusted-host = mirror.example\n[install]\nfind-links = /srv/wheels\n"
+    )
+    for name in list(os.environ):
+        if name.startswith("PIP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("PIP_INDEX_URL", "https://env.example/simple")  # env beats the file
+    args = requirements.pip_config_as_args(python, [])
+    assert args == [
+        "--extra-index-url",
+        "https://a.example/simple",
+        "--extra-index-url",
+        "https://b.example/simple",
+        "--find-links",
+        "/srv/wheels",
+        "--index-url",
+        "https://env.example/simple",
+        "--trusted-host",
+        "mirror.example",
+    ]
+    # The spec's own options win over pip's configuration.
+    given = ["-i", "https://spec.example/simple", "--find-links=/x"]
+    assert requirements.pip_config_as_args(python, given) == [
+        "--extra-index-url",
+        "https://a.example/simple",
+        "--extra-index-url",
+        "https://b.example/simple",
+        "--trusted-host",
+        "mirror.example",
+    ]
