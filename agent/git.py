@@ -225,10 +225,30 @@ class Git:
 
 
 def same_origin(a: str, b: str) -> bool:
-    def norm(url: str) -> str:
-        url = url.strip().rstrip("/")
-        if url.endswith(".git"):
-            url = url[: -len(".git")]
-        return url.lower()
+    """Whether two remote URLs name the same repository.
 
-    return norm(a) == norm(b)
+    ``https://github.com/u/r``, ``https://github.com/u/r.git/`` and
+    ``git@github.com:u/r.git`` all do: host and path are compared, not the
+    scheme, user or port a clone happened to use.
+    """
+    return _repo_key(a) == _repo_key(b)
+
+
+def _repo_key(url: str) -> str:
+    url = url.strip()
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        host, _slash, path = rest.partition("/")
+        host = host.rsplit("@", 1)[-1]
+        if not host.startswith("["):
+            host = host.split(":", 1)[0]
+        if not host:  # file:///path
+            host = "localhost"
+    elif re.match(r"^[^/]+@[^/:]+:", url):
+        host, path = url.split("@", 1)[1].split(":", 1)
+    else:
+        host, path = "localhost", url
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[: -len(".git")]
+    return (host + "/" + path.strip("/")).lower()

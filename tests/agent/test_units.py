@@ -607,3 +607,21 @@ def test_pip_config_becomes_uv_options(
         "--trusted-host",
         "mirror.example",
     ]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("https://github.com/u/r", "https://github.com/u/r.git", True),
+        ("https://github.com/u/r", "https://github.com/U/R/", True),
+        ("https://github.com/u/r", "git@github.com:u/r.git", True),
+        ("https://github.com/u/r", "ssh://git@github.com:22/u/r.git", True),
+        ("git://127.0.0.1:9418/r", "git://127.0.0.1:1234/r", True),
+        ("file:///srv/r.git", "/srv/r", True),
+        ("https://github.com/u/r", "https://github.com/u/r2", False),
+        ("https://github.com/u/r", "https://gitlab.com/u/r", False),
+        ("https://github.com/u/r", "https://github.com/other/r", False),
+    ],
+)
+def test_same_origin(a: str, b: str, same: bool) -> None:
+    assert gitmod.same_origin(a, b) is same
