@@ -227,6 +227,11 @@ def _state_is(env: ControllerEnv, task_id: str, states: tuple[str, ...]) -> Call
     return check
 
 
+def _has_document(env: ControllerEnv, task_id: str) -> Callable[[], bool]:
+    """The agent has written its first document: the worker is running."""
+    return env.progress_file(task_id).exists
+
+
 async def cancel_all(session: aiohttp.ClientSession, env: ControllerEnv, ids: list[str]) -> None:
     gate = asyncio.Semaphore(CONCURRENT_CONTROL)
 
@@ -260,9 +265,7 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
         for _ in range(size.warm_starts):
             began = time.perf_counter()
             task_id, elapsed = await start_task(session, env, main, [env.quick_url])
-            running_at = await wait_for(
-                lambda t=task_id: env.progress_file(t).exists(), 30, "the agent's document"
-            )
+            running_at = await wait_for(_has_document(env, task_id), 30, "the agent's document")
             warm_202.append(elapsed)
             warm_running.append(running_at - began)
             # One at a time: each start is measured on a quiet machine.
@@ -284,9 +287,7 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
                 target = f"{server.user}@127.0.0.1 -p {counter.port}"
                 began = time.perf_counter()
                 task_id, elapsed = await start_task(session, env, target, [env.quick_url])
-                running_at = await wait_for(
-                    lambda t=task_id: env.progress_file(t).exists(), 60, "a cold start"
-                )
+                running_at = await wait_for(_has_document(env, task_id), 60, "a cold start")
                 cold_202.append(elapsed)
                 cold_running.append(running_at - began)
                 await wait_for(_state_is(env, task_id, FINAL), 60, "a cold install to finish")
@@ -308,7 +309,7 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
         unreachable_failed: list[float] = []
         errors: list[str] = []
         with contextlib.ExitStack() as holes:
-            began: dict[str, float] = {}
+            sent: dict[str, float] = {}
             for _ in range(size.unreachable_starts):
                 # One silent host per start: tasks for one host share its connection
                 # queue, and what is measured is a single first contact failing.
@@ -317,8 +318,8 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
                 start_mark = time.perf_counter()
                 task_id, elapsed = await start_task(session, env, target, [env.quick_url])
                 unreachable_202.append(elapsed)
-                began[task_id] = start_mark
-            for task_id, start_mark in began.items():
+                sent[task_id] = start_mark
+            for task_id, start_mark in sent.items():
                 data = await _wait_api_final(session, env, task_id, 120)
                 unreachable_failed.append(time.perf_counter() - start_mark)
                 errors.append(str(data.get("error")))

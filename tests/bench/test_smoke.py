@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ SECTIONS = {"install", "start", "poll", "freshness", "scale", "footprint"}
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
@@ -38,14 +39,14 @@ def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
         check=False,
     )
     assert done.returncode == 0, f"bench failed:\n{done.stdout}\n{done.stderr[-4000:]}"
-    report = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
     report["_stdout"] = done.stdout
     return report
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(320)
-def test_smoke_run_measures_every_section(smoke_report: dict) -> None:
+def test_smoke_run_measures_every_section(smoke_report: dict[str, Any]) -> None:
     assert smoke_report["schema"] == 1
     assert smoke_report["size"] == "smoke"
     assert smoke_report["errors"] == {}
@@ -56,7 +57,7 @@ def test_smoke_run_measures_every_section(smoke_report: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(320)
-def test_smoke_figures_are_sane(smoke_report: dict) -> None:
+def test_smoke_figures_are_sane(smoke_report: dict[str, Any]) -> None:
     for row in smoke_report["rows"]:
         value = row["value"]
         assert isinstance(value, (int, float)) and math.isfinite(value), row
@@ -87,7 +88,7 @@ def test_smoke_figures_are_sane(smoke_report: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(320)
-def test_smoke_table_is_printed(smoke_report: dict) -> None:
+def test_smoke_table_is_printed(smoke_report: dict[str, Any]) -> None:
     table = smoke_report["_stdout"]
     assert table.splitlines()[0].split()[:3] == ["section", "metric", "nodeferry"]
     for row in smoke_report["rows"]:
