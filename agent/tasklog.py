@@ -1,10 +1,19 @@
 """``agent.log``: every command the agent runs, its output prefixed by the node, timings."""
 
+import re
 import shlex
 import threading
 from typing import IO, Optional, Sequence
 
 from protocol import utc_now
+
+
+# https://user:token@host/… : the log is private, but still no place for a token.
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class TaskLog:
@@ -18,6 +27,7 @@ class TaskLog:
         return cls(open(path, "a", encoding="utf-8", errors="replace", buffering=1), echo)
 
     def line(self, prefix: Optional[str], text: str) -> None:
+        text = redact(text)
         head = f"{utc_now()} [{prefix}] " if prefix else f"{utc_now()} "
         line = head + text.rstrip("\n") + "\n"
         with self._lock:

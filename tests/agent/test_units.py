@@ -625,3 +625,13 @@ def test_pip_config_becomes_uv_options(
 )
 def test_same_origin(a: str, b: str, same: bool) -> None:
     assert gitmod.same_origin(a, b) is same
+
+
+def test_log_hides_credentials_in_urls(tmp_path: Path) -> None:
+    log, path = _log(tmp_path)
+    log.command("n", ["git", "clone", "https://user:s3cret@example.com/r", "/x"], None)
+    log.line("n", "fatal: unable to access 'https://ghp_token@github.com/u/r/'")
+    log.close()
+    text = path.read_text()
+    assert "s3cret" not in text and "ghp_token" not in text
+    assert "https://***@example.com/r" in text and "https://***@github.com/u/r/" in text
