@@ -7,7 +7,6 @@ from typing import IO, Optional, Sequence
 
 from protocol import utc_now
 
-
 # https://user:token@host/… : the log is private, but still no place for a token.
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
 
