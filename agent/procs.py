@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import Cancelled
 from agent.liveness import task_processes
-from agent.tasklog import TaskLog
+from agent.tasklog import TaskLog, redact
 
 TAIL_LINES = 15
 KILL_GRACE_SECONDS = 0.5
@@ -152,7 +152,7 @@ def run(
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             # pip and git redraw progress with \r; keep the last state of the line.
             text = text.rsplit("\r", 1)[-1]
-            tail.append(text)
+            tail.append(redact(text))  # the tail ends up in the progress document
             log.line(prefix, text)
         returncode = proc.wait()
     finally:
