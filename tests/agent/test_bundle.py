@@ -147,3 +147,15 @@ def test_pyz_on_python_3_8_starts_a_detached_install(
     assert doc["state"] == "completed", doc
     assert doc["successful"] == 2
     assert comfy.installed("tinydep") == "1.0"
+
+
+@pytest.mark.skipif(
+    shutil.which("nodeferry-agent") is None,
+    reason="nodeferry-agent is not installed (pip install -e . puts it on PATH)",
+)
+def test_console_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["nodeferry-agent", "--version"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("nodeferry-agent 0.1.0 sha256:")
