@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: A ``stat`` reports whole seconds over SFTP, so an unchanged (mtime, size) only
-#: proves an unchanged file once a full read happened at least this long after the
-#: signature was first seen (the file's last second was over by then).
-MTIME_RESOLUTION = 1.0
+#: proves an unchanged file once a full read happened this long after the signature
+#: was first seen: the file's last second was over by then. One second, plus slack
+#: for a replacement written late in that second and renamed into place just after.
+MTIME_RESOLUTION = 2.0
 LOG_READ_LIMIT = 1024 * 1024
 LOG_DEFAULT_LIMIT = 64 * 1024
 #: Seconds between registry writes of a document whose milestones did not change.
