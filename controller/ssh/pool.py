@@ -282,36 +282,69 @@ class SSHPool:
     def run(
         self, target: Target, command: str, stdin: bytes | None, timeout: float
     ) -> CommandResult:
-        """Run ``command`` (already quoted) and collect its output and exit status."""
-        conn, _ = self._acquire(target, want_sftp=False)
-        try:
+        """Run ``command`` (already quoted) and collect its output and exit status.
+
+        A session that could not be opened or whose exec request was refused never
+        ran the command, so that step is retried: on a fresh connection when a pooled
+        one died unnoticed, or on another slot when sshd allows fewer sessions per
+        connection than configured (MaxSessions).
+        """
+        deadline = time.monotonic() + self.settings.connect_timeout + timeout
+        refusals = 0
+        while True:
+            conn, _ = self._acquire(target, want_sftp=False)
             try:
-                channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
-            except DROPPED as exc:
-                self._drop(conn)
-                raise Unreachable(f"cannot open a channel to {target}: {exc}") from None
-            try:
-                channel.settimeout(timeout)
-                channel.exec_command(command)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-                stdout = _read_all(channel.recv)
-                stderr = _read_all(channel.recv_stderr)
-                status = channel.recv_exit_status()
-            except TimeoutError:
-                raise RemoteError(
-                    f"a command on {target} did not finish within {timeout:g} s: {command}"
-                ) from None
-            except DROPPED as exc:
-                self._drop(conn)
-                raise Unreachable(f"lost the connection to {target}: {exc}") from None
+                channel = self._exec(conn, command, timeout)
+                if channel is None:
+                    refusals += 1
+                    if time.monotonic() > deadline:
+                        raise Unreachable(f"{target} kept refusing SSH sessions ({refusals} times)")
+                    # sshd frees a closed session's slot a little later: queue, don't fail.
+                    time.sleep(min(0.5, 0.02 * refusals))
+                    continue
+                try:
+                    if stdin:
+                        channel.sendall(stdin)
+                    channel.shutdown_write()
+                    stdout = _read_all(channel.recv)
+                    stderr = _read_all(channel.recv_stderr)
+                    status = channel.recv_exit_status()
+                except TimeoutError:
+                    raise RemoteError(
+                        f"a command on {target} did not finish within {timeout:g} s: {command}"
+                    ) from None
+                except DROPPED as exc:
+                    self._drop(conn)
+                    raise Unreachable(f"lost the connection to {target}: {exc}") from None
+                finally:
+                    channel.close()
             finally:
+                self._release(conn)
+            self.stats.add("commands")
+            return CommandResult(command, status, stdout, stderr)
+
+    def _exec(self, conn: Connection, command: str, timeout: float) -> paramiko.Channel | None:
+        """A channel running ``command``, or None when the session was refused (and
+        the connection dropped or its capacity lowered, so a retry goes elsewhere)."""
+        channel: paramiko.Channel | None = None
+        try:
+            channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+        except DROPPED as exc:
+            if channel is not None:
                 channel.close()
-        finally:
-            self._release(conn)
-        self.stats.add("commands")
-        return CommandResult(command, status, stdout, stderr)
+            if not conn.transport.is_active() or not isinstance(exc, paramiko.SSHException):
+                self._drop(conn)
+                return None
+            # sshd allows fewer sessions than we assumed: what is open on this
+            # connection now (other callers' channels and its SFTP) is its limit.
+            log.info("%s refused a session (%s); using fewer per connection", conn.target, exc)
+            with self._cond:
+                open_now = conn.in_use - 1 + (1 if conn.sftp is not None else 0)
+                conn.capacity = max(1, open_now)
+            return None
+        return channel
 
     def connection_count(self, target: Target) -> int:
         with self._cond:

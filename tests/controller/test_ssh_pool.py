@@ -176,3 +176,37 @@ def test_host_key_policies(tmp_path: Path, client_key: Path, sshd: SshServer) ->
             tofu.close()
     finally:
         impostor.stop()
+
+
+def test_adapts_to_a_lower_max_sessions(tmp_path: Path, client_key: Path) -> None:
+    strict_server = SshServer(
+        tmp_path / "sshd-max2", client_key=client_key, extra_config="MaxSessions 2"
+    ).start()
+    pool = _pool(
+        make_settings(
+            tmp_path, client_key, max_channels_per_connection=5, max_connections_per_host=4
+        )
+    )
+    target = _target(strict_server)
+    errors: list[BaseException] = []
+    results: list[int] = []
+
+    def work() -> None:
+        try:
+            results.append(pool.run(target, "sleep 0.3", None, timeout=30).exit_status)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert results == [0] * 8
+        # It learnt the lower limit instead of failing.
+        assert any(c.capacity < 5 for c in pool._connections[target.key])
+    finally:
+        pool.close()
+        strict_server.stop()
