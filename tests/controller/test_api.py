@@ -147,8 +147,8 @@ async def test_two_instances_install_at_once(
     tmp_path: Path,
     node_repos: NodeRepos,
 ) -> None:
-    home_a = comfy_home(tmp_path / "a" / "ComfyUI", sleep_seconds=1)
-    home_b = comfy_home(tmp_path / "b" / "ComfyUI", sleep_seconds=1)
+    home_a = comfy_home(tmp_path / "a" / "ComfyUI", sleep_seconds=3)
+    home_b = comfy_home(tmp_path / "b" / "ComfyUI", sleep_seconds=3)
     nodes = [node_repos.plain.url, node_repos.sleeper.url]
     task_a, task_b = await asyncio.gather(
         start_install(client, install_body(sshd.connection_string(), home_a, nodes)),
@@ -157,7 +157,7 @@ async def test_two_instances_install_at_once(
     final_a, final_b = await asyncio.gather(wait_final(client, task_a), wait_final(client, task_b))
     assert final_a["state"] == final_b["state"] == "completed"
     assert final_a["target"] != final_b["target"]
-    # They ran at the same time: the one-second install.py steps overlap.
+    # They ran at the same time: the three-second install.py steps overlap.
     sleep_a, sleep_b = final_a["nodes"][1], final_b["nodes"][1]
     assert sleep_a["name"] == sleep_b["name"] == "ComfyUI-Sleeper"
     assert sleep_a["started_at"] < sleep_b["finished_at"]
