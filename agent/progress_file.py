@@ -11,9 +11,9 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Iterator, Optional
 
-from protocol import Progress, ProtocolError, utc_now
+from protocol import Progress, utc_now
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -60,9 +60,6 @@ def read_progress(path: Path) -> Optional[Progress]:
     return Progress.from_json(text)
 
 
-Listener = Callable[[Progress], None]
-
-
 class ProgressWriter:
     """Owns one task's progress document while its worker runs.
 
@@ -72,14 +69,13 @@ class ProgressWriter:
     The final document is written exactly once and nothing is written after it.
     """
 
-    def __init__(self, path: Path, progress: Progress, on_write: Optional[Listener] = None):
+    def __init__(self, path: Path, progress: Progress) -> None:
         self.path = path
         self.progress = progress
         self._lock = threading.RLock()
         self._finished = False
         self._stop = threading.Event()
         self._heartbeat: Optional[threading.Thread] = None
-        self._listeners: List[Listener] = [on_write] if on_write else []
         self.write_errors = 0
 
     @property
@@ -95,10 +91,6 @@ class ProgressWriter:
             yield self.progress
             self.progress.recount()
             self._write()
-
-    def snapshot(self) -> Progress:
-        with self._lock:
-            return Progress.from_dict(self.progress.to_dict())
 
     def finish(
         self,
@@ -170,13 +162,3 @@ class ProgressWriter:
                 self.write_errors += 1
                 if attempt == attempts - 1 and final:
                     raise
-        for listener in self._listeners:
-            listener(self.progress)
-
-
-def check_document(path: Path) -> Progress:
-    """Read a document that must exist (used by readers that already know the task)."""
-    progress = read_progress(path)
-    if progress is None:
-        raise ProtocolError("", f"{path} does not exist")
-    return progress

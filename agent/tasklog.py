@@ -16,14 +16,13 @@ def redact(text: str) -> str:
 
 
 class TaskLog:
-    def __init__(self, stream: IO[str], echo: Optional[IO[str]] = None) -> None:
+    def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
-        self._echo = echo
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, echo: Optional[IO[str]] = None) -> "TaskLog":
-        return cls(open(path, "a", encoding="utf-8", errors="replace", buffering=1), echo)
+    def open(cls, path: str) -> "TaskLog":
+        return cls(open(path, "a", encoding="utf-8", errors="replace", buffering=1))
 
     def line(self, prefix: Optional[str], text: str) -> None:
         text = redact(text)
@@ -33,8 +32,6 @@ class TaskLog:
             if self._stream.closed:
                 return  # a late line (a signal after the end) has nowhere to go
             self._stream.write(line)
-            if self._echo is not None:
-                self._echo.write(line)
 
     def command(self, prefix: Optional[str], argv: Sequence[str], cwd: Optional[str]) -> None:
         where = f" (in {cwd})" if cwd else ""

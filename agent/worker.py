@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -411,9 +410,9 @@ def _install_signal_handlers(installer: Installer, log: TaskLog) -> None:
         signal.signal(sig, on_signal)
 
 
-def run_worker(spec: InstallSpec, paths: TaskPaths, log_echo: bool = False) -> int:
+def run_worker(spec: InstallSpec, paths: TaskPaths) -> int:
     """The worker process's body: first document, signals, install, final document."""
-    log = TaskLog.open(str(paths.log), echo=sys.stderr if log_echo else None)
+    log = TaskLog.open(str(paths.log))
     writer = ProgressWriter(paths.progress, initial_progress(spec, paths))
     with writer.change():
         pass  # the first document: the launcher waits for it
