@@ -38,7 +38,7 @@ def progress_answer(view: TaskView) -> web.Response:
             message=f"{view.target} cannot be reached; this is the last known progress "
             f"({view.problem})",
         )
-        return web.json_response(body, status=503)
+        return web.json_response(body, status=503, headers={"Retry-After": "2"})
     return web.json_response(body)
 
 

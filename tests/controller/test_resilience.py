@@ -73,6 +73,8 @@ async def test_sshd_restart_mid_install(
     # The network goes away: the listener and every open session die.
     sshd.stop(drop_sessions=True)
     _, stale = await wait_for(client, task_id, lambda s, b: s == 503, timeout=30)
+    answer = await client.get(f"/api/tasks/{task_id}")
+    assert answer.status == 503 and answer.headers["Retry-After"] == "2"
     assert stale["stale"] is True
     assert stale["success"] is False and stale["error"] == "unreachable"
     assert stale["state"] == "running_install_scripts"
