@@ -259,7 +259,7 @@ class Installer:
                 self.log.line(None, "uv gets pip's configured sources: " + shlex.join(from_pip))
             pip_args += from_pip
         for i in wanting:
-            self._set_requirements(i, "running", "installing_requirements")
+            self._set_requirements(i, "running")
         argv = requirements.install_command(
             installer,
             python,
@@ -276,7 +276,7 @@ class Installer:
         )
         if result.ok:
             for i in wanting:
-                self._set_requirements(i, "done", "cloned")
+                self._set_requirements(i, "done")
         elif len(wanting) == 1:
             self._requirements_failed(wanting[0], result.describe("installing requirements"))
         else:
@@ -298,7 +298,7 @@ class Installer:
                     timeout=self.timeouts.requirements,
                 )
                 if single.ok:
-                    self._set_requirements(i, "done", "cloned")
+                    self._set_requirements(i, "done")
                 else:
                     self._requirements_failed(i, single.describe("installing requirements"))
         self._finish_requirements()
@@ -306,7 +306,7 @@ class Installer:
     def _requirements_file(self, index: int) -> Path:
         return self.custom_nodes / self._node(index).name / "requirements.txt"
 
-    def _set_requirements(self, index: int, status: str, node_status: str) -> None:
+    def _set_requirements(self, index: int, status: str) -> None:
         # A node stays "installing_requirements" until its install.py step starts.
         self._set(index, "installing_requirements", requirements_status=status)
 
