@@ -61,8 +61,11 @@ def test_smoke_figures_are_sane(smoke_report: dict[str, Any]) -> None:
     for row in smoke_report["rows"]:
         value = row["value"]
         assert isinstance(value, (int, float)) and math.isfinite(value), row
-        # Only "bytes uploaded again" may be zero: everything else took time or space.
-        assert value > 0 or row["unit"] == "bytes", row
+        assert value >= 0, row
+        # Anything timed, and any throughput, took some time or did some work; a
+        # count of bytes, reads or CPU may honestly be zero in a tiny window.
+        if row["unit"] in ("s", "polls/s"):
+            assert value > 0, row
         # A smoke run never claims a target met or missed.
         assert row["met"] is None, row
         if row["baseline"] is not None:
