@@ -366,7 +366,7 @@ class TaskService:
             self.stats.add("cache_hits")
             return live.view
         if live.inflight is None:
-            live.inflight = asyncio.create_task(self._refresh(live))
+            live.inflight = self._spawn(self._refresh(live))
             live.inflight.add_done_callback(lambda _t: setattr(live, "inflight", None))
         else:
             self.stats.add("cache_hits")
