@@ -9,6 +9,7 @@ status is 1 when any section failed.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                     )
                     continue
                 log(f"section {name}")
+                # Other work on the machine moves the figures: keep its load with them.
+                report.detail(name, "load_average_at_start", list(os.getloadavg()))
                 section_started = time.monotonic()
                 try:
                     sections[name](lab, report, log)
