@@ -536,7 +536,7 @@ class TaskService:
             wait = self.settings.refresh_interval
             if heartbeat is not None:
                 wait = min(wait, max(0.0, heartbeat - (time.monotonic() - idle_since)))
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(live.changed.wait(), timeout=max(wait, 0.01))
 
     # -- cancel, logs, listing ------------------------------------------------------
