@@ -14,7 +14,6 @@ disk under a stamp of those parameters.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -245,9 +244,3 @@ import sys
 pathlib.Path("install_done.txt").write_text(sys.executable + "\\n")
 print("install.py finished with", sys.executable)
 """
-
-
-def plan_digest(plans: Sequence[RepoPlan]) -> str:
-    """A short name for a set of plans, for cache directories."""
-    text = json.dumps([asdict(plan) for plan in plans], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
