@@ -138,6 +138,7 @@ class GitServer:
         self.work_root = self.base / "work"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.work_root / "git-daemon.log"
         self.repos: dict[str, Repo] = {}
 
     @property
@@ -153,24 +154,26 @@ class GitServer:
         last_error = ""
         for _ in range(5):  # the free port may be taken between probe and bind
             self.port = free_port()
-            self.proc = subprocess.Popen(
-                [
-                    "git",
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--informative-errors",
-                    f"--base-path={self.root}",
-                    "--listen=127.0.0.1",
-                    f"--port={self.port}",
-                    str(self.root),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                # Its own group, so stop() also ends the per-connection children.
-                start_new_session=True,
-            )
+            with self.log_path.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        "git",
+                        "daemon",
+                        "--reuseaddr",
+                        "--export-all",
+                        "--informative-errors",
+                        f"--base-path={self.root}",
+                        "--listen=127.0.0.1",
+                        f"--port={self.port}",
+                        str(self.root),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    # A file, not a pipe: per-connection children would hold a pipe open.
+                    stderr=log,
+                    # Its own group, so stop() also ends the per-connection children.
+                    start_new_session=True,
+                )
             if self._wait_listening():
                 return self
             last_error = self._stop_proc()
@@ -194,12 +197,13 @@ class GitServer:
             return ""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        try:
-            _out, err = self.proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            err = b""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
         self.proc = None
-        return (err or b"").decode("utf-8", "replace")
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         self._stop_proc()
