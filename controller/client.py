@@ -254,7 +254,7 @@ class AsyncClient:
                 text = await response.text()
                 if response.status >= 400:
                     raise api_error(response.status, text)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise ControllerUnreachable(
                 f"cannot reach the controller at {self.base_url}: {exc or type(exc).__name__}"
             ) from exc
@@ -400,7 +400,11 @@ class AsyncClient:
                         yield document
                         if event.event == "final" or is_final(document):
                             return
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            asyncio.TimeoutError,
+        ) as exc:
             raise ControllerUnreachable(
                 f"the event stream from {self.base_url} broke: {exc or type(exc).__name__}"
             ) from exc

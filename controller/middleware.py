@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Paths anyone may fetch without the token.
-PUBLIC_PATHS = frozenset({"/healthz"})
+#: Paths anyone may fetch without the token. The dashboard page holds no data: it
+#: asks for the token itself when the API answers 401.
+PUBLIC_PATHS = frozenset({"/healthz", "/"})
+PUBLIC_PREFIXES = ("/static/",)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -65,7 +67,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].token
-    if token and request.path not in PUBLIC_PATHS:
+    public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
+    if token and not public:
         given = ""
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer "):

@@ -45,11 +45,15 @@ async def test_local_transport_installs_and_cancels(
     assert cancelled["state"] == "cancelled"
 
 
-async def test_token_is_required_except_for_healthz(
+async def test_token_is_required_except_for_healthz_and_the_page(
     make_client: AppFactory, tmp_path: Path, client_key: Path
 ) -> None:
     client = await make_client(make_settings(tmp_path, client_key, token="s3cret"))
     assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/")).status == 200
+    assert (await client.get("/static/app.js")).status == 200
+    # The public prefix serves the page's files only, never the package around them.
+    assert (await client.get("/static/%2e%2e/registry.py")).status in (401, 403, 404)
     denied = await client.get("/api/tasks")
     assert denied.status == 401
     assert (await denied.json())["error"] == "unauthorized"

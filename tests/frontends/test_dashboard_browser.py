@@ -123,8 +123,10 @@ def test_dashboard_with_a_token(browser: Any, tmp_path: Path, world: DemoWorld) 
     settings.token = "s3cret-token"
     with serve_in_thread(create_app(settings), settings) as guarded:
         page = browser.new_page()
-        refused = page.goto(guarded.url + "/")
-        assert refused is not None and refused.status == 401
+        # The page itself is public and asks for the token the API wants.
+        opened = page.goto(guarded.url + "/")
+        assert opened is not None and opened.status == 200
+        expect(page.locator("#token-panel")).to_be_visible(timeout=10_000)
         page.goto(guarded.url + "/?token=s3cret-token")
         expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
         assert "token" not in page.url  # taken out of the address bar
