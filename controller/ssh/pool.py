@@ -9,11 +9,17 @@ late, and 50 threads on one connection saw most channel opens refused. A caller
 that finds every slot busy waits for one instead of failing. Sockets get
 ``TCP_NODELAY`` (an exec round trip on loopback drops from ~48 ms to ~6 ms) and
 a keepalive; a connection that dropped is replaced on next use.
+
+Connecting is single-flight per host: callers that need a connection while one
+is being opened wait for that attempt, and if it fails they all fail with its
+error at once (a silent host costs every waiter one connect timeout, not one
+each in turn). Failures are not cached; the next caller tries again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -78,7 +84,9 @@ class Connection:
 class _Attempt:
     """A connection being opened; waiters learn its outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float) -> None:
+        #: The longest it can take (TCP connect, handshake and login timeouts).
+        self.limit = limit
         self.error: BaseException | None = None
 
 
@@ -107,12 +115,20 @@ class SSHPool:
         return keys
 
     def _open(self, target: Target) -> Connection:
+        """A new logged-in connection, or an error that says which host and port and
+        what happened: refused, timed out, no SSH banner, handshake failed, host key
+        changed (:class:`HostKeyChanged`), login refused (:class:`AuthFailed`)."""
         timeout = self.settings.connect_timeout
         where = f"{target.user}@{target.host_port}"
         try:
             sock = socket.create_connection((target.host, target.port), timeout=timeout)
         except TimeoutError:
             raise Unreachable(f"cannot connect to {where}: timed out after {timeout:g} s") from None
+        except ConnectionRefusedError:
+            raise Unreachable(
+                f"cannot connect to {where}: connection refused (is sshd running on port "
+                f"{target.port}?)"
+            ) from None
         except OSError as exc:
             raise Unreachable(f"cannot connect to {where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -121,17 +137,7 @@ class SSHPool:
         transport.handshake_timeout = timeout
         transport.auth_timeout = timeout
         try:
-            try:
-                transport.start_client(timeout=timeout)
-                # start_client returns quietly when its timeout passes mid-handshake.
-                if not transport.is_active() or transport.host_key is None:
-                    raise Unreachable(
-                        f"SSH handshake with {where} timed out after {timeout:g} s "
-                        "(is it an SSH server?)"
-                    )
-                server_key = transport.get_remote_server_key()
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise Unreachable(f"SSH handshake with {where} failed: {exc}") from None
+            server_key = _handshake(transport, where, timeout)
             self.known_hosts.check(target.host, target.port, server_key)
             self._authenticate(transport, target, where)
         except BaseException:
@@ -183,10 +189,16 @@ class SSHPool:
     def _acquire(self, target: Target, *, want_sftp: bool) -> tuple[Connection, bool]:
         """A connection, and whether a channel slot was reserved on it (``in_use`` += 1;
         give it back with :meth:`_release`). For SFTP, a connection that already has an
-        SFTP session comes without a reservation."""
+        SFTP session comes without a reservation.
+
+        Connecting is single-flight per host: callers that find an attempt under way
+        wait for it instead of queueing attempts of their own, and when it fails with
+        no connection to fall back on they all fail at once with its error. The
+        failure is not remembered: a caller that arrives later tries again.
+        """
         key = target.key
         deadline = time.monotonic() + self.settings.connect_timeout + self.settings.command_timeout
-        seen_attempt: _Attempt | None = None
+        joined: _Attempt | None = None
         with self._cond:
             while True:
                 if self._closed:
@@ -202,14 +214,21 @@ class SSHPool:
                     conn.in_use += 1
                     return conn, True
                 attempt = self._attempts.get(key)
-                if attempt is None and len(conns) < self.settings.max_connections_per_host:
-                    attempt = _Attempt()
+                if attempt is not None:
+                    if joined is not attempt:
+                        joined = attempt
+                        # Its outcome is worth waiting for even past our deadline:
+                        # the attempt is bounded by the connect timeouts.
+                        deadline = max(deadline, time.monotonic() + attempt.limit)
+                elif joined is not None and joined.error is not None:
+                    if not conns:
+                        raise _shared_error(joined.error, target)
+                    # The host is reachable (those connections are busy): wait for
+                    # a slot rather than trying again at once.
+                elif len(conns) < self.settings.max_connections_per_host:
+                    attempt = _Attempt(limit=3 * self.settings.connect_timeout + 5)
                     self._attempts[key] = attempt
                     break
-                if attempt is not None:
-                    seen_attempt = attempt
-                elif seen_attempt is not None and seen_attempt.error is not None:
-                    raise seen_attempt.error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unreachable(f"{target} is busy: no SSH channel became free in time")
@@ -367,3 +386,48 @@ def _read_all(recv: Callable[[int], bytes]) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def _handshake(transport: paramiko.Transport, where: str, timeout: float) -> paramiko.PKey:
+    """Run the SSH handshake; the server's host key."""
+    began = time.monotonic()
+    failure: BaseException | None = None
+    try:
+        # A little longer than the banner timeout, so a silent peer ends in
+        # paramiko's banner error rather than in a race with it.
+        transport.start_client(timeout=timeout + 1)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        failure = exc
+    # start_client returns quietly when its timeout passes mid-handshake.
+    if failure is not None or not transport.is_active() or transport.host_key is None:
+        raise _handshake_error(where, transport, failure, timeout, time.monotonic() - began)
+    return transport.get_remote_server_key()
+
+
+def _handshake_error(
+    where: str,
+    transport: paramiko.Transport,
+    exc: BaseException | None,
+    timeout: float,
+    took: float,
+) -> Unreachable:
+    """Say which step of the SSH handshake failed, and how."""
+    if not transport.remote_version:
+        if took >= timeout * 0.9:
+            return Unreachable(
+                f"SSH handshake with {where} timed out after {timeout:g} s waiting for the "
+                "server's banner: the port accepts connections but sends nothing (is it "
+                "an SSH server?)"
+            )
+        return Unreachable(f"{where} closed the connection before sending an SSH banner")
+    if exc is None or took >= timeout * 0.9:
+        return Unreachable(f"SSH handshake with {where} timed out after {timeout:g} s")
+    return Unreachable(f"SSH handshake with {where} failed: {exc}")
+
+
+def _shared_error(error: BaseException, target: Target) -> BaseException:
+    """A copy of a failed connection attempt's error for one of its waiters (an
+    exception object raised in several threads at once would share a traceback)."""
+    if isinstance(error, RemoteError):
+        return copy.copy(error)
+    return Unreachable(f"cannot connect to {target}: {error}")

@@ -57,10 +57,13 @@ class SshTransport(Transport):
         return posixpath.join(self.state_dir(), relative)
 
     def ensure_agent(self) -> str:
+        # Connect (through state_dir) before taking the lock: concurrent starts to a
+        # host then share the pool's one connection attempt, and fail together when
+        # it fails, instead of queueing on this lock for one attempt each.
+        state_dir = self.state_dir()
         with self._lock:
             if self._agent_path is not None:
                 return self._agent_path
-            state_dir = self.state_dir()
             agent_dir = posixpath.join(state_dir, "agent")
             path = posixpath.join(agent_dir, f"{self._sha256}.pyz")
             size = len(self._bundle)

@@ -411,3 +411,47 @@ async def test_no_python_on_the_instance(
     assert final["state"] == "failed" and final["error_code"] == "start_failed"
     assert "'python3.999' was not found" in final["error"]
     assert home.node_dirs() == []
+
+
+async def test_concurrent_starts_to_one_silent_host_fail_together(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    node_repos: NodeRepos,
+) -> None:
+    # Five starts to one host that accepts TCP and never sends an SSH banner. They
+    # share one connection attempt: all fail when it times out, not one after
+    # another, and each says what happened to which host.
+    connect_timeout = 2.0
+    client = await make_client(make_settings(tmp_path, client_key, connect_timeout=connect_timeout))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        began = time.monotonic()
+        tasks = [
+            await start_install(
+                client,
+                install_body(
+                    f"root@127.0.0.1:{port}",
+                    comfy_home(tmp_path / f"home-{i}"),
+                    [node_repos.plain.url],
+                ),
+            )
+            for i in range(5)
+        ]
+        finals = await asyncio.gather(*(wait_final(client, t, timeout=30) for t in tasks))
+        elapsed = time.monotonic() - began
+    finally:
+        silent.close()
+    # One attempt lasts about connect_timeout; serialised attempts would take 5x.
+    assert elapsed < 2 * connect_timeout + 2.0, elapsed
+    messages = {final["error"] for final in finals}
+    assert len(messages) == 1, messages
+    (message,) = messages
+    for final in finals:
+        assert final["state"] == "failed" and final["error_code"] == "start_failed"
+    assert f"127.0.0.1:{port}" in message
+    assert "timed out" in message and f"{connect_timeout:g} s" in message
+    assert "No existing session" not in message

@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
 from controller.stats import Stats
 from controller.target import Target, parse_target
+from tests.bench.blackhole import Blackhole
 from tests.controller.conftest import make_settings
 from tests.support.sshd import SshServer, make_key
 
@@ -210,3 +212,68 @@ def test_adapts_to_a_lower_max_sessions(tmp_path: Path, client_key: Path) -> Non
     finally:
         pool.close()
         strict_server.stop()
+
+
+def _at_once(count: int, call: Callable[[], object]) -> list[BaseException | None]:
+    """Run ``call`` in ``count`` threads released together; each one's exception."""
+    outcomes: list[BaseException | None] = [None] * count
+    gate = threading.Barrier(count)
+
+    def work(index: int) -> None:
+        gate.wait(10)
+        try:
+            call()
+        except BaseException as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
+def test_connection_attempts_are_single_flight_per_host(tmp_path: Path, client_key: Path) -> None:
+    connect_timeout = 2.0
+    pool = _pool(make_settings(tmp_path, client_key, connect_timeout=connect_timeout))
+    try:
+        with Blackhole() as silent:
+            target = Target("ssh", "root", "127.0.0.1", silent.port)
+            began = time.monotonic()
+            outcomes = _at_once(6, lambda: pool.run(target, "true", None, timeout=5))
+            elapsed = time.monotonic() - began
+            accepted = silent.accepted
+        # One attempt, shared: every caller fails when it times out, with its error.
+        assert accepted == 1
+        assert elapsed < connect_timeout + 3, elapsed
+        assert all(isinstance(exc, Unreachable) for exc in outcomes), outcomes
+        messages = {str(exc) for exc in outcomes}
+        assert len(messages) == 1, messages
+        assert f"root@127.0.0.1:{silent.port}" in messages.pop()
+        # The failure is not remembered: once an sshd listens there, it connects.
+        server = SshServer(tmp_path / "sshd-late", port=silent.port, client_key=client_key)
+        server.start()
+        try:
+            assert pool.run(target, "echo up", None, timeout=10).stdout == b"up\n"
+        finally:
+            server.stop()
+    finally:
+        pool.close()
+
+
+def test_a_failed_login_fails_every_waiter_at_once(
+    tmp_path: Path, client_key: Path, sshd: SshServer
+) -> None:
+    pool = _pool(make_settings(tmp_path, make_key(tmp_path / "stranger")))
+    connections_before = sshd.log_text().count("Connection from 127.0.0.1")
+    try:
+        outcomes = _at_once(5, lambda: pool.run(_target(sshd), "true", None, timeout=5))
+    finally:
+        pool.close()
+    assert all(isinstance(exc, AuthFailed) for exc in outcomes), outcomes
+    assert len({str(exc) for exc in outcomes}) == 1
+    # One login attempt reached sshd, not five.
+    assert sshd.log_text().count("Connection from 127.0.0.1") == connections_before + 1
+    assert sshd.session_count() == 0
