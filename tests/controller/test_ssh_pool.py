@@ -267,13 +267,12 @@ def test_a_failed_login_fails_every_waiter_at_once(
     tmp_path: Path, client_key: Path, sshd: SshServer
 ) -> None:
     pool = _pool(make_settings(tmp_path, make_key(tmp_path / "stranger")))
-    connections_before = sshd.log_text().count("Connection from 127.0.0.1")
     try:
         outcomes = _at_once(5, lambda: pool.run(_target(sshd), "true", None, timeout=5))
     finally:
         pool.close()
     assert all(isinstance(exc, AuthFailed) for exc in outcomes), outcomes
     assert len({str(exc) for exc in outcomes}) == 1
-    # One login attempt reached sshd, not five.
-    assert sshd.log_text().count("Connection from 127.0.0.1") == connections_before + 1
+    # One login attempt reached sshd, not five (sshd logs a refusal before it answers).
+    assert sshd.log_text().count("Failed publickey for") == 1
     assert sshd.session_count() == 0
