@@ -2,11 +2,14 @@
 
 Everything blocking (SSH, SFTP, SQLite) runs in the executor the app owns.
 
-Progress reads are shared: concurrent readers of one task await the same read
-in flight (single-flight), a document read less than ``refresh_interval`` ago is
-served from cache, and a cheap ``stat`` lets an unchanged file skip the read. So
-a hundred pollers or event-stream watchers of one task cost one remote read per
-interval; ``stats.remote_reads`` counts the real ones.
+Progress reads are shared: a document read less than ``refresh_interval`` ago is
+served from cache; an older one is still served at once while one read refreshes
+it in the background (stale-while-revalidate, at most ``STALE_SERVE_INTERVALS``
+intervals old; beyond that, or before the first read, callers await the read),
+concurrent readers share the read in flight (single-flight), and a cheap
+``stat`` lets an unchanged file skip the read. So a hundred pollers or
+event-stream watchers of one task cost one remote read per interval and never
+wait on the instance; ``stats.remote_reads`` counts the real reads.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ LOG_READ_LIMIT = 1024 * 1024
 LOG_DEFAULT_LIMIT = 64 * 1024
 #: Seconds between registry writes of a document whose milestones did not change.
 PERSIST_INTERVAL = 10.0
+#: A cached document younger than this many refresh intervals is served at once
+#: while a background read refreshes it; an older one is only served after a new
+#: read. Two intervals keep what a poll sees at most 1 s old at the default 0.5 s
+#: interval, which is the freshness promise.
+STALE_SERVE_INTERVALS = 2.0
 
 
 @dataclass
@@ -362,15 +370,29 @@ class TaskService:
         if live.view.progress.is_final or (live.launch is not None and not live.launch.done()):
             self.stats.add("cache_hits")
             return live.view
-        if time.monotonic() - live.read_mono < self.settings.refresh_interval:
+        age = time.monotonic() - live.read_mono
+        if age < self.settings.refresh_interval:
             self.stats.add("cache_hits")
             return live.view
-        if live.inflight is None:
-            live.inflight = self._spawn(self._refresh(live))
-            live.inflight.add_done_callback(lambda _t: setattr(live, "inflight", None))
-        else:
+        refresh = live.inflight
+        joined = refresh is not None
+        if refresh is None:
+            refresh = live.inflight = self._spawn(self._refresh(live))
+            refresh.add_done_callback(lambda _t: setattr(live, "inflight", None))
+        # Stale-while-revalidate: a document read less than STALE_SERVE_INTERVALS
+        # refresh intervals ago is served at once while the refresh runs, so a poll
+        # never waits on the instance. With no document read yet, or one older than
+        # that, the poll waits for the read: nothing older than 1 s (at the default
+        # interval) is served as current. A view already marked stale (the instance
+        # is unreachable) says so itself and is served at once too.
+        if live.read_mono and (
+            live.view.stale or age < STALE_SERVE_INTERVALS * self.settings.refresh_interval
+        ):
             self.stats.add("cache_hits")
-        return await asyncio.shield(live.inflight)
+            return live.view
+        if joined:
+            self.stats.add("cache_hits")
+        return await asyncio.shield(refresh)
 
     async def _adopt(self, task_id: str, target: Target) -> _Live:
         transport = self.transports.get(target)
@@ -533,6 +555,8 @@ class TaskService:
             elif heartbeat is not None and time.monotonic() - idle_since >= heartbeat:
                 idle_since = time.monotonic()
                 yield None
+            if live.view.version != last_version:
+                continue  # it changed while the consumer handled the last view
             wait = self.settings.refresh_interval
             if heartbeat is not None:
                 wait = min(wait, max(0.0, heartbeat - (time.monotonic() - idle_since)))

@@ -4,6 +4,7 @@ refresh interval; an unchanged file is only stat'ed; watchers see every change."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from tests.controller.conftest import (
     NodeRepos,
     install_body,
     make_settings,
+    poll,
     start_install,
     wait_final,
     wait_for,
@@ -204,3 +206,75 @@ async def test_heartbeat_yields_none_while_idle(
     await watcher.aclose()
     assert "none" in kinds
     await wait_final(client, task_id)
+
+
+def _sftp_servers(sshd: SshServer) -> list[int]:
+    """Pids of the sftp-server processes serving ``sshd``'s sessions."""
+    assert sshd.pid is not None
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, found = {sshd.pid}, []
+    for _ in range(4):  # listener -> session -> (privsep child ->) sftp-server
+        tree |= {pid for pid, parent in parents.items() if parent in tree}
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            if b"sftp-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+async def test_polls_are_served_from_cache_while_the_refresh_runs(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # Long intervals so the machine's load cannot age the cache behind our back.
+    settings = make_settings(tmp_path, client_key, refresh_interval=2.0, monitor_interval=3600)
+    client = await make_client(settings)
+    (home.root / "sleep_seconds").write_text("120")
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+    )
+    await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    live = client.app[SERVICE]._live[task_id]
+    stats = client.app[STATS]
+    (sftp_server,) = _sftp_servers(sshd)
+    # A slow instance: every SFTP request now hangs until the server is thawed.
+    os.kill(sftp_server, signal.SIGSTOP)
+    try:
+        cached_read_at = live.view.read_at
+        before = stats.snapshot()
+        # Past the refresh interval but recent: served at once, one refresh started.
+        live.read_mono = time.monotonic() - 1.1 * settings.refresh_interval
+        began = time.monotonic()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(poll(client, task_id) for _ in range(20))), 5
+        )
+        assert time.monotonic() - began < 5
+        assert [status for status, _ in results] == [200] * 20
+        assert {body["read_at"] for _, body in results} == {cached_read_at}
+        refresh = live.inflight
+        assert refresh is not None and not refresh.done()
+
+        # Much older than the interval: a poll waits for that same read.
+        live.read_mono = time.monotonic() - 10 * settings.refresh_interval
+        waiting = asyncio.ensure_future(poll(client, task_id))
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done, "a very stale document was served without a new read"
+        assert live.inflight is refresh
+        assert stats.snapshot()["remote_stats"] - before["remote_stats"] <= 1
+    finally:
+        os.kill(sftp_server, signal.SIGCONT)
+    status, fresh = await asyncio.wait_for(waiting, 20)
+    assert status == 200 and fresh["read_at"] != cached_read_at
+    assert fresh["state"] == "running_install_scripts"
+    assert stats.snapshot()["remote_stats"] - before["remote_stats"] == 1
+    cancelled = await client.post(f"/api/tasks/{task_id}/cancel")
+    assert (await cancelled.json())["state"] == "cancelled"
