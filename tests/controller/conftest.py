@@ -33,12 +33,28 @@ time.sleep(float(Path("../../sleep_seconds").read_text()))
 Path("slept.marker").write_text("done")
 """
 
+#: install.py that waits until ``<ui_home>/release`` exists (at most two minutes),
+#: so a test holds an install in ``running_install_scripts`` for exactly as long
+#: as it needs, whatever the machine's load.
+GATED_INSTALL_PY = """\
+import sys
+import time
+from pathlib import Path
+deadline = time.monotonic() + 120
+while not Path("../../release").exists():
+    if time.monotonic() > deadline:
+        sys.exit("never released")
+    time.sleep(0.05)
+Path("released.marker").write_text("done")
+"""
+
 
 @dataclass
 class NodeRepos:
     plain: Repo
     second: Repo
     sleeper: Repo
+    gated: Repo
     urls: list[str] = field(default_factory=list)
 
 
@@ -55,6 +71,9 @@ def node_repos(git_server: GitServer) -> NodeRepos:
         second=git_server.add_repo("ComfyUI-Second", {"__init__.py": ""}),
         sleeper=git_server.add_repo(
             "ComfyUI-Sleeper", {"__init__.py": "", "install.py": SLEEP_INSTALL_PY}
+        ),
+        gated=git_server.add_repo(
+            "ComfyUI-Gated", {"__init__.py": "", "install.py": GATED_INSTALL_PY}
         ),
     )
 

@@ -242,9 +242,9 @@ async def test_a_task_started_elsewhere_is_found_through_ssh_connection(
     two = await make_client(
         make_settings(tmp_path / "two", client_key, remote_state_dir=remote_state)
     )
-    (home.root / "sleep_seconds").write_text("2")
+    # The install waits for our word, so it is surely still running when looked for.
     task_id = await start_install(
-        one, install_body(sshd.connection_string(), home, [node_repos.sleeper.url])
+        one, install_body(sshd.connection_string(), home, [node_repos.gated.url])
     )
     await wait_for(one, task_id, _running)
     status, _ = await poll(two, task_id)
@@ -256,9 +256,11 @@ async def test_a_task_started_elsewhere_is_found_through_ssh_connection(
     body = await found.json()
     assert found.status == 200, body
     assert body["task_id"] == task_id and body["state"] == "running_install_scripts"
+    (home.root / "release").touch()
     # From now on controller two follows it without being told where.
     final = await wait_final(two, task_id)
     assert final["state"] == "completed"
+    assert (home.custom_nodes / "ComfyUI-Gated" / "released.marker").exists()
     listing = await (await two.get("/api/tasks")).json()
     assert [t["task_id"] for t in listing["tasks"]] == [task_id]
     # A task that is on neither controller nor instance stays unknown.
