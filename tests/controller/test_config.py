@@ -100,3 +100,12 @@ def test_example_config_lists_every_setting() -> None:
     for name in setting_names():
         assert f"# {name} =" in text or f"\n{name} =" in text, name
     assert isinstance(Settings().known_hosts_path, Path)
+
+
+def test_the_default_heartbeat_is_the_agents() -> None:
+    # Liveness is asked after three silent heartbeats: with the agent's real
+    # interval a killed agent reads lost ~3 s after its last beat, not ~6 s.
+    from agent.progress_file import HEARTBEAT_SECONDS
+
+    assert Settings().heartbeat_interval == HEARTBEAT_SECONDS
+    assert 3 * Settings().heartbeat_interval <= 3.0

@@ -30,8 +30,11 @@ from tests.support.sshd import SshServer
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
+_running_state = "running_install_scripts"
+
+
 def _running(status: int, body: dict[str, Any]) -> bool:
-    return status == 200 and body.get("state") == "running_install_scripts"
+    return status == 200 and body.get("state") == _running_state
 
 
 async def test_controller_restart_mid_install(
@@ -101,11 +104,56 @@ async def test_killed_agent_reads_lost_within_10s(
     os.killpg(worker, signal.SIGKILL)
     killed_at = time.monotonic()
     final = await wait_final(client, task_id, timeout=30)
-    assert time.monotonic() - killed_at < 10
+    took = time.monotonic() - killed_at
+    # Three silent heartbeats (1 s each) by the controller's clock, then `status`.
+    assert took < 10, took
     assert final["state"] in ("lost", "failed")
     assert final["error_code"] in ("lost", "agent_crashed")
     assert str(worker) in final["error"] or "died" in final["error"]
     assert final["success"] is False and final["in_progress"] is False
+
+
+async def test_a_silent_document_prompts_status_after_three_heartbeats_not_lost(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # Default heartbeat; the monitor job stays out of the way (polls drive refreshes).
+    settings = make_settings(tmp_path, client_key, monitor_interval=3600)
+    heartbeat = settings.heartbeat_interval
+    client = await make_client(settings)
+    task_id = await start_install(
+        client, install_body(sshd.connection_string(), home, [node_repos.gated.url])
+    )
+    _, running = await wait_for(client, task_id, _running)
+    live = client.app[SERVICE]._live[task_id]
+    checked_before = live.liveness_mono
+    # Frozen, the worker is alive but its document goes silent.
+    os.killpg(running["pid"], signal.SIGSTOP)
+    try:
+        _, body = await wait_for(
+            client,
+            task_id,
+            lambda s, b: live.liveness_mono != checked_before or b["state"] != _running_state,
+            timeout=30,
+        )
+        silent_for = live.liveness_mono - live.changed_mono
+        # Keep polling past a few more heartbeats: status keeps saying it lives.
+        deadline = time.monotonic() + 2 * heartbeat
+        while time.monotonic() < deadline:
+            status, body = await poll(client, task_id)
+            assert status == 200 and body["state"] == _running_state, body
+            await asyncio.sleep(0.1)
+    finally:
+        os.killpg(running["pid"], signal.SIGCONT)
+    assert body["state"] == _running_state
+    # Asked once the document had been silent for three heartbeats, not later.
+    assert 3 * heartbeat <= silent_for < 3 * heartbeat + 1.5, silent_for
+    (home.root / "release").touch()
+    assert (await wait_final(client, task_id))["state"] == "completed"
 
 
 async def test_two_controllers_race_on_one_instance(
