@@ -307,22 +307,45 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
 
         unreachable_202: list[float] = []
         unreachable_failed: list[float] = []
+        one_host_failed: list[float] = []
         errors: list[str] = []
+        one_host_errors: list[str] = []
         with contextlib.ExitStack() as holes:
             sent: dict[str, float] = {}
             for _ in range(size.unreachable_starts):
-                # One silent host per start: tasks for one host share its connection
-                # queue, and what is measured is a single first contact failing.
+                # One silent host per start: a single first contact failing.
                 hole = holes.enter_context(Blackhole())
                 target = f"root@127.0.0.1 -p {hole.port}"
                 start_mark = time.perf_counter()
                 task_id, elapsed = await start_task(session, env, target, [env.quick_url])
                 unreachable_202.append(elapsed)
                 sent[task_id] = start_mark
-            for task_id, start_mark in sent.items():
+            # And as many starts at once to one silent host: they share one
+            # connection attempt, so all should fail after one connect timeout.
+            shared = holes.enter_context(Blackhole())
+            one_host: dict[str, float] = {}
+            for _ in range(max(2, size.unreachable_starts)):
+                target = f"root@127.0.0.1 -p {shared.port}"
+                start_mark = time.perf_counter()
+                task_id, elapsed = await start_task(session, env, target, [env.quick_url])
+                unreachable_202.append(elapsed)
+                one_host[task_id] = start_mark
+
+            async def failed_after(task_id: str, start_mark: float) -> tuple[float, str]:
                 data = await _wait_api_final(session, env, task_id, 120)
-                unreachable_failed.append(time.perf_counter() - start_mark)
-                errors.append(str(data.get("error")))
+                return time.perf_counter() - start_mark, str(data.get("error"))
+
+            for took, error in await asyncio.gather(
+                *(failed_after(t, mark) for t, mark in sent.items())
+            ):
+                unreachable_failed.append(took)
+                errors.append(error)
+            for took, error in await asyncio.gather(
+                *(failed_after(t, mark) for t, mark in one_host.items())
+            ):
+                one_host_failed.append(took)
+                one_host_errors.append(error)
+            one_host_attempts = shared.accepted
 
     warm = Summary.of(warm_202)
     report.add(
@@ -384,6 +407,17 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
             note="bounded by the controller's connect timeout",
         )
     )
+    report.add(
+        Row(
+            "start",
+            f"{len(one_host_failed)} starts at once to one unreachable host -> all read "
+            "failed (max)",
+            max(one_host_failed),
+            "s",
+            note=f"{one_host_attempts} connection attempt(s) reached the host; "
+            f"{len(set(one_host_errors))} distinct error(s)",
+        )
+    )
     uploaded_again = sum(second_uploads)
     report.add(
         Row(
@@ -404,6 +438,9 @@ async def _start(env: ControllerEnv, report: Report, log: Log) -> None:
     report.detail("start", "unreachable_202", Summary.of(unreachable_202))
     report.detail("start", "unreachable_to_failed", Summary.of(unreachable_failed))
     report.detail("start", "unreachable_errors", sorted(set(errors)))
+    report.detail("start", "one_host_unreachable_to_failed", Summary.of(one_host_failed))
+    report.detail("start", "one_host_unreachable_errors", sorted(set(one_host_errors)))
+    report.detail("start", "one_host_connection_attempts", one_host_attempts)
     report.detail("start", "first_start_bytes_sent", first_bytes)
     report.detail("start", "second_start_bytes_sent", second_bytes)
     report.detail("start", "second_start_uploads", second_uploads)
@@ -437,8 +474,10 @@ def run_poll(lab: Lab, report: Report, log: Log) -> None:
     task_id = asyncio.run(_start_slow(env, env.main))
     try:
         http = asyncio.run(_http_polls(env, task_id, lab.size.http_polls))
+        # Spaced past what the cache serves while it refreshes, so each poll waits
+        # for the instance (closer-spaced polls get the cached document at once).
         uncached = asyncio.run(
-            _http_polls(env, task_id, lab.size.uncached_polls, spacing=_refresh_interval() + 0.05)
+            _http_polls(env, task_id, lab.size.uncached_polls, spacing=_stale_limit() + 0.05)
         )
         target = env.ssh_target(env.main)
         remote_file = str(env.progress_file(task_id))
@@ -496,7 +535,7 @@ def run_poll(lab: Lab, report: Report, log: Log) -> None:
             "s",
             baseline=ssh.p50,
             baseline_name="ssh host cat FILE",
-            note=f"polls spaced past the cache's {_refresh_interval() * 1000:.0f} ms: "
+            note=f"polls spaced past the {_stale_limit() * 1000:.0f} ms the cache may serve: "
             f"{uncached['remote_stats']} SFTP stats, {uncached['remote_reads']} reads "
             f"for {fresh.count} polls",
         )
@@ -533,6 +572,13 @@ async def _cancel_one(env: ControllerEnv, task_id: str) -> None:
 def _refresh_interval() -> float:
     # The benchmark runs the controller with its defaults, this one included.
     return Settings().refresh_interval
+
+
+def _stale_limit() -> float:
+    """How old a cached document the controller still serves while it refreshes."""
+    from controller.service import STALE_SERVE_INTERVALS
+
+    return STALE_SERVE_INTERVALS * _refresh_interval()
 
 
 async def _http_polls(
@@ -593,6 +639,7 @@ def run_freshness(lab: Lab, report: Report, log: Log) -> None:
         )
         report.detail("freshness", name, summary)
     report.detail("freshness", "nodes", result["nodes"])
+    report.detail("freshness", "slowest_sightings", result["slowest"])
 
 
 async def _freshness(env: ControllerEnv, log: Log) -> dict[str, Any]:
@@ -629,6 +676,7 @@ async def _freshness(env: ControllerEnv, log: Log) -> dict[str, Any]:
     return {
         "poll": _staleness(seen["poll"]),
         "sse": _staleness(seen["sse"]),
+        "slowest": {name: _slowest(observed) for name, observed in seen.items()},
         "nodes": len(urls),
     }
 
@@ -671,6 +719,16 @@ async def _freshness_watcher(
 def _staleness(observations: list[tuple[float, dict[str, Any]]]) -> list[float]:
     """For every node state change with a timestamp (started, finished) and every new
     document, seconds from the moment the agent recorded it to its first sighting."""
+    return list(_sightings(observations).values())
+
+
+def _slowest(observations: list[tuple[float, dict[str, Any]]], count: int = 3) -> list[str]:
+    """The changes seen latest, for the JSON: what a tail figure is made of."""
+    ranked = sorted(_sightings(observations).items(), key=lambda item: -item[1])
+    return [f"{ident}: {late * 1000:.0f} ms" for ident, late in ranked[:count]]
+
+
+def _sightings(observations: list[tuple[float, dict[str, Any]]]) -> dict[str, float]:
     stamps: dict[str, float] = {}
     for seen_at, doc in observations:
         marks = [("doc", doc.get("updated_at"))]
@@ -683,7 +741,7 @@ def _staleness(observations: list[tuple[float, dict[str, Any]]]) -> list[float]:
             ident = f"{key}@{stamp}"
             if ident not in stamps:
                 stamps[ident] = max(0.0, seen_at - parse_time(stamp).timestamp())
-    return list(stamps.values())
+    return stamps
 
 
 # -- 3. scale ---------------------------------------------------------------------------
