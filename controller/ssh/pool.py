@@ -32,11 +32,11 @@ from typing import TypeVar
 
 import paramiko
 
-from controller.config import Settings
-from controller.errors import AuthFailed, RemoteError, Unreachable
+from controller.core.config import Settings
+from controller.core.errors import AuthFailed, RemoteError, Unreachable
+from controller.core.stats import Stats
+from controller.core.target import Target
 from controller.ssh.hostkeys import KnownHosts
-from controller.stats import Stats
-from controller.target import Target
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from controller.config import Settings
+from controller.core.config import Settings
+from controller.core.stats import Stats
+from controller.core.target import Target
 from controller.ssh.pool import SSHPool
-from controller.stats import Stats
-from controller.target import Target
 from controller.transports.base import AgentReply, FileStat, Transport
 from controller.transports.local import LocalTransport
 from controller.transports.ssh import SshTransport

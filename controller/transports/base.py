@@ -12,9 +12,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from controller.errors import AgentMissingPython, RemoteCommandError
+from controller.core.errors import AgentMissingPython, RemoteCommandError
+from controller.core.target import Target
 from controller.ssh.pool import CommandResult
-from controller.target import Target
 
 #: Exit status of a POSIX shell that could not find the command.
 COMMAND_NOT_FOUND = 127

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.config import Settings
-from controller.errors import RemoteError
+from controller.core.config import Settings
+from controller.core.errors import RemoteError
+from controller.core.stats import Stats
+from controller.core.target import Target
 from controller.ssh.pool import CommandResult
-from controller.stats import Stats
-from controller.target import Target
 from controller.transports.base import FileStat, Transport, shell_command
 
 

@@ -9,10 +9,10 @@ import threading
 
 import paramiko
 
-from controller.config import Settings
+from controller.core.config import Settings
+from controller.core.stats import Stats
+from controller.core.target import Target
 from controller.ssh.pool import CommandResult, SSHPool
-from controller.stats import Stats
-from controller.target import Target
 from controller.transports.base import FileStat, Transport, shell_command
 
 

@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 
+from controller.sandbox.comfy import (
+    ComfyHome,
+    build_venv_template,
+    isolated_pip_env,
+    make_comfy_home,
+)
+from controller.sandbox.gitserver import GitServer, Repo
+from controller.sandbox.wheels import build_wheel
 from protocol import Progress
-from tests.support.comfy import ComfyHome, build_venv_template, isolated_pip_env, make_comfy_home
-from tests.support.gitserver import GitServer, Repo
-from tests.support.wheels import build_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The interpreter that runs the agent; set NODEFERRY_TEST_AGENT_PYTHON to run these

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome
 from tests.agent.conftest import Agent, Repos
-from tests.support.comfy import ComfyHome
 
 pytestmark = pytest.mark.timeout(60)
 

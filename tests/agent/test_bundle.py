@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.bundle import build_pyz, bundle, source_root
+from controller.sandbox.comfy import ComfyHome, isolated_pip_env
 from tests.agent.conftest import Agent, Repos
-from tests.support.comfy import ComfyHome, isolated_pip_env
 
 PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 needs_py38 = pytest.mark.skipif(

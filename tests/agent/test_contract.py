@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.gitserver import GitServer
 from protocol import ExitCode, Progress
 from protocol.progress import parse_time
 from tests.agent.conftest import REPO_ROOT, Agent, Repos, pid_running, temp_clone_dirs, wait_until
-from tests.support.comfy import ComfyHome
-from tests.support.gitserver import GitServer
 
 pytestmark = pytest.mark.timeout(120)
 

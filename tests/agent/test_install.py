@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.gitserver import GitServer, git
 from protocol import Progress
 from tests.agent.conftest import Agent, Repos, temp_clone_dirs
-from tests.support.comfy import ComfyHome
-from tests.support.gitserver import GitServer, git
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -232,7 +232,7 @@ def test_install_script_timeout(agent: Agent, comfy: ComfyHome, repos: Repos) ->
 def test_no_interpreter_venv_falls_back_to_python3(
     agent: Agent, tmp_path: Path, repos: Repos
 ) -> None:
-    from tests.support.comfy import make_comfy_home
+    from controller.sandbox.comfy import make_comfy_home
 
     home = make_comfy_home(tmp_path / "Bare", with_venv=False)
     final = run_spec(agent, agent.spec(home.root, [repos.with_install.url]))

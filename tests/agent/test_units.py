@@ -18,10 +18,10 @@ from agent.progress_file import ProgressWriter, read_progress, write_atomic
 from agent.statedir import StateDir, TaskPaths
 from agent.tasklog import TaskLog
 from agent.worker import Installer, initial_progress
+from controller.sandbox.comfy import make_comfy_home
 from protocol import InstallSpec, NodeProgress, Progress
 from protocol.fields import new_task_id
 from tests.agent.conftest import REPO_ROOT, wait_until
-from tests.support.comfy import make_comfy_home
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -495,7 +495,7 @@ def test_ctrl_c_on_install_cancels_cleanly(tmp_path: Path, venv_template: Path) 
     (node / "install.py").write_text(
         "import time, pathlib; pathlib.Path('started').write_text('1'); time.sleep(60)\n"
     )
-    from tests.support.gitserver import git
+    from controller.sandbox.gitserver import git
 
     git("init", "-q", str(node))
     git("add", "-A", cwd=node)

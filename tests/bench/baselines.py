@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paramiko
 
-from tests.support.comfy import isolated_pip_env
+from controller.sandbox.comfy import isolated_pip_env
 
 CLONE_TIMEOUT = 300.0
 PIP_TIMEOUT = 300.0

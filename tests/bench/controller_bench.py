@@ -27,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from controller.config import Settings
+from controller.core.config import Settings
+from controller.sandbox.comfy import make_comfy_home
 from protocol.progress import parse_time
 from tests.bench.baselines import ParamikoPoller, SshCatPoller, SshTarget, time_polls
 from tests.bench.blackhole import Blackhole
@@ -37,7 +38,6 @@ from tests.bench.latency_proxy import LatencyProxy
 from tests.bench.procwatch import cpu_seconds, peak_rss_bytes
 from tests.bench.report import Report, Row
 from tests.bench.stats import Summary
-from tests.support.comfy import make_comfy_home
 from tests.support.sshd import SshServer, make_key
 
 Log = Callable[[str], None]
@@ -576,7 +576,7 @@ def _refresh_interval() -> float:
 
 def _stale_limit() -> float:
     """How old a cached document the controller still serves while it refreshes."""
-    from controller.service import STALE_SERVE_INTERVALS
+    from controller.core.reader import STALE_SERVE_INTERVALS
 
     return STALE_SERVE_INTERVALS * _refresh_interval()
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.bench import repos
-from tests.bench.latency_proxy import LatencyProxy
-from tests.bench.sizes import BenchSize
-from tests.support.comfy import (
+from controller.sandbox.comfy import (
     ComfyHome,
     build_venv_template,
     isolated_pip_env,
     make_comfy_home,
 )
-from tests.support.gitserver import GitServer
-from tests.support.wheels import build_wheel
+from controller.sandbox.gitserver import GitServer
+from controller.sandbox.wheels import build_wheel
+from tests.bench import repos
+from tests.bench.latency_proxy import LatencyProxy
+from tests.bench.sizes import BenchSize
 
 # A small ecosystem in the shape of what node requirements pull in: a few
 # leaves, a few packages with dependencies, some pinned with specifiers.

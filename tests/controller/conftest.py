@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from controller.app import create_app
-from controller.config import Settings
-from tests.support.comfy import ComfyHome, make_comfy_home
-from tests.support.gitserver import GitServer, Repo
+from controller.api.app import create_app
+from controller.core.config import Settings
+from controller.sandbox.comfy import ComfyHome, make_comfy_home
+from controller.sandbox.gitserver import GitServer, Repo
 from tests.support.sshd import SshServer, make_key
 
 FINAL_STATES = {"completed", "failed", "cancelled", "lost"}

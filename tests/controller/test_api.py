@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from controller.config import Settings
+from controller.core.config import Settings
+from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
     NodeRepos,
@@ -23,7 +24,6 @@ from tests.controller.conftest import (
     wait_final,
     wait_for,
 )
-from tests.support.comfy import ComfyHome
 from tests.support.sshd import SshServer, make_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -292,7 +292,7 @@ async def test_changed_host_key_is_refused_until_forgotten(
 
         import os
 
-        from controller.cli import main
+        from controller.cli.main import main
 
         os.environ["NODEFERRY_KNOWN_HOSTS"] = str(settings.known_hosts_path)
         try:

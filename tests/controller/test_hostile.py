@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import NodeRepos, install_body
-from tests.support.comfy import ComfyHome
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.timeout(60)

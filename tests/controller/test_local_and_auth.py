@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
     NodeRepos,
@@ -16,7 +17,6 @@ from tests.controller.conftest import (
     wait_final,
     wait_for,
 )
-from tests.support.comfy import ComfyHome
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

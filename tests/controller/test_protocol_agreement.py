@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.errors import InvalidRequest
-from controller.schemas import InstallRequest, ProgressModel, parse_body
+from controller.core.errors import InvalidRequest
+from controller.core.schemas import InstallRequest, ProgressModel, parse_body
 from protocol import InstallSpec, NodeProgress, Progress, ProtocolError
 
 TASK_ID = "3f2b8e0a-5c1d-4e7f-9a2b-1c3d5e7f9a2b"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.registry import Registry, TaskRecord
-from controller.target import Target
+from controller.core.registry import Registry, TaskRecord
+from controller.core.target import Target
 from protocol import Progress
 
 pytestmark = pytest.mark.timeout(60)

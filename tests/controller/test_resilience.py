@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from controller.appkeys import SERVICE
-from controller.config import Settings
+from controller.api.appkeys import SERVICE
+from controller.core.config import Settings
+from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
     NodeRepos,
@@ -24,7 +25,6 @@ from tests.controller.conftest import (
     wait_final,
     wait_for,
 )
-from tests.support.comfy import ComfyHome
 from tests.support.sshd import SshServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -244,8 +244,8 @@ async def test_restart_during_a_start_that_never_reached_the_agent(
     # A controller died between answering 202 and running `agent start`.
     import uuid
 
-    from controller.registry import Registry, TaskRecord
-    from controller.target import parse_target
+    from controller.core.registry import Registry, TaskRecord
+    from controller.core.target import parse_target
     from protocol import InstallSpec
 
     task_id = str(uuid.uuid4())

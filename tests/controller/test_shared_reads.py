@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from controller.appkeys import SERVICE, STATS
-from controller.service import TaskView
+from controller.api.appkeys import SERVICE, STATS
+from controller.core.service import TaskView
+from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
     NodeRepos,
@@ -25,7 +26,6 @@ from tests.controller.conftest import (
     wait_final,
     wait_for,
 )
-from tests.support.comfy import ComfyHome
 from tests.support.sshd import SshServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

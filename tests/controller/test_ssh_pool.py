@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import Settings
-from controller.errors import AuthFailed, HostKeyChanged, HostKeyError, Unreachable
+from controller.core.config import Settings
+from controller.core.errors import AuthFailed, HostKeyChanged, HostKeyError, Unreachable
+from controller.core.stats import Stats
+from controller.core.target import Target, parse_target
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
-from controller.stats import Stats
-from controller.target import Target, parse_target
 from tests.bench.blackhole import Blackhole
 from tests.controller.conftest import make_settings
 from tests.support.sshd import SshServer, make_key

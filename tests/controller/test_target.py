@@ -2,8 +2,8 @@
 
 import pytest
 
-from controller.errors import InvalidRequest
-from controller.target import Target, parse_host_port, parse_target
+from controller.core.errors import InvalidRequest
+from controller.core.target import Target, parse_host_port, parse_target
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from controller import sandbox as sandboxes
-from controller.app import create_app
-from controller.appkeys import STATS
+from controller.api.app import create_app
+from controller.api.appkeys import STATS
+from controller.api.events import HEARTBEAT
 from controller.client import Client, ClientError
-from controller.config import Settings, load_settings
-from controller.events import HEARTBEAT
-from controller.stats import Stats
+from controller.core.config import Settings, load_settings
+from controller.core.stats import Stats
+from controller.sandbox import playground as sandboxes
 from protocol import FINAL_STATES
 
 #: A node whose install.py works for a long time: something to watch and cancel.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controller.app import create_app
+from controller.api.app import create_app
 from controller.client import Client
 from tests.frontends.conftest import (
     DemoWorld,

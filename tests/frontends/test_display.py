@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from controller import console as commands
-from controller import display
+from controller.cli import console as commands
+from controller.cli import display
 from protocol import ProtocolError
 
 pytestmark = pytest.mark.timeout(20)

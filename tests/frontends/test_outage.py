@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from controller.app import create_app
+from controller.api.app import create_app
 from controller.client import Client
-from controller.config import Settings
+from controller.core.config import Settings
 from tests.frontends.conftest import DemoWorld, serve_in_thread, wait_until
 from tests.support.sshd import SshServer, make_key
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.config import load_settings
-from controller.errors import ControllerError
+from controller.core.config import load_settings
+from controller.core.errors import ControllerError
+from controller.core.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
-from controller.target import parse_host_port
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from controller.app import create_app
+    from controller.api.app import create_app
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

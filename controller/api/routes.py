@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller import dashboard, events, handlers
+from controller.api import dashboard, events, handlers
 
 
 def setup_routes(app: web.Application) -> None:

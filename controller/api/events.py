@@ -27,8 +27,8 @@ from typing import cast
 
 from aiohttp import web
 
-from controller.appkeys import SERVICE
-from controller.service import TaskView
+from controller.api.appkeys import SERVICE
+from controller.core.service import TaskView
 from protocol import utc_now
 
 #: Seconds without a change before a heartbeat comment; tests lower it.

@@ -12,7 +12,7 @@ from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
 #: client side (install, status, cancel, logs, tasks) and the demo.
-COMMAND_MODULES = ("controller.server_cli", "controller.console", "controller.demo")
+COMMAND_MODULES = ("controller.cli.server", "controller.cli.console", "controller.cli.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

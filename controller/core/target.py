@@ -15,7 +15,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from controller.errors import InvalidRequest
+from controller.core.errors import InvalidRequest
 
 FIELD = "ssh_connection"
 MAX_LENGTH = 512

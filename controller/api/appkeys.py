@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from controller.config import Settings
-from controller.service import TaskService
+from controller.core.config import Settings
+from controller.core.service import TaskService
+from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
-from controller.stats import Stats
 
 SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", Stats)

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from controller.appkeys import SETTINGS
-from controller.errors import ControllerError, Unauthorized
+from controller.api.appkeys import SETTINGS
+from controller.core.errors import ControllerError, Unauthorized
 
 log = logging.getLogger(__name__)
 

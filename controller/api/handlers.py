@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.appkeys import SERVICE, STATS
-from controller.errors import InvalidRequest
-from controller.schemas import InstallRequest, ProgressRequest, parse_body
-from controller.service import LOG_DEFAULT_LIMIT, TaskView
-from controller.target import parse_target
+from controller.api.appkeys import SERVICE, STATS
+from controller.core.errors import InvalidRequest
+from controller.core.schemas import InstallRequest, ProgressRequest, parse_body
+from controller.core.service import LOG_DEFAULT_LIMIT, TaskView
+from controller.core.target import parse_target
 from protocol import __version__
 
 

@@ -1,6 +1,6 @@
 """A real ``git daemon`` on 127.0.0.1 serving repositories generated on the fly.
 
-No pytest here: the benchmark script and other areas' tests use it too.
+Used by ``nodeferry demo`` (through ``playground``), the tests and the benchmark.
 
     with GitServer(tmp_dir) as server:
         repo = server.add_repo("ComfyUI-Foo", {"__init__.py": "", "requirements.txt": "bar\\n"})
@@ -10,8 +10,11 @@ No pytest here: the benchmark script and other areas' tests use it too.
         repo.commit({"more.py": "x = 1\\n"})   # a new commit; returns its sha
 
 ``server.missing_url("nope")`` is a URL the daemon answers "not found" for.
-The daemon is a child process killed by pid on :meth:`stop`.
+The daemon is a child process killed by pid on :meth:`stop`. ``GitServer(root,
+served=repos)`` serves an existing folder of bare repositories instead.
 """
+
+from __future__ import annotations
 
 import contextlib
 import os
@@ -24,13 +27,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from controller.sandbox.errors import SandboxError
+
 Content = str | bytes
 
+#: Settings that keep a commit from depending on the machine's git config.
+_GIT_CONFIG = ("-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false")
 _GIT_ENV = {
-    "GIT_AUTHOR_NAME": "nodeferry tests",
-    "GIT_AUTHOR_EMAIL": "tests@nodeferry.invalid",
-    "GIT_COMMITTER_NAME": "nodeferry tests",
-    "GIT_COMMITTER_EMAIL": "tests@nodeferry.invalid",
+    "GIT_AUTHOR_NAME": "nodeferry sandbox",
+    "GIT_AUTHOR_EMAIL": "sandbox@nodeferry.invalid",
+    "GIT_COMMITTER_NAME": "nodeferry sandbox",
+    "GIT_COMMITTER_EMAIL": "sandbox@nodeferry.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_TERMINAL_PROMPT": "0",
 }
@@ -46,10 +53,15 @@ def git_env() -> dict[str, str]:
 def git(*args: str, cwd: str | Path | None = None) -> str:
     """Run git, raising with its output on failure; returns stdout stripped."""
     result = subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(), capture_output=True, text=True, check=False
+        ["git", *_GIT_CONFIG, *args],
+        cwd=cwd,
+        env=git_env(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
+        raise SandboxError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
@@ -62,7 +74,7 @@ def free_port() -> int:
 class Repo:
     """A bare repository served by the daemon, with a work tree to make commits from."""
 
-    def __init__(self, server: "GitServer", name: str) -> None:
+    def __init__(self, server: GitServer, name: str) -> None:
         self.server = server
         self.name = name
         self.bare = server.root / f"{name}.git"
@@ -113,7 +125,7 @@ class Repo:
             git("checkout", "-q", saved, cwd=self.work)
         return sha
 
-    def add_submodule(self, sub: "Repo", path: str) -> str:
+    def add_submodule(self, sub: Repo, path: str) -> str:
         """Add ``sub`` (served by the same daemon) as a submodule at ``path``; commits."""
         git(
             "-c",
@@ -131,10 +143,10 @@ class Repo:
 class GitServer:
     """``git daemon`` on a free loopback port; repositories live under ``root``."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, *, served: Path | None = None) -> None:
         self._own_root = root is None
         self.base = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="gitd-"))
-        self.root = self.base / "served"
+        self.root = served if served is not None else self.base / "served"
         self.work_root = self.base / "work"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,7 +160,7 @@ class GitServer:
     def missing_url(self, name: str = "does-not-exist") -> str:
         return f"{self.base_url}/{name}"
 
-    def start(self) -> "GitServer":
+    def start(self) -> GitServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
         last_error = ""
@@ -177,7 +189,7 @@ class GitServer:
             if self._wait_listening():
                 return self
             last_error = self._stop_proc()
-        raise RuntimeError(f"git daemon did not start: {last_error}")
+        raise SandboxError(f"git daemon did not start: {last_error}")
 
     def _wait_listening(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -210,7 +222,7 @@ class GitServer:
         if self._own_root:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "GitServer":
+    def __enter__(self) -> GitServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -20,10 +20,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from controller import console as commands
-from controller import sandbox as sandboxes
+from controller.cli import console as commands
 from controller.client import AsyncClient
-from controller.config import Settings, load_settings
+from controller.core.config import Settings, load_settings
+from controller.sandbox import playground as sandboxes
+from controller.sandbox.errors import SandboxError
+from controller.sandbox.gitserver import free_port
 from protocol import ExitCode
 
 
@@ -88,7 +90,7 @@ def _port_or_free(port: int) -> int:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            return sandboxes.free_port()
+            return free_port()
     return port
 
 
@@ -176,7 +178,7 @@ def demo_command(args: argparse.Namespace) -> int:
                 f"git daemon serving {len(sandbox.nodes)} sample nodes at {git_url}", style="dim"
             )
             return asyncio.run(run_demo(sandbox, git_url, port, args.serve, out))
-    except sandboxes.SandboxError as exc:
+    except SandboxError as exc:
         out.print(Text(f"error: {exc}", style="red"))
         return ExitCode.INTERNAL
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """A fake ComfyUI home: ``main.py``, ``custom_nodes/`` and its own venv with a fake torch.
 
-No pytest here: the benchmark script and other areas' tests use it too.
+Used by ``nodeferry demo`` (through ``playground``), the tests and the benchmark.
 
     wheelhouse = Path("wh"); build_wheel(wheelhouse, "torch", "1.0.0")
     template = build_venv_template(Path("tpl"), wheelhouse)       # slow part, once
@@ -11,6 +11,8 @@ Creating a venv (with pip) takes seconds; a template is made once and copied.
 pip is always run isolated from the machine's pip config (``isolated_pip_env``).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
@@ -20,11 +22,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.support.wheels import build_wheel
+from controller.sandbox.wheels import build_wheel
 
 FAKE_TORCH_VERSION = "1.0.0"
 
-MAIN_PY = '''"""Stand-in for ComfyUI's main.py (nodeferry tests)."""
+MAIN_PY = '''"""Stand-in for ComfyUI's main.py (nodeferry sandbox)."""
 print("this is not ComfyUI")
 '''
 
@@ -142,6 +144,7 @@ def make_comfy_home(
     with_venv: bool = True,
     with_main_py: bool = True,
     with_custom_nodes: bool = True,
+    main_py: str = MAIN_PY,
 ) -> ComfyHome:
     """A fake ComfyUI at ``root`` with ``venv/`` holding pip and a fake torch 1.0.0.
 
@@ -151,7 +154,7 @@ def make_comfy_home(
     home = ComfyHome(Path(root))
     home.root.mkdir(parents=True, exist_ok=True)
     if with_main_py:
-        (home.root / "main.py").write_text(MAIN_PY)
+        (home.root / "main.py").write_text(main_py)
     if with_custom_nodes:
         home.custom_nodes.mkdir(exist_ok=True)
     if with_venv:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.target import Target
+from controller.core.target import Target
 from protocol import FINAL_STATES, Progress
 
 _SCHEMA = """

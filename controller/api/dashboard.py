@@ -1,6 +1,6 @@
 """The dashboard: one page at ``GET /``, plain HTML, CSS and JavaScript.
 
-The files live in ``controller/static`` (package data; no build step). The page is
+The files live in ``controller/api/static`` (package data; no build step). The page is
 served with its stylesheet and script inlined, so it is a single request: on a
 controller with an API token, ``/?token=…`` opens it (the script keeps the token
 for its API calls and removes it from the address bar). The files are also
@@ -20,7 +20,7 @@ _SCRIPT = '<script src="static/app.js" defer></script>'
 
 
 def static_dir() -> Path:
-    return Path(str(resources.files("controller") / "static"))
+    return Path(str(resources.files("controller.api") / "static"))
 
 
 @functools.cache

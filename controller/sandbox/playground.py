@@ -8,35 +8,23 @@ Nothing here touches the network beyond loopback.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.sandbox.comfy import make_comfy_home, make_venv
+from controller.sandbox.errors import SandboxError
+from controller.sandbox.gitserver import GitServer, git
+from controller.sandbox.wheels import build_wheel
+
 #: A file that marks a directory as a sandbox this module built (and may rebuild).
 MARKER = ".nodeferry-demo"
 
-_GIT = ("git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false")
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "nodeferry demo",
-    "GIT_AUTHOR_EMAIL": "demo@nodeferry.invalid",
-    "GIT_COMMITTER_NAME": "nodeferry demo",
-    "GIT_COMMITTER_EMAIL": "demo@nodeferry.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-class SandboxError(Exception):
-    """The sandbox could not be built or served."""
+MAIN_PY = '"""Stands in for ComfyUI in the nodeferry demo."""\n'
 
 
 @dataclass(frozen=True)
@@ -118,57 +106,21 @@ class Sandbox:
         ]
 
 
-# -- wheels ----------------------------------------------------------------------
+# -- wheels and repositories ---------------------------------------------------------
 
 
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-    return "sha256=" + digest.decode("ascii")
-
-
-def build_wheel(wheel: Wheel, directory: Path) -> Path:
-    """Write ``wheel`` as a valid ``.whl`` (zip + METADATA/WHEEL/RECORD), no build backend."""
-    dist_info = f"{wheel.module}-{wheel.version}.dist-info"
-    metadata = "".join(
-        [
-            "Metadata-Version: 2.1\n",
-            f"Name: {wheel.name}\n",
-            f"Version: {wheel.version}\n",
-            "Summary: a sample package for the nodeferry demo\n",
-            *(f"Requires-Dist: {req}\n" for req in wheel.requires),
-        ]
+def build_sample_wheel(wheel: Wheel, directory: Path) -> Path:
+    """Write ``wheel`` into ``directory``: one module that knows its version."""
+    return build_wheel(
+        directory,
+        wheel.name,
+        wheel.version,
+        requires=wheel.requires,
+        modules={
+            f"{wheel.module}/__init__.py": f'"""{wheel.name} (nodeferry demo)."""\n\n'
+            f'__version__ = "{wheel.version}"\n'
+        },
     )
-    files = {
-        f"{wheel.module}/__init__.py": f'"""{wheel.name} (nodeferry demo)."""\n\n'
-        f'__version__ = "{wheel.version}"\n',
-        f"{dist_info}/METADATA": metadata,
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: nodeferry-demo\n"
-        "Root-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record_lines = [
-        f"{path},{_record_hash(text.encode())},{len(text.encode())}" for path, text in files.items()
-    ]
-    record_lines.append(f"{dist_info}/RECORD,,")
-    files[f"{dist_info}/RECORD"] = "\n".join(record_lines) + "\n"
-    path = directory / f"{wheel.module}-{wheel.version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, text in files.items():
-            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, text)
-    return path
-
-
-# -- repositories ----------------------------------------------------------------
-
-
-def _git(args: list[str], cwd: Path) -> None:
-    env = {**os.environ, **_GIT_ENV}
-    result = subprocess.run(
-        [*_GIT, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SandboxError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
 
 
 def _node_files(node: SampleNode) -> dict[str, str]:
@@ -211,17 +163,17 @@ def build_repo(node: SampleNode, work: Path, repos: Path) -> Path:
     source.mkdir(parents=True)
     for name, text in _node_files(node).items():
         (source / name).write_text(text, encoding="utf-8")
-    _git(["init", "-q"], source)
-    _git(["add", "-A"], source)
-    _git(["commit", "-q", "-m", f"{node.name}: first version"], source)
+    git("init", "-q", cwd=source)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", f"{node.name}: first version", cwd=source)
     if node.tag:
-        _git(["tag", node.tag], source)
+        git("tag", node.tag, cwd=source)
         # A commit after the tag, so pinning the tag visibly matters.
         (source / "CHANGES.md").write_text("unreleased work\n", encoding="utf-8")
-        _git(["add", "-A"], source)
-        _git(["commit", "-q", "-m", "work after the release"], source)
+        git("add", "-A", cwd=source)
+        git("commit", "-q", "-m", "work after the release", cwd=source)
     bare = repos / f"{node.name}.git"
-    _git(["clone", "-q", "--bare", str(source), str(bare)], work)
+    git("clone", "-q", "--bare", str(source), str(bare), cwd=work)
     return bare
 
 
@@ -230,17 +182,12 @@ def build_repo(node: SampleNode, work: Path, repos: Path) -> Path:
 
 def build_comfyui(ui_home: Path, python: str = sys.executable) -> Path:
     """A ComfyUI-like folder (``main.py``, ``custom_nodes/``) with its own venv; its python."""
-    (ui_home / "custom_nodes").mkdir(parents=True)
-    (ui_home / "main.py").write_text(
-        '"""Stands in for ComfyUI in the nodeferry demo."""\n', encoding="utf-8"
-    )
-    venv = ui_home / "venv"
-    result = subprocess.run(
-        [python, "-m", "venv", str(venv)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SandboxError(f"could not create a venv: {result.stderr.strip()}")
-    return venv / "bin" / "python"
+    make_comfy_home(ui_home, with_venv=False, main_py=MAIN_PY)
+    try:
+        return make_venv(ui_home / "venv", python=python)
+    except subprocess.CalledProcessError as exc:
+        stderr = exc.stderr.decode("utf-8", "replace") if exc.stderr else ""
+        raise SandboxError(f"could not create a venv: {stderr.strip()}") from None
 
 
 def build(root: Path, *, python: str = sys.executable) -> Sandbox:
@@ -268,7 +215,7 @@ def build(root: Path, *, python: str = sys.executable) -> Sandbox:
     for directory in (sandbox.wheelhouse, sandbox.repos, sandbox.data_dir, sandbox.state_dir):
         directory.mkdir()
     for wheel in WHEELS:
-        build_wheel(wheel, sandbox.wheelhouse)
+        build_sample_wheel(wheel, sandbox.wheelhouse)
     work = root / "work"
     for node in sandbox.nodes:
         build_repo(node, work, sandbox.repos)
@@ -280,53 +227,8 @@ def build(root: Path, *, python: str = sys.executable) -> Sandbox:
 # -- git daemon ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
-def git_daemon(repos: Path, *, timeout: float = 10.0) -> Iterator[str]:
+def git_daemon(repos: Path) -> Iterator[str]:
     """Serve ``repos`` read-only with ``git daemon`` on 127.0.0.1; yields ``git://127.0.0.1:PORT``."""
-    port = free_port()
-    log = open(repos.parent / "git-daemon.log", "ab")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={repos}",
-            "--export-all",
-            "--informative-errors",
-            str(repos),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                error = (repos.parent / "git-daemon.log").read_text(errors="replace")
-                raise SandboxError(f"git daemon exited: {error.strip()}")
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise SandboxError(f"git daemon did not listen on 127.0.0.1:{port}")
-            time.sleep(0.05)
-        yield f"git://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with GitServer(repos.parent, served=repos) as server:
+        yield server.base_url

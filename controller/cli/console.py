@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from controller import display
+from controller.cli import display
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -42,8 +42,8 @@ from controller.client import (
     WaitTimeout,
     is_final,
 )
-from controller.config import Settings, load_settings
-from controller.errors import ConfigError
+from controller.core.config import Settings, load_settings
+from controller.core.errors import ConfigError
 from protocol import ExitCode, ProtocolError, parse_node
 
 #: ``install`` was detached from a running install (Ctrl-C, then "detach").
@@ -157,7 +157,7 @@ async def in_process_controller(settings: Settings, port: int = 0) -> AsyncItera
     """
     from aiohttp import web
 
-    from controller.app import create_app
+    from controller.api.app import create_app
 
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()

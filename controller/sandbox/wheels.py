@@ -3,7 +3,11 @@
 No build backend and no network: ``build_wheel(wheelhouse, "foo", "1.0")`` writes
 ``foo-1.0-py3-none-any.whl`` that pip and uv install like any other. The
 package imports as ``foo`` and has ``__version__``.
+
+Used by ``nodeferry demo`` (through ``playground``), the tests and the benchmark.
 """
+
+from __future__ import annotations
 
 import base64
 import hashlib

@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from controller.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTINGS, STATS
-from controller.config import Settings
-from controller.middleware import auth_middleware, error_middleware
-from controller.registry import Registry
-from controller.routes import setup_routes
-from controller.service import TaskService
+from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTINGS, STATS
+from controller.api.middleware import auth_middleware, error_middleware
+from controller.api.routes import setup_routes
+from controller.core.config import Settings
+from controller.core.registry import Registry
+from controller.core.service import TaskService
+from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
-from controller.stats import Stats
 from controller.transports import Transports
 
 #: Threads for paramiko, SQLite and file I/O. Many tasks poll at once and a

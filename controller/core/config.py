@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.errors import ConfigError
+from controller.core.errors import ConfigError
 from protocol import fields as checks
 from protocol.errors import ProtocolError
 

@@ -1,0 +1,142 @@
+"""Starting a task (register it, then launch the agent in the background) and
+stopping one: everything that runs an agent command that changes the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from controller.core.errors import (
+    Conflict,
+    ControllerError,
+    InvalidRequest,
+    RemoteError,
+    UnknownTask,
+)
+from controller.core.live import Live, Tasks, TaskView, starting_document
+from controller.core.registry import TaskRecord
+from controller.core.schemas import InstallRequest
+from controller.core.target import parse_target
+from protocol import ExitCode, InstallSpec, Progress, ProtocolError
+from protocol import fields as checks
+
+log = logging.getLogger(__name__)
+
+
+class Launcher:
+    def __init__(self, tasks: Tasks) -> None:
+        self.tasks = tasks
+
+    async def start(self, request: InstallRequest) -> str:
+        """Register a task and launch it in the background; returns its id at once."""
+        tasks = self.tasks
+        target = parse_target(request.ssh_connection)
+        task_id = checks.new_task_id()
+        pip_args = (
+            request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
+        )
+        try:
+            spec = InstallSpec.from_dict(
+                {
+                    "task_id": task_id,
+                    "ui_home": request.ui_home,
+                    "nodes": request.nodes,
+                    "python": request.python,
+                    "pip_args": pip_args,
+                    "jobs": request.jobs,
+                    "update": request.update,
+                }
+            )
+        except ProtocolError as exc:
+            raise InvalidRequest(exc.field, exc.message) from None
+        record = TaskRecord(
+            task_id=task_id,
+            target=target,
+            ui_home=spec.ui_home,
+            spec=spec.to_dict(),
+            created_at=time.time(),
+        )
+        record.progress = starting_document(record)
+        running = await tasks.run(tasks.registry.add_if_free, record)
+        if running is not None:
+            raise Conflict(
+                f"an install into {spec.ui_home} on {target} is already running "
+                f"(task {running}); wait for it or cancel it",
+                task_id=running,
+            )
+        live = tasks.remember(record)
+        live.launch = tasks.spawn(self._launch(live, spec))
+        return task_id
+
+    async def _launch(self, live: Live, spec: InstallSpec) -> None:
+        tasks = self.tasks
+        record = live.record
+        transport = tasks.transports.get(record.target)
+        try:
+            reply = await tasks.run(
+                transport.run_agent,
+                ["start", "--spec", "-"],
+                stdin=spec.to_json().encode(),
+                timeout=tasks.settings.command_timeout,
+            )
+        except ControllerError as exc:
+            await tasks.fail(live, "start_failed", f"could not start the install: {exc.message}")
+            return
+        except Exception as exc:
+            log.exception("starting task %s failed", record.task_id)
+            await tasks.fail(live, "start_failed", f"could not start the install: {exc}")
+            return
+        document = reply.document
+        if reply.exit_status == ExitCode.OK:
+            record.launched = True
+            await tasks.run(
+                tasks.registry.save_progress, record.task_id, live.view.progress, None, True
+            )
+            live.read_mono = 0.0  # the next reader fetches the agent's first document
+            return
+        message = str(document.get("message") or document.get("error") or "no message")
+        if reply.exit_status == ExitCode.CONFLICT:
+            holder = document.get("task_id")
+            await tasks.fail(
+                live,
+                "conflict",
+                f"another install (task {holder}) is running in {spec.ui_home} on "
+                f"{record.target}; nothing was installed by this task",
+            )
+        elif reply.exit_status == ExitCode.INVALID:
+            field_name = document.get("field")
+            await tasks.fail(
+                live, "invalid_spec", f"the agent refused the spec: {field_name}: {message}"
+            )
+        else:
+            stderr = reply.result.stderr.decode("utf-8", "replace").strip()[-500:]
+            await tasks.fail(
+                live,
+                "start_failed",
+                f"the agent failed to start (exit {reply.exit_status}): {message}"
+                + (f"; stderr: {stderr}" if stderr else ""),
+            )
+
+    async def cancel(self, task_id: object) -> TaskView:
+        tasks = self.tasks
+        live = await tasks.get(task_id)
+        if live.launch is not None and not live.launch.done():
+            await asyncio.shield(live.launch)
+        if live.view.progress.is_final:
+            return live.view
+        record = live.record
+        transport = tasks.transports.get(record.target)
+        reply = await tasks.run(
+            transport.run_agent,
+            ["cancel", "--task-id", record.task_id],
+            timeout=tasks.settings.command_timeout,
+        )
+        if reply.exit_status == ExitCode.UNKNOWN_TASK:
+            raise UnknownTask(record.task_id)
+        if reply.exit_status != ExitCode.OK:
+            raise RemoteError(
+                f"the agent could not cancel task {record.task_id}: "
+                f"{reply.document.get('message', 'exit status ' + str(reply.exit_status))}"
+            )
+        return await tasks.publish(live, Progress.from_dict(reply.document))

@@ -1,0 +1,211 @@
+"""What the controller holds in memory about the tasks it follows, and the
+plumbing every part of the task service shares: the executor, background tasks,
+and publishing a new view (persist it, wake the watchers)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from controller.core.config import Settings
+from controller.core.errors import InvalidRequest, UnknownTask
+from controller.core.registry import Registry, TaskRecord
+from controller.core.stats import Stats
+from controller.core.target import Target
+from controller.transports import FileStat, Transports
+from protocol import InstallSpec, NodeProgress, Progress, ProtocolError, utc_now
+from protocol import fields as checks
+from protocol.api import progress_response
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds between registry writes of a document whose milestones did not change.
+PERSIST_INTERVAL = 10.0
+
+
+@dataclass
+class TaskView:
+    """What the controller knows of a task at one moment."""
+
+    progress: Progress
+    #: True when this is the last known document because the instance is unreachable.
+    stale: bool
+    #: When the document was read (controller clock, UTC ISO 8601).
+    read_at: str
+    #: Grows by one whenever the document changes; watchers compare it.
+    version: int
+    target: Target
+    #: Why the view is stale.
+    problem: str | None = None
+
+    def response(self) -> dict[str, Any]:
+        """The seed-compatible progress body."""
+        body = progress_response(self.progress, stale=self.stale)
+        body["target"] = str(self.target)
+        body["read_at"] = self.read_at
+        return body
+
+
+@dataclass
+class Live:
+    """In-memory state of one task."""
+
+    record: TaskRecord
+    view: TaskView
+    read_mono: float = 0.0
+    inflight: asyncio.Task[TaskView] | None = None
+    launch: asyncio.Task[None] | None = None
+    #: (mtime, size) at the last full read, and when that read happened.
+    read_signature: FileStat | None = None
+    read_signature_mono: float = 0.0
+    #: When the current (mtime, size) was first seen.
+    signature_seen: FileStat | None = None
+    signature_seen_mono: float = 0.0
+    #: When the document last changed, by the controller's clock.
+    changed_mono: float = field(default_factory=time.monotonic)
+    liveness_mono: float = 0.0
+    #: What was last written to the registry, and when.
+    persisted_milestone: tuple[Any, ...] = ()
+    persisted_mono: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def starting_document(record: TaskRecord) -> Progress:
+    spec = InstallSpec.from_dict(record.spec)
+    progress = Progress(task_id=record.task_id, ui_home=spec.ui_home)
+    progress.nodes = [
+        NodeProgress(name=node.dir_name, url=node.url, ref=node.ref) for node in spec.nodes
+    ]
+    progress.recount()
+    return progress
+
+
+def _milestone(progress: Progress) -> tuple[Any, ...]:
+    """The parts of a document worth persisting at once when they change."""
+    return (
+        progress.state,
+        progress.processed,
+        progress.current_node,
+        progress.requirements_status,
+        tuple(node.status for node in progress.nodes),
+    )
+
+
+def failed_document(base: Progress, error_code: str, message: str) -> Progress:
+    failed = Progress.from_dict(base.to_dict())
+    failed.state = "failed"
+    failed.error = message
+    failed.error_code = error_code
+    failed.finished_at = failed.updated_at = utc_now()
+    failed.current_node = failed.current_status = None
+    return failed
+
+
+class Tasks:
+    """The tasks this controller follows, and what the launcher, the reader and
+    retention share to work on them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        transports: Transports,
+        executor: Executor,
+        stats: Stats,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.transports = transports
+        self.executor = executor
+        self.stats = stats
+        self.live: dict[str, Live] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function`` in the executor: everything blocking (SSH, SFTP, SQLite)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, functools.partial(function, *args, **kwargs)
+        )
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def remember(self, record: TaskRecord) -> Live:
+        live = self.live.get(record.task_id)
+        if live is None:
+            progress = record.progress or starting_document(record)
+            view = TaskView(progress, False, utc_now(), 0, record.target)
+            live = Live(record=record, view=view)
+            self.live[record.task_id] = live
+        return live
+
+    async def get(self, task_id: object) -> Live:
+        """The task, validated and loaded from the registry when not in memory."""
+        try:
+            task_id = checks.task_id(task_id)
+        except ProtocolError as exc:
+            raise InvalidRequest("task_id", exc.message) from None
+        live = self.live.get(task_id)
+        if live is None:
+            record = await self.run(self.registry.get, task_id)
+            if record is None:
+                raise UnknownTask(task_id)
+            live = self.remember(record)
+        return live
+
+    async def publish(
+        self, live: Live, progress: Progress, *, stale: bool = False, problem: str | None = None
+    ) -> TaskView:
+        """Install a new view; persist and wake watchers when the document changed."""
+        previous = live.view
+        changed = progress.to_dict() != previous.progress.to_dict()
+        version = previous.version + 1 if changed or stale != previous.stale else previous.version
+        live.view = TaskView(progress, stale, utc_now(), version, live.record.target, problem)
+        live.read_mono = time.monotonic()
+        if changed:
+            live.changed_mono = live.read_mono
+            record = live.record
+            record.progress = progress
+            record.state = progress.state
+            if progress.is_final and record.finished_at is None:
+                record.finished_at = time.time()
+            # Heartbeats change the document every second or two; the registry only
+            # needs what a restarted controller would show before its first read.
+            milestone = _milestone(progress)
+            if (
+                milestone != live.persisted_milestone
+                or live.read_mono - live.persisted_mono >= PERSIST_INTERVAL
+            ):
+                live.persisted_milestone, live.persisted_mono = milestone, live.read_mono
+                await self.run(
+                    self.registry.save_progress,
+                    record.task_id,
+                    progress,
+                    record.finished_at,
+                    record.launched,
+                )
+        if version != previous.version:
+            event, live.changed = live.changed, asyncio.Event()
+            event.set()
+        return live.view
+
+    async def fail(self, live: Live, error_code: str, message: str) -> None:
+        log.info("task %s failed: %s", live.record.task_id, message)
+        await self.publish(live, failed_document(live.view.progress, error_code, message))

@@ -1,0 +1,86 @@
+"""The task service: the one object the API and the CLI use to start installs,
+serve their progress, cancel, read logs, list and clean up tasks.
+
+A thin facade: starting and cancelling live in ``launcher``, reading progress
+and logs in ``reader``, the periodic jobs and cleanup in ``retention``; they
+share the in-memory tasks of ``live``. Everything blocking (SSH, SFTP, SQLite)
+runs in the executor the app owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import Any
+
+from controller.core.config import Settings
+from controller.core.launcher import Launcher
+from controller.core.live import Tasks, TaskView
+from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
+from controller.core.registry import Registry
+from controller.core.retention import Retention
+from controller.core.schemas import InstallRequest
+from controller.core.stats import Stats
+from controller.core.target import Target
+from controller.transports import Transports
+
+__all__ = ["LOG_DEFAULT_LIMIT", "TaskService", "TaskView"]
+
+
+class TaskService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        transports: Transports,
+        executor: Executor,
+        stats: Stats,
+    ) -> None:
+        self.registry = registry
+        self.tasks = Tasks(settings, registry, transports, executor, stats)
+        # The in-memory tasks by id; tests look at one task's state through it.
+        self._live = self.tasks.live
+        self.launcher = Launcher(self.tasks)
+        self.reader = Reader(self.tasks)
+        self.retention = Retention(self.tasks, self.reader)
+
+    async def start_jobs(self) -> None:
+        """Resume tasks a previous run left unfinished, then start the periodic jobs."""
+        for record in await self.tasks.run(self.registry.unfinished):
+            self.tasks.remember(record)
+        self.retention.start_jobs()
+
+    async def close(self) -> None:
+        await self.retention.close()
+        await self.tasks.close()
+
+    async def start(self, request: InstallRequest) -> str:
+        """Register a task and launch it in the background; returns its id at once."""
+        return await self.launcher.start(request)
+
+    async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
+        """The task's current view: shared, cached, single-flight (see ``reader``)."""
+        return await self.reader.progress(task_id, target)
+
+    def watch(
+        self, task_id: object, *, heartbeat: float | None = None
+    ) -> AsyncIterator[TaskView | None]:
+        """The task's view now and whenever it changes, until it is final."""
+        return self.reader.watch(task_id, heartbeat=heartbeat)
+
+    async def cancel(self, task_id: object) -> TaskView:
+        return await self.launcher.cancel(task_id)
+
+    async def read_log(
+        self, task_id: object, offset: int = 0, limit: int = LOG_DEFAULT_LIMIT
+    ) -> dict[str, Any]:
+        return await self.reader.read_log(task_id, offset, limit)
+
+    async def list_tasks(self) -> list[dict[str, Any]]:
+        return await self.reader.list_tasks()
+
+    async def refresh_running(self) -> None:
+        await self.retention.refresh_running()
+
+    async def cleanup(self, now: float | None = None) -> list[str]:
+        return await self.retention.cleanup(now)
