@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -140,6 +140,9 @@ class LogChunk:
     data: str
     next_offset: int
     eof: bool
+    #: What the controller itself says about the task (ignored options, why it
+    #: failed before the agent ran): lines to show before the agent's log.
+    notes: list[str] = field(default_factory=list)
 
 
 def is_final(document: Document) -> bool:
@@ -348,6 +351,7 @@ class AsyncClient:
             data=str(body.get("data", "")),
             next_offset=int(body.get("next_offset", offset)),
             eof=bool(body.get("eof", True)),
+            notes=[str(note) for note in body.get("notes", []) if isinstance(note, str)],
         )
 
     async def follow_logs(

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.api.appkeys import SERVICE, STATS
+from controller.api.appkeys import SERVICE, SETTINGS, STATS
 from controller.core.errors import InvalidRequest
 from controller.core.schemas import InstallRequest, ProgressRequest, parse_body
 from controller.core.service import LOG_DEFAULT_LIMIT, TaskView
@@ -53,7 +53,11 @@ async def install(request: web.Request) -> web.Response:
 
 async def install_progress(request: web.Request) -> web.Response:
     body = parse_body(ProgressRequest, await read_json(request))
-    target = parse_target(body.ssh_connection) if body.ssh_connection is not None else None
+    target = (
+        parse_target(body.ssh_connection, request.app[SETTINGS])
+        if body.ssh_connection is not None
+        else None
+    )
     # With ssh_connection, a task this controller never started is looked for there.
     view = await request.app[SERVICE].progress(body.task_id, target)
     if target is not None and target.key != view.target.key:

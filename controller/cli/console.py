@@ -519,6 +519,10 @@ def cancel_command(args: argparse.Namespace) -> int:
 async def _logs(args: argparse.Namespace) -> int:
     out = sys.stdout
     async with connect(args) as client:
+        if args.offset == 0:
+            first = await client.logs(args.task_id, 0)
+            for note in first.notes:
+                out.write(f"nodeferry: {note}\n")
         if args.follow:
             async for chunk in client.follow_logs(args.task_id, args.offset, poll_interval=0.5):
                 out.write(chunk.data)

@@ -67,6 +67,12 @@ class Settings:
     #: Channels per pooled connection before another connection is opened.
     max_channels_per_connection: int = 5
     max_connections_per_host: int = 4
+    #: The controller user's OpenSSH client config: ``Host`` aliases and their
+    #: HostName, Port, User, IdentityFile and ProxyJump. Empty: none is read.
+    ssh_config: Path | None = field(default_factory=lambda: Path.home() / ".ssh" / "config")
+    #: The only folder a request's ``-i KEY`` may name a key file in (by name, or a
+    #: path inside it). Unset: ``-i`` is refused.
+    keys_dir: Path | None = None
 
     # -- the agent on the instance --------------------------------------------
     #: The agent's state dir on instances (``--state-dir``); ``~/`` is the SSH
@@ -199,6 +205,8 @@ _KINDS: dict[str, Any] = {
     "keepalive_interval": float,
     "max_channels_per_connection": int,
     "max_connections_per_host": int,
+    "ssh_config": "optional_path",
+    "keys_dir": "optional_path",
     "remote_state_dir": str,
     "remote_python": str,
     "local_state_dir": "path",

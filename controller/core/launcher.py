@@ -31,7 +31,7 @@ class Launcher:
     async def start(self, request: InstallRequest) -> str:
         """Register a task and launch it in the background; returns its id at once."""
         tasks = self.tasks
-        target = parse_target(request.ssh_connection)
+        target = parse_target(request.ssh_connection, tasks.settings)
         task_id = checks.new_task_id()
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
@@ -56,6 +56,10 @@ class Launcher:
             ui_home=spec.ui_home,
             spec=spec.to_dict(),
             created_at=time.time(),
+            notes=[
+                f"ignored ssh option {option!r}: it does not change where or how nodeferry connects"
+                for option in target.ignored
+            ],
         )
         record.progress = starting_document(record)
         running = await tasks.run(tasks.registry.add_if_free, record)

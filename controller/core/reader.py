@@ -267,8 +267,9 @@ class Reader:
         if not 1 <= limit <= LOG_READ_LIMIT:
             raise InvalidRequest("limit", f"must be from 1 to {LOG_READ_LIMIT}")
         live = await self.tasks.get(task_id)
+        notes = list(live.record.notes)
         if not live.record.launched:
-            return {"data": "", "next_offset": offset, "eof": True}
+            return {"data": "", "next_offset": offset, "eof": True, "notes": notes}
         transport = self.tasks.transports.get(live.record.target)
         path = f"tasks/{live.record.task_id}/agent.log"
 
@@ -290,6 +291,7 @@ class Reader:
             "data": data.decode("utf-8", errors="replace"),
             "next_offset": next_offset,
             "eof": next_offset >= size,
+            "notes": notes,
         }
 
     async def list_tasks(self) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     state       TEXT NOT NULL,
     launched    INTEGER NOT NULL DEFAULT 0,
-    progress_json TEXT
+    progress_json TEXT,
+    target_route TEXT,
+    notes_json  TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (target_key, ui_home, state);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
 """
+
+#: Columns newer than the first schema, added to older databases on open.
+_ADDED_COLUMNS = {"target_route": "TEXT", "notes_json": "TEXT"}
 
 _FINAL = tuple(sorted(FINAL_STATES))
 # Only placeholders are formatted into these; every value is a bound parameter.
 _NOT_FINAL = "state NOT IN ({})".format(",".join("?" * len(_FINAL)))
 _COLUMNS = (
     "task_id, target_kind, target_user, target_host, target_port, target_key, ui_home, "
-    "spec_json, created_at, finished_at, state, launched, progress_json"
+    "spec_json, created_at, finished_at, state, launched, progress_json, target_route, notes_json"
 )
 _SELECT = "SELECT " + _COLUMNS + " FROM tasks "  # noqa: S608
-_INSERT = "INSERT INTO tasks (" + _COLUMNS + ") VALUES (" + ",".join("?" * 13) + ")"  # noqa: S608
+_INSERT = "INSERT INTO tasks (" + _COLUMNS + ") VALUES (" + ",".join("?" * 15) + ")"  # noqa: S608
 _RUNNING = "SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? AND " + _NOT_FINAL  # noqa: S608
 
 
@@ -60,6 +65,9 @@ class TaskRecord:
     #: The agent confirmed the start (its worker wrote a first document).
     launched: bool = False
     progress: Progress | None = None
+    #: What the controller itself has to say about the task (options it ignored,
+    #: why it failed before the agent ran), shown with the agent's log.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -80,6 +88,14 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since the first release, for data dirs made before them."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -88,10 +104,10 @@ class Registry:
     @staticmethod
     def _record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRecord:
         (task_id, kind, user, host, port, _key, ui_home, spec_json, created_at, finished_at,
-         state, launched, progress_json) = row  # fmt: skip
+         state, launched, progress_json, route_json, notes_json) = row  # fmt: skip
         return TaskRecord(
             task_id=task_id,
-            target=Target(kind=kind, user=user, host=host, port=port),
+            target=Target.from_route(kind, user, host, port, json.loads(route_json or "{}")),
             ui_home=ui_home,
             spec=json.loads(spec_json),
             created_at=created_at,
@@ -99,6 +115,7 @@ class Registry:
             state=state,
             launched=bool(launched),
             progress=Progress.from_json(progress_json) if progress_json else None,
+            notes=json.loads(notes_json or "[]"),
         )
 
     @staticmethod
@@ -118,6 +135,8 @@ class Registry:
             record.state,
             int(record.launched),
             record.progress.to_json() if record.progress else None,
+            json.dumps(target.route()) if target.route() else None,
+            json.dumps(record.notes) if record.notes else None,
         )
 
     def add_if_free(self, record: TaskRecord) -> str | None:
@@ -196,6 +215,12 @@ class Registry:
                 (cutoff,),
             ).fetchall()
         return [self._record(row) for row in rows]
+
+    def add_notes(self, task_id: str, notes: list[str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET notes_json = ? WHERE task_id = ?", (json.dumps(notes), task_id)
+            )
 
     def delete(self, task_ids: list[str]) -> None:
         with self._lock:

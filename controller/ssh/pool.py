@@ -63,6 +63,8 @@ class Connection:
         self.sftp_lock = threading.Lock()
         self.home: str | None = None
         self.dead = False
+        #: The jump host's connection this one runs through (closed with it).
+        self.jump: Connection | None = None
 
     @property
     def alive(self) -> bool:
@@ -79,6 +81,8 @@ class Connection:
                 self.sftp.close()
         with contextlib.suppress(Exception):
             self.transport.close()
+        if self.jump is not None:
+            self.jump.close()
 
 
 class _Attempt:
@@ -102,9 +106,13 @@ class SSHPool:
 
     # -- connecting -------------------------------------------------------------
 
-    def _keys(self) -> list[paramiko.PKey]:
+    def _keys(self, target: Target) -> list[paramiko.PKey]:
         keys: list[paramiko.PKey] = []
-        for path in self.settings.key_paths():
+        # The target's own key files (``-i`` from keys_dir, or the operator's ssh
+        # config IdentityFile) go first, as ssh offers them.
+        paths = [Path(p) for p in target.identities]
+        paths += [p for p in self.settings.key_paths() if p not in paths]
+        for path in paths:
             try:
                 keys.append(paramiko.PKey.from_path(Path(path)))
             except (OSError, paramiko.SSHException, ValueError) as exc:
@@ -114,12 +122,32 @@ class SSHPool:
                 keys.extend(paramiko.Agent().get_keys())
         return keys
 
-    def _open(self, target: Target) -> Connection:
-        """A new logged-in connection, or an error that says which host and port and
-        what happened: refused, timed out, no SSH banner, handshake failed, host key
-        changed (:class:`HostKeyChanged`), login refused (:class:`AuthFailed`)."""
+    def _socket(
+        self, target: Target, where: str
+    ) -> tuple[socket.socket | paramiko.Channel, Connection | None]:
+        """A byte stream to the target's sshd: a TCP socket, or, with a jump host, a
+        direct-tcpip channel through a connection of its own to that host (ssh -J does
+        the same; nothing runs a shell)."""
         timeout = self.settings.connect_timeout
-        where = f"{target.user}@{target.host_port}"
+        if target.jump is not None:
+            jump = self._open(target.jump)
+            try:
+                channel = jump.transport.open_channel(
+                    "direct-tcpip", (target.host, target.port), ("127.0.0.1", 0), timeout=timeout
+                )
+            except paramiko.ChannelException as exc:
+                jump.close()
+                raise Unreachable(
+                    f"cannot connect to {where}: the jump host {target.jump.where} could not "
+                    f"reach it ({exc.text or exc.code})"
+                ) from None
+            except DROPPED as exc:
+                jump.close()
+                raise Unreachable(
+                    f"cannot connect to {where}: the jump host {target.jump.where} dropped the "
+                    f"connection ({exc})"
+                ) from None
+            return channel, jump
         try:
             sock = socket.create_connection((target.host, target.port), timeout=timeout)
         except TimeoutError:
@@ -132,6 +160,15 @@ class SSHPool:
         except OSError as exc:
             raise Unreachable(f"cannot connect to {where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, None
+
+    def _open(self, target: Target) -> Connection:
+        """A new logged-in connection, or an error that says which host and port and
+        what happened: refused, timed out, no SSH banner, handshake failed, host key
+        changed (:class:`HostKeyChanged`), login refused (:class:`AuthFailed`)."""
+        timeout = self.settings.connect_timeout
+        where = target.where
+        sock, jump = self._socket(target, where)
         transport = paramiko.Transport(sock)
         transport.banner_timeout = timeout
         transport.handshake_timeout = timeout
@@ -142,13 +179,17 @@ class SSHPool:
             self._authenticate(transport, target, where)
         except BaseException:
             transport.close()
+            if jump is not None:
+                jump.close()
             raise
         transport.set_keepalive(max(1, int(self.settings.keepalive_interval)))
         self.stats.add("connections")
-        return Connection(target, transport, self.settings.max_channels_per_connection)
+        conn = Connection(target, transport, self.settings.max_channels_per_connection)
+        conn.jump = jump
+        return conn
 
     def _authenticate(self, transport: paramiko.Transport, target: Target, where: str) -> None:
-        keys = self._keys()
+        keys = self._keys(target)
         if not keys:
             raise AuthFailed(
                 f"no SSH key to log in to {where}: set ssh_keys (NODEFERRY_SSH_KEYS) or "

@@ -133,6 +133,8 @@ def make_settings(tmp_path: Path, client_key: Path, **overrides: Any) -> Setting
         "refresh_interval": 0.2,
         "monitor_interval": 1.0,
         "cleanup_interval": 3600.0,
+        # Never the machine's own ~/.ssh/config: tests that need one write their own.
+        "ssh_config": None,
     }
     values.update(overrides)
     return Settings(**values).validate()

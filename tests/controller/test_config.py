@@ -40,6 +40,8 @@ ENV_VALUES = {
     "keepalive_interval": ("5", 5.0),
     "max_channels_per_connection": ("3", 3),
     "max_connections_per_host": ("2", 2),
+    "ssh_config": ("/srv/ssh_config", Path("/srv/ssh_config")),
+    "keys_dir": ("/srv/keys", Path("/srv/keys")),
     "remote_state_dir": ("/var/lib/nf", "/var/lib/nf"),
     "remote_python": ("python3.12", "python3.12"),
     "local_state_dir": ("/srv/local", Path("/srv/local")),
