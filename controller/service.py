@@ -276,6 +276,7 @@ class TaskService:
                     "python": request.python,
                     "pip_args": pip_args,
                     "jobs": request.jobs,
+                    "clone_jobs": request.clone_jobs,
                     "update": request.update,
                 }
             )
