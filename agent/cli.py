@@ -23,6 +23,7 @@ from agent.statedir import StateDir, TaskPaths
 from agent.worker import run_worker
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol.fields import new_task_id
+from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, MAX_CLONE_JOBS
 
 START_WAIT_SECONDS = 10.0
 
@@ -180,6 +181,7 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "ui_home": str(Path(args.ui_home).expanduser().absolute()),
         "nodes": list(args.nodes),
         "jobs": args.jobs,
+        "clone_jobs": args.clone_jobs,
         "update": args.update,
         "pip_args": list(args.pip_arg),
         "allow_file_urls": args.allow_file_urls,
@@ -274,7 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("install", cmd_install, help="install nodes in the foreground with live output")
     p.add_argument("--ui-home", required=True)
     p.add_argument("--python", default=None, help="ComfyUI's interpreter")
-    p.add_argument("--jobs", type=int, default=4, help="parallel clones")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help="CPU-bound steps at a time (default 4); clones use --clone-jobs",
+    )
+    p.add_argument(
+        "--clone-jobs",
+        type=int,
+        default=DEFAULT_CLONE_JOBS,
+        help=f"clones at a time, 1..{MAX_CLONE_JOBS} (default {DEFAULT_CLONE_JOBS})",
+    )
     p.add_argument("--update", action="store_true", help="update nodes already installed")
     p.add_argument(
         "--pip-arg",

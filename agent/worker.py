@@ -166,7 +166,7 @@ class Installer:
 
     def _clone_all(self) -> None:
         pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.spec.jobs, thread_name_prefix="clone"
+            max_workers=self.spec.clone_jobs, thread_name_prefix="clone"
         )
         try:
             futures = [

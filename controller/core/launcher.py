@@ -45,6 +45,7 @@ class Launcher:
                     "python": request.python,
                     "pip_args": pip_args,
                     "jobs": request.jobs,
+                    "clone_jobs": request.clone_jobs,
                     "update": request.update,
                 }
             )

@@ -35,6 +35,7 @@ class InstallRequest(BaseModel):
     python: str | None = Field(default=None, max_length=4096)
     pip_args: list[str] | None = Field(default=None, max_length=64)
     jobs: int = Field(default=4, ge=1, le=32)
+    clone_jobs: int = Field(default=16, ge=1, le=64)
     update: bool = False
 
 

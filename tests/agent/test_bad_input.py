@@ -105,6 +105,7 @@ def test_file_urls_need_the_explicit_flag(
         ({"ui_home": "/nonexistent/ComfyUI"}, "ui_home", "does not exist"),
         ({"ui_home": "/tmp/$(touch x)"}, "ui_home", "no quotes"),
         ({"jobs": 0}, "jobs", "from 1"),
+        ({"clone_jobs": 65}, "clone_jobs", "from 1 to 64"),
         ({"update": "yes"}, "update", "true or false"),
         ({"pip_args": ["--target", "/"]}, "pip_args.0", "not allowed"),
         ({"pip_args": ["--index-url"]}, "pip_args.0", "needs a value"),

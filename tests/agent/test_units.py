@@ -348,12 +348,20 @@ def test_clone_gives_up_after_three_tries(tmp_path: Path, monkeypatch: pytest.Mo
 # -- parallel clones ---------------------------------------------------------------------------
 
 
-def test_clones_run_in_parallel_up_to_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clones_run_in_parallel_up_to_clone_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = make_comfy_home(tmp_path / "ComfyUI", with_venv=False)
     state = StateDir(tmp_path / "state").ensure()
     nodes = [f"https://example.com/n{i}" for i in range(6)]
     spec = InstallSpec.from_dict(
-        {"task_id": new_task_id(), "ui_home": str(home.root), "nodes": nodes, "jobs": 3}
+        {
+            "task_id": new_task_id(),
+            "ui_home": str(home.root),
+            "nodes": nodes,
+            "jobs": 1,  # caps CPU-bound work, not clones
+            "clone_jobs": 3,
+        }
     )
     paths = state.create_task(spec.task_id)
     writer = ProgressWriter(paths.progress, initial_progress(spec, paths))

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import install_bench
+from tests.bench import install_bench, realpacks
 from tests.bench.lab import Lab
 from tests.bench.report import Report, _now
 from tests.bench.sizes import SIZES, BenchSize
@@ -36,10 +36,11 @@ def _sections() -> dict[str, Section]:
         "poll": controller_bench.run_poll,
         "freshness": controller_bench.run_freshness,
         "scale": controller_bench.run_scale,
+        "realpacks": realpacks.run,
     }
 
 
-SECTION_NAMES = ("install", "start", "poll", "freshness", "scale")
+SECTION_NAMES = ("install", "start", "poll", "freshness", "scale", "realpacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +88,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             try:
                 sections = _sections()
             except ImportError as exc:
-                sections = {"install": install_bench.run}
-                for name in SECTION_NAMES[1:]:
+                sections = {"install": install_bench.run, "realpacks": realpacks.run}
+                for name in SECTION_NAMES[1:-1]:
                     report.fail(name, f"the controller could not be imported: {exc}")
             for name in SECTION_NAMES:
                 if name not in wanted or name not in sections:

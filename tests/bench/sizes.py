@@ -15,9 +15,8 @@ class BenchSize:
     install_scripts: int
     install_runs: int
     proxy_delay: float
-    agent_jobs: int
-    #: Other ``jobs`` settings the agent is also measured with (4 is the spec's default).
-    compare_jobs: tuple[int, ...]
+    #: Other ``clone_jobs`` settings the agent is measured with (the headline: the default).
+    compare_clone_jobs: tuple[int, ...]
     # start
     warm_starts: int
     cold_starts: int
@@ -53,8 +52,7 @@ FULL = BenchSize(
     install_scripts=2,
     install_runs=3,
     proxy_delay=0.05,
-    agent_jobs=8,
-    compare_jobs=(4, 16),
+    compare_clone_jobs=(4, 8, 12),
     warm_starts=40,
     cold_starts=5,
     unreachable_starts=5,
@@ -72,7 +70,7 @@ FULL = BenchSize(
     sse_seconds=15.0,
     freshness_nodes=12,
     freshness_poll_interval=0.1,
-    budget=570.0,
+    budget=840.0,
 )
 
 SMOKE = BenchSize(
@@ -82,8 +80,7 @@ SMOKE = BenchSize(
     install_scripts=1,
     install_runs=1,
     proxy_delay=0.01,
-    agent_jobs=4,
-    compare_jobs=(),
+    compare_clone_jobs=(),
     warm_starts=3,
     cold_starts=1,
     unreachable_starts=1,

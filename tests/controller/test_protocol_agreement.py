@@ -183,6 +183,10 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "jobs_zero": ({"jobs": 0}, "jobs"),
     "jobs_huge": ({"jobs": 1000}, "jobs"),
     "jobs_bool": ({"jobs": True}, "jobs"),
+    "clone_jobs_max": ({"clone_jobs": 64}, None),
+    "clone_jobs_zero": ({"clone_jobs": 0}, "clone_jobs"),
+    "clone_jobs_huge": ({"clone_jobs": 65}, "clone_jobs"),
+    "clone_jobs_string": ({"clone_jobs": "8"}, "clone_jobs"),
     "update_string": ({"update": "yes"}, "update"),
     "nodes_empty": ({"nodes": []}, "nodes"),
     "nodes_string": ({"nodes": "https://h/a/b"}, "nodes"),
@@ -213,6 +217,7 @@ def _controller_pipeline(body: dict[str, Any]) -> tuple[dict[str, Any] | None, s
                 "python": request.python,
                 "pip_args": request.pip_args or [],
                 "jobs": request.jobs,
+                "clone_jobs": request.clone_jobs,
                 "update": request.update,
             }
         )

@@ -67,6 +67,7 @@ def test_full_spec_round_trips_through_json() -> None:
             python="/venv/main/bin/python",
             pip_args=["--no-index", "--find-links", "/wheels"],
             jobs=8,
+            clone_jobs=24,
             update=True,
         )
     )
@@ -74,12 +75,14 @@ def test_full_spec_round_trips_through_json() -> None:
     assert again == original
     assert again.nodes[0].ref == "v1"
     assert again.jobs == 8
+    assert again.clone_jobs == 24
 
 
 def test_defaults() -> None:
     parsed = InstallSpec.from_dict(spec())
     assert (parsed.jobs, parsed.update, parsed.pip_args, parsed.python) == (4, False, [], None)
     assert parsed.allow_file_urls is False
+    assert parsed.clone_jobs == 16
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,10 @@ def test_defaults() -> None:
         ({"jobs": 33}, "jobs"),
         ({"jobs": True}, "jobs"),
         ({"jobs": "4"}, "jobs"),
+        ({"clone_jobs": 0}, "clone_jobs"),
+        ({"clone_jobs": 65}, "clone_jobs"),
+        ({"clone_jobs": True}, "clone_jobs"),
+        ({"clone_jobs": 8.0}, "clone_jobs"),
         ({"update": "yes"}, "update"),
         ({"nodes": []}, "nodes"),
         ({"nodes": "https://github.com/a/b"}, "nodes"),
