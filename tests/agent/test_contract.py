@@ -302,6 +302,7 @@ def test_progress_document_is_valid_at_every_moment(
         "cloning",
         "installing_requirements",
         "running_install_scripts",
+        "verifying",
         "completed",
     ]
     seen: list[str] = []
