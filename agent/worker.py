@@ -374,19 +374,21 @@ class Installer:
                 if not result.ok:
                     self._fail(i, result.describe("install.py"))
                     continue
-            self.ready.append(i)
+            if self.spec.verify is False:
+                self._import_done(i, ImportResult("skipped"))  # done now, as before verifying
+            else:
+                self.ready.append(i)
 
     # import verification ------------------------------------------------------------------
 
     def _verify(self) -> None:
         """Import every ready node as ComfyUI would; only what imports is ``installed``."""
-        ready = sorted(self.ready)
+        ready = sorted(self.ready)  # empty with verify: false
         mode = self.spec.verify
         if not ready:
             return
-        if mode is False or self.python is None:
-            if mode is not False:
-                self._warn("no Python interpreter for ComfyUI: the nodes' imports were not checked")
+        if self.python is None:
+            self._warn("no Python interpreter for ComfyUI: the nodes' imports were not checked")
             for i in ready:
                 self._import_done(i, ImportResult("skipped"))
             return

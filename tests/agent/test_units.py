@@ -353,7 +353,9 @@ def test_clones_run_in_parallel_up_to_jobs(tmp_path: Path, monkeypatch: pytest.M
     state = StateDir(tmp_path / "state").ensure()
     nodes = [f"https://example.com/n{i}" for i in range(6)]
     spec = InstallSpec.from_dict(
+        # The fake clones are empty folders: nothing to import.
         {"task_id": new_task_id(), "ui_home": str(home.root), "nodes": nodes, "jobs": 3}
+        | {"verify": False}
     )
     paths = state.create_task(spec.task_id)
     writer = ProgressWriter(paths.progress, initial_progress(spec, paths))
