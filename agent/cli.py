@@ -16,12 +16,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from agent import __version__, launch, lock, tasks, terminal
+from agent import __version__, inventory, launch, lock, requirements, tasks, terminal
 from agent.errors import AgentError, InvalidInput
 from agent.progress_file import read_progress, write_atomic
 from agent.statedir import StateDir, TaskPaths
 from agent.worker import run_worker
-from protocol import ExitCode, InstallSpec, Progress, ProtocolError
+from protocol import ExitCode, InstallSpec, Lock, Progress, ProtocolError
+from protocol import lock as lockdoc
 from protocol.fields import new_task_id
 from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, MAX_CLONE_JOBS
 
@@ -175,7 +176,19 @@ def cmd_run(args: argparse.Namespace, state: StateDir) -> int:
     return _exit_code_of(final)
 
 
+def _read_lock_json(source: str) -> object:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"cannot read the lock: {exc}", field="lock") from None
+
+
 def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
+    if args.lock is None and not args.nodes:
+        raise InvalidInput("name at least one node URL, or give --lock FILE", "nodes")
+    if args.no_verify and args.verify_comfyui:
+        raise InvalidInput("--no-verify and --verify-comfyui contradict each other", "verify")
     data: Dict[str, Any] = {
         "task_id": new_task_id(),
         "ui_home": str(Path(args.ui_home).expanduser().absolute()),
@@ -185,7 +198,11 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "update": args.update,
         "pip_args": list(args.pip_arg),
         "allow_file_urls": args.allow_file_urls,
+        "verify": False if args.no_verify else ("comfyui" if args.verify_comfyui else True),
+        "verify_timeout": args.verify_timeout,
     }
+    if args.lock is not None:
+        data["lock"] = _read_lock_json(args.lock)
     if args.python:
         data["python"] = args.python
     spec = parse_spec(data)
@@ -198,6 +215,24 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     if final.state == "completed" and final.failed == 0:
         return ExitCode.OK
     return _exit_code_of(final) or ExitCode.INSTALL_FAILED
+
+
+def cmd_diff(args: argparse.Namespace, state: StateDir) -> int:
+    """What differs on this instance from a lock; changes nothing."""
+    try:
+        locked = Lock.from_dict(_read_lock_json(args.lock), allow_file_urls=True)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message, field=exc.field or "lock") from None
+    home = Path(args.ui_home).expanduser()
+    if not (home / "custom_nodes").is_dir():
+        raise InvalidInput(f"{args.ui_home} has no custom_nodes/ directory", "ui_home")
+    python, why = requirements.find_interpreter(args.python, home)
+    if python is None:
+        raise InvalidInput(f"cannot list the packages: {why}", "python")
+    actual = inventory.take(home, python)
+    body = lockdoc.diff(locked, actual)
+    _emit(body)
+    return ExitCode.OK if body["equal"] else ExitCode.INSTALL_FAILED
 
 
 def cmd_worker(args: argparse.Namespace, state: StateDir) -> int:
@@ -297,7 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="an allowed pip option, e.g. --pip-arg=--no-index (repeatable)",
     )
     p.add_argument("--allow-file-urls", action="store_true", help="allow file:// URLs")
-    p.add_argument("nodes", nargs="+", metavar="URL[@REF]")
+    p.add_argument(
+        "--no-verify", action="store_true", help="do not import the nodes to check they load"
+    )
+    p.add_argument(
+        "--verify-comfyui",
+        action="store_true",
+        help="check the imports by starting ComfyUI once (main.py --quick-test-for-ci --cpu)",
+    )
+    p.add_argument(
+        "--verify-timeout", type=float, default=120.0, metavar="SECONDS", help="per node import"
+    )
+    p.add_argument("--lock", default=None, metavar="FILE", help="reproduce a lock.json (- stdin)")
+    p.add_argument("nodes", nargs="*", metavar="URL[@REF]")
+    p = add("diff", cmd_diff, help="what differs on this instance from a lock (changes nothing)")
+    p.add_argument("--ui-home", required=True)
+    p.add_argument("--python", default=None, help="ComfyUI's interpreter")
+    p.add_argument("--lock", required=True, metavar="FILE", help="lock JSON file, or - for stdin")
     p = add("worker", cmd_worker, help=argparse.SUPPRESS)
     p.add_argument("--task-id", required=True)
     p.add_argument("--lock-fd", type=int, default=None)

@@ -115,8 +115,11 @@ def run(
     timeout: float,
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
+    collect: Optional[List[str]] = None,
 ) -> Result:
     """Run ``argv`` to completion, streaming its output into the log line by line.
+
+    ``collect``, when given, receives every output line (not only the tail).
 
     Raises :class:`Cancelled` when the install is cancelled before or while it runs.
     """
@@ -153,6 +156,8 @@ def run(
             # pip and git redraw progress with \r; keep the last state of the line.
             text = text.rsplit("\r", 1)[-1]
             tail.append(redact(text))  # the tail ends up in the progress document
+            if collect is not None:
+                collect.append(text)
             log.line(prefix, text)
         returncode = proc.wait()
     finally:

@@ -1,6 +1,6 @@
 """The agent's state directory on the instance and the paths inside it.
 
-``<root>/tasks/<task_id>/{spec.json,progress.json,agent.log}``, ``<root>/locks/``,
+``<root>/tasks/<task_id>/{spec.json,progress.json,lock.json,agent.log}``, ``<root>/locks/``,
 ``<root>/agent/<sha256>.pyz``. Private to the user (mode 700): it is never under
 ``/tmp``, where another user could plant symlinks.
 """
@@ -36,6 +36,7 @@ class TaskPaths:
         self.progress = directory / "progress.json"
         self.log = directory / "agent.log"
         self.constraints = directory / "constraints.txt"
+        self.lock = directory / "lock.json"
 
     @property
     def task_id(self) -> str:

@@ -9,6 +9,7 @@ _STATE_TITLES = {
     "cloning": "cloning",
     "installing_requirements": "installing requirements",
     "running_install_scripts": "running install.py scripts",
+    "verifying": "importing each node as ComfyUI does",
 }
 _COLOURS = {"installed": "32", "skipped": "36", "failed": "31", "cancelled": "33"}
 
@@ -52,6 +53,9 @@ class Display:
                 detail += f" ({node.requirements_status})"
             if node.commit and node.status in ("cloned", "skipped", "installed"):
                 detail += f"  {node.commit[:10]}"
+            check = node.import_result
+            if check is not None and node.status == "installed" and check.status == "ok":
+                detail += f"  import ok ({check.node_classes} node class(es), {check.seconds:.1f}s)"
             line = f"[{index:>{len(str(total))}}/{total}] {node.name:<{width}}  {detail}"
             self._print(self._paint(line, node.status))
             if node.status == "failed" and node.error:
@@ -73,6 +77,8 @@ class Display:
             f"\n{verdict}: {progress.total_nodes} node(s), {progress.successful} installed, "
             f"{progress.skipped} skipped, {progress.failed} failed in {elapsed:.1f}s\n"
         )
+        for warning in progress.warnings:
+            self.stream.write(f"warning: {warning}\n")
         if progress.error:
             self.stream.write(f"error: {progress.error}\n")
         if progress.log_file:

@@ -18,15 +18,24 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from agent import git as gitmod
-from agent import liveness, procs, requirements
+from agent import inventory, liveness, procs, requirements
+from agent import verify as verifymod
 from agent.errors import Cancelled, StepFailed
-from agent.progress_file import ProgressWriter
+from agent.progress_file import ProgressWriter, write_atomic
 from agent.statedir import TaskPaths
 from agent.tasklog import TaskLog
-from protocol import ExitCode, InstallSpec, NodeProgress, NodeSpec, Progress, utc_now
+from protocol import (
+    ExitCode,
+    ImportResult,
+    InstallSpec,
+    NodeProgress,
+    NodeSpec,
+    Progress,
+    utc_now,
+)
 
 
 @dataclass
@@ -82,7 +91,11 @@ class Installer:
         self.tmp_prefix = gitmod.temp_prefix(spec.task_id)
         # Nodes whose files changed in this run: they get requirements and install.py.
         self.fresh: List[int] = []
+        # Fresh nodes that passed requirements and install.py: verification's input.
+        self.ready: List[int] = []
         self.python: Optional[str] = None
+        # A lock's package pins (with this instance's torch family), when reproducing one.
+        self.lock_pins: Optional[Dict[str, str]] = None
 
     # -- entry point ---------------------------------------------------------------
 
@@ -95,6 +108,7 @@ class Installer:
             self.log.line(None, "cancelled: stopping")
             self._stop_stragglers()
             self._sweep_temp_dirs()
+            self._write_lock()
             self.writer.finish(
                 "cancelled",
                 exit_code=ExitCode.CANCELLED,
@@ -105,6 +119,7 @@ class Installer:
         except Exception as exc:  # the final document must say what killed us
             self.log.line(None, "internal error:\n" + traceback.format_exc())
             self._sweep_temp_dirs()
+            self._write_lock()
             self.writer.finish(
                 "failed",
                 exit_code=ExitCode.INTERNAL,
@@ -120,6 +135,7 @@ class Installer:
             f"done in {time.monotonic() - started:.1f}s: {doc.successful} installed, "
             f"{doc.skipped} skipped, {doc.failed} failed",
         )
+        self._write_lock()
         self.writer.finish("completed", exit_code=code)
         return int(code)
 
@@ -141,6 +157,8 @@ class Installer:
         self._install_requirements()
         self.children.check()
         self._run_install_scripts()
+        self.children.check()
+        self._verify()
 
     def _node(self, index: int) -> NodeProgress:
         return self.writer.progress.nodes[index]
@@ -232,6 +250,8 @@ class Installer:
         python, why = requirements.find_interpreter(self.spec.python, self.ui_home)
         self.python = python
         self.log.line(None, f"ComfyUI's interpreter: {python or 'none'} ({why})")
+        if self.spec.lock is not None and python is not None:
+            self._pin_to_lock(python)
         if not wanting:
             return
         with self.writer.change() as doc:
@@ -247,9 +267,11 @@ class Installer:
             self._finish_requirements()
             return
         pins = requirements.installed_versions(python, requirements.TORCH_FAMILY)
-        requirements.write_constraints(self.paths.constraints, pins)
+        requirements.write_constraints(self.paths.constraints, self.lock_pins or pins)
         pinned = ", ".join(f"{k}=={v}" for k, v in sorted(pins.items())) or "nothing installed"
         self.log.line(None, f"torch family pinned: {pinned}")
+        if self.lock_pins is not None:
+            self.log.line(None, f"the lock pins {len(self.lock_pins)} package(s)")
         installer = requirements.choose_installer(python)
         self.log.line(None, f"installing requirements with {installer}")
         pip_args = list(self.spec.pip_args)
@@ -352,8 +374,116 @@ class Installer:
                 if not result.ok:
                     self._fail(i, result.describe("install.py"))
                     continue
-            self._set(i, "installed")
-            self.log.line(name, "installed")
+            if self.spec.verify is False:
+                self._import_done(i, ImportResult("skipped"))  # done now, as before verifying
+            else:
+                self.ready.append(i)
+
+    # import verification ------------------------------------------------------------------
+
+    def _verify(self) -> None:
+        """Import every ready node as ComfyUI would; only what imports is ``installed``."""
+        ready = sorted(self.ready)  # empty with verify: false
+        mode = self.spec.verify
+        if not ready:
+            return
+        if self.python is None:
+            self._warn("no Python interpreter for ComfyUI: the nodes' imports were not checked")
+            for i in ready:
+                self._import_done(i, ImportResult("skipped"))
+            return
+        with self.writer.change() as doc:
+            doc.move_to("verifying")
+            doc.current_node = None
+            doc.current_status = "verifying imports"
+        if mode == "comfyui" and self._verify_with_comfyui(ready):
+            return
+        index = {self._node(i).name: i for i in ready}
+        verifymod.import_all(
+            self.python,
+            self.ui_home,
+            [self._node(i).name for i in ready],
+            jobs=self.spec.jobs,
+            log=self.log,
+            children=self.children,
+            timeout=self.spec.verify_timeout,
+            scratch=self.paths.dir,
+            on_start=lambda name: self._set(index[name], "verifying"),
+            on_done=lambda name, result: self._import_done(index[name], result),
+        )
+
+    def _verify_with_comfyui(self, ready: List[int]) -> bool:
+        """``verify: "comfyui"``: read ComfyUI's own import report; False to fall back."""
+        assert self.python is not None
+        if not (self.ui_home / "main.py").is_file():
+            self._warn("verify 'comfyui': no main.py in the ComfyUI home; imported each node")
+            return False
+        for i in ready:
+            self._set(i, "verifying")
+        report, why = verifymod.run_comfyui(
+            self.python,
+            self.ui_home,
+            log=self.log,
+            children=self.children,
+            timeout=verifymod.comfyui_timeout(),
+        )
+        if report is None:
+            self._warn(f"verify 'comfyui': {why.splitlines()[0]}; imported each node instead")
+            return False
+        for i in ready:
+            found = report.get(self._node(i).name)
+            self._import_done(
+                i,
+                found
+                or ImportResult("failed", error="ComfyUI did not list it among its custom nodes"),
+            )
+        return True
+
+    def _import_done(self, index: int, result: ImportResult) -> None:
+        name = self._node(index).name
+        if result.status in ("ok", "skipped"):
+            self._set(index, "installed", import_result=result)
+            classes = (
+                "" if result.node_classes is None else f", {result.node_classes} node class(es)"
+            )
+            self.log.line(name, f"installed (import {result.status}{classes})")
+            return
+        if result.status == "timeout":
+            message = f"importing it as ComfyUI does timed out ({result.error})"
+        else:
+            message = f"ComfyUI cannot import it: {result.error}"
+        self.log.line(name, "FAILED: " + message)
+        self._set(index, "failed", error=message, import_result=result)
+
+    def _warn(self, message: str) -> None:
+        self.log.line(None, "warning: " + message)
+        with self.writer.change() as doc:
+            doc.warnings.append(message)
+
+    # lock -------------------------------------------------------------------------------
+
+    def _pin_to_lock(self, python: str) -> None:
+        assert self.spec.lock is not None
+        have = requirements.installed_versions(python, requirements.TORCH_FAMILY)
+        pins, warnings = self.spec.lock.constraints(have)
+        self.lock_pins = pins
+        for message in warnings:
+            self._warn(message)
+
+    def _write_lock(self) -> None:
+        """``lock.json`` beside the progress document: what this home holds now."""
+        try:
+            python = self.python
+            if python is None:
+                python, _why = requirements.find_interpreter(self.spec.python, self.ui_home)
+            lock = inventory.take(self.ui_home, python)
+            write_atomic(self.paths.lock, lock.to_json())
+            self.log.line(
+                None,
+                f"lock written: {len(lock.nodes)} node(s), {len(lock.packages)} package(s)",
+            )
+        except Exception as exc:  # a lock must never turn a finished install into a crash
+            self.log.line(None, f"could not write the lock: {type(exc).__name__}: {exc}")
 
     # cleanup ----------------------------------------------------------------------------
 

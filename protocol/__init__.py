@@ -6,13 +6,16 @@ agent bundle to instances that have whatever Python they have.
 
 from protocol.errors import ProtocolError
 from protocol.exit_codes import ExitCode
+from protocol.lock import Lock, LockedNode
 from protocol.progress import (
     FINAL_STATES,
+    IMPORT_STATUSES,
     NODE_FINAL_STATUSES,
     NODE_STATUSES,
     REQUIREMENTS_STATUSES,
     SCHEMA_VERSION,
     STATES,
+    ImportResult,
     NodeProgress,
     Progress,
     utc_now,
@@ -23,13 +26,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FINAL_STATES",
+    "IMPORT_STATUSES",
     "NODE_FINAL_STATUSES",
     "NODE_STATUSES",
     "REQUIREMENTS_STATUSES",
     "SCHEMA_VERSION",
     "STATES",
     "ExitCode",
+    "ImportResult",
     "InstallSpec",
+    "Lock",
+    "LockedNode",
     "NodeProgress",
     "NodeSpec",
     "Progress",

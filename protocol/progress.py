@@ -21,13 +21,14 @@ STATES = (
     "cloning",
     "installing_requirements",
     "running_install_scripts",
+    "verifying",
     "completed",
     "failed",
     "cancelled",
     "lost",
 )
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "lost"})
-_STATE_RANK = {state: i for i, state in enumerate(STATES[:4])}
+_STATE_RANK = {state: i for i, state in enumerate(STATES[:5])}
 
 NODE_STATUSES = (
     "pending",
@@ -35,6 +36,7 @@ NODE_STATUSES = (
     "cloned",
     "installing_requirements",
     "running_install_script",
+    "verifying",
     "installed",
     "skipped",
     "failed",
@@ -42,6 +44,7 @@ NODE_STATUSES = (
 )
 NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
+IMPORT_STATUSES = ("ok", "failed", "timeout", "skipped")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
@@ -96,6 +99,49 @@ def _check_count(value: object, where: str) -> int:
 
 
 @dataclass
+class ImportResult:
+    """How importing a node the way ComfyUI does went (``import`` in a node's document).
+
+    ``error`` is the exception's last line; ``node_classes`` the number of node
+    classes it registers (None when not known, e.g. read from ComfyUI's own log).
+    """
+
+    status: str
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+    node_classes: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "import") -> "ImportResult":
+        if not isinstance(data, Mapping):
+            raise ProtocolError(where, "must be an object")
+        _reject_unknown(data, cls, where)
+        if "status" not in data:
+            raise ProtocolError(where + ".status", "is required")
+        seconds = _check(data.get("seconds"), where + ".seconds", (int, float), optional=True)
+        if seconds is not None and seconds < 0:
+            raise ProtocolError(where + ".seconds", "must not be negative")
+        classes = data.get("node_classes")
+        if classes is not None:
+            classes = _check_count(classes, where + ".node_classes")
+        return cls(
+            status=_check_choice(data["status"], where + ".status", IMPORT_STATUSES),
+            seconds=None if seconds is None else float(seconds),
+            error=_check(data.get("error"), where + ".error", (str,), optional=True),
+            node_classes=None
+            if classes is None
+            else _check_count(classes, where + ".node_classes"),
+        )
+
+
+#: ``NodeProgress.import_result`` travels as ``import`` (a keyword in Python).
+_NODE_ALIASES = {"import_result": "import"}
+
+
+@dataclass
 class NodeProgress:
     name: str
     url: str
@@ -106,16 +152,21 @@ class NodeProgress:
     error: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    import_result: Optional[ImportResult] = None
 
     @property
     def is_final(self) -> bool:
         return self.status in NODE_FINAL_STATUSES
 
+    def to_dict(self) -> Dict[str, Any]:
+        return {_NODE_ALIASES.get(k, k): v for k, v in asdict(self).items()}
+
     @classmethod
     def from_dict(cls, data: object, where: str = "node") -> "NodeProgress":
         if not isinstance(data, Mapping):
             raise ProtocolError(where, "must be an object")
-        _reject_unknown(data, cls, where)
+        _reject_unknown(data, cls, where, _NODE_ALIASES)
+        imported = data.get("import")
         for required in ("name", "url", "status"):
             if required not in data:
                 raise ProtocolError(f"{where}.{required}", "is required")
@@ -133,11 +184,20 @@ class NodeProgress:
             error=_check(data.get("error"), where + ".error", (str,), optional=True),
             started_at=_check_time(data.get("started_at"), where + ".started_at", True),
             finished_at=_check_time(data.get("finished_at"), where + ".finished_at", True),
+            import_result=None
+            if imported is None
+            else ImportResult.from_dict(imported, where + ".import"),
         )
 
 
-def _reject_unknown(data: "Mapping[str, Any]", cls: type, where: str) -> None:
-    unknown = set(data) - {f.name for f in fields(cls)}
+def _reject_unknown(
+    data: "Mapping[str, Any]",
+    cls: type,
+    where: str,
+    aliases: "Optional[Mapping[str, str]]" = None,
+) -> None:
+    aliases = aliases or {}
+    unknown = set(data) - {aliases.get(f.name, f.name) for f in fields(cls)}
     if unknown:
         raise ProtocolError(
             where, "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
@@ -169,6 +229,9 @@ class Progress:
     error: Optional[str] = None
     error_code: Optional[str] = None
     log_file: Optional[str] = None
+    #: Things the user should know that did not fail the install, e.g. a lock's
+    #: torch version that this instance's own torch overrode.
+    warnings: List[str] = field(default_factory=list)
 
     # -- state -----------------------------------------------------------------
 
@@ -201,7 +264,9 @@ class Progress:
     # -- (de)serialisation -----------------------------------------------------
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        doc["nodes"] = [node.to_dict() for node in self.nodes]
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
@@ -228,6 +293,9 @@ class Progress:
             if required not in data:
                 raise ProtocolError(required, "is required")
         nodes_value = _check(data.get("nodes", []), "nodes", (list,))
+        warnings = _check(data.get("warnings", []), "warnings", (list,))
+        for i, item in enumerate(warnings):
+            _check(item, f"warnings.{i}", (str,))
         error_code = data.get("error_code")
         if error_code is not None:
             _check_choice(error_code, "error_code", ERROR_CODES)
@@ -265,4 +333,5 @@ class Progress:
             error=_check(data.get("error"), "error", (str,), optional=True),
             error_code=error_code,
             log_file=_check(data.get("log_file"), "log_file", (str,), optional=True),
+            warnings=list(warnings),
         )

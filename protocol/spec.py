@@ -6,8 +6,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from protocol import fields
 from protocol.errors import ProtocolError
+from protocol.lock import Lock
 
 DEFAULT_JOBS = 4
+DEFAULT_VERIFY_TIMEOUT = 120.0
+MAX_VERIFY_TIMEOUT = 3600.0
+#: ``verify``: import each node as ComfyUI does (True), not at all (False), or
+#: start ComfyUI itself once and read its import report ("comfyui").
+VERIFY_MODES = (True, False, "comfyui")
 MAX_JOBS = 32
 #: Clones wait on network round trips, not the CPU, so they get their own, wider
 #: parallelism (16 measured fastest for 30 nodes behind 50 ms; docs/BENCHMARKS.md).
@@ -102,6 +108,10 @@ class InstallSpec:
     clone_jobs: int = DEFAULT_CLONE_JOBS
     #: Allow ``file://`` URLs; only a person on the instance (or a test) sets this.
     allow_file_urls: bool = False
+    verify: "bool | str" = True
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    #: Reproduce this lock: its nodes at its commits, its package versions.
+    lock: Optional[Lock] = None
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -117,27 +127,44 @@ class InstallSpec:
             "clone_jobs",
             "update",
             "allow_file_urls",
+            "verify",
+            "verify_timeout",
+            "lock",
         }
         unknown = set(data) - known
         if unknown:
             raise ProtocolError(
                 "", "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
             )
-        for required in ("task_id", "ui_home", "nodes"):
+        for required in ("task_id", "ui_home"):
             if required not in data:
                 raise ProtocolError(required, "is required")
         allow_file = data.get("allow_file_urls", False)
         if not isinstance(allow_file, bool):
             raise ProtocolError("allow_file_urls", "must be true or false")
-        nodes_value = data["nodes"]
+        lock = None
+        if data.get("lock") is not None:
+            lock = Lock.from_dict(data["lock"], "lock", allow_file_urls=allow_file)
+        nodes_value = data.get("nodes", [] if lock is not None else None)
+        if nodes_value is None:
+            raise ProtocolError("nodes", "is required (or give a 'lock' to reproduce)")
         if not isinstance(nodes_value, list):
             raise ProtocolError("nodes", "must be a list")
+        if lock is not None:
+            if nodes_value:
+                raise ProtocolError("nodes", "give 'nodes' or 'lock', not both")
+            if not lock.nodes:
+                raise ProtocolError("lock.nodes", "the lock has no nodes to install")
+            nodes_value = [n.to_dict() for n in lock.nodes]
+            for item in nodes_value:
+                item["ref"] = item.pop("commit")
         if not nodes_value:
             raise ProtocolError("nodes", "must name at least one node")
         if len(nodes_value) > MAX_NODES:
             raise ProtocolError("nodes", f"must have at most {MAX_NODES} entries")
+        where = "lock.nodes" if lock is not None else "nodes"
         nodes = [
-            parse_node(item, f"nodes.{i}", allow_file=allow_file)
+            parse_node(item, f"{where}.{i}", allow_file=allow_file)
             for i, item in enumerate(nodes_value)
         ]
         seen: Dict[str, int] = {}
@@ -166,6 +193,18 @@ class InstallSpec:
         update = data.get("update", False)
         if not isinstance(update, bool):
             raise ProtocolError("update", "must be true or false")
+        verify = data.get("verify", True)
+        if verify not in VERIFY_MODES or (verify in (0, 1) and not isinstance(verify, bool)):
+            raise ProtocolError("verify", 'must be true, false or "comfyui"')
+        verify_timeout = data.get("verify_timeout", DEFAULT_VERIFY_TIMEOUT)
+        if (
+            isinstance(verify_timeout, bool)
+            or not isinstance(verify_timeout, (int, float))
+            or not 1 <= verify_timeout <= MAX_VERIFY_TIMEOUT
+        ):
+            raise ProtocolError(
+                "verify_timeout", f"must be a number of seconds from 1 to {MAX_VERIFY_TIMEOUT:.0f}"
+            )
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -173,9 +212,13 @@ class InstallSpec:
             python=python,
             pip_args=fields.pip_args(data.get("pip_args", [])),
             jobs=jobs,
-            update=update,
+            # A lock moves nodes already there to the locked commits.
+            update=update or lock is not None,
             clone_jobs=clone_jobs,
             allow_file_urls=allow_file,
+            verify=verify,
+            verify_timeout=float(verify_timeout),
+            lock=lock,
         )
 
     @classmethod
@@ -187,17 +230,23 @@ class InstallSpec:
         return cls.from_dict(data)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        out: Dict[str, Any] = {
             "task_id": self.task_id,
             "ui_home": self.ui_home,
-            "nodes": [node.to_dict() for node in self.nodes],
             "python": self.python,
             "pip_args": list(self.pip_args),
             "jobs": self.jobs,
             "clone_jobs": self.clone_jobs,
             "update": self.update,
             "allow_file_urls": self.allow_file_urls,
+            "verify": self.verify,
+            "verify_timeout": self.verify_timeout,
         }
+        if self.lock is not None:
+            out["lock"] = self.lock.to_dict()  # the nodes come from it
+        else:
+            out["nodes"] = [node.to_dict() for node in self.nodes]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

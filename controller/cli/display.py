@@ -26,6 +26,7 @@ STATUS_STYLES = {
     "cloned": "cyan",
     "installing_requirements": "magenta",
     "running_install_script": "magenta",
+    "verifying": "magenta",
     "installed": "green",
     "skipped": "yellow",
     "failed": "bold red",

@@ -93,6 +93,7 @@ State = Literal[
     "cloning",
     "installing_requirements",
     "running_install_scripts",
+    "verifying",
     "completed",
     "failed",
     "cancelled",
@@ -104,6 +105,7 @@ NodeStatus = Literal[
     "cloned",
     "installing_requirements",
     "running_install_script",
+    "verifying",
     "installed",
     "skipped",
     "failed",
@@ -113,6 +115,15 @@ RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
 ErrorCode = Literal[
     "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
 ]
+
+
+class ImportResultModel(BaseModel):
+    model_config = _STRICT
+
+    status: Literal["ok", "failed", "timeout", "skipped"]
+    seconds: Annotated[float, Field(ge=0)] | None = None
+    error: str | None = None
+    node_classes: Count | None = None
 
 
 class NodeProgressModel(BaseModel):
@@ -127,6 +138,7 @@ class NodeProgressModel(BaseModel):
     error: str | None = None
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
+    import_: ImportResultModel | None = Field(default=None, alias="import")
 
 
 class ProgressModel(BaseModel):
@@ -157,6 +169,7 @@ class ProgressModel(BaseModel):
     error: str | None = None
     error_code: ErrorCode | None = None
     log_file: str | None = None
+    warnings: list[str] = Field(default_factory=list)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

@@ -25,6 +25,9 @@ from pathlib import Path
 from controller.sandbox.wheels import build_wheel
 
 FAKE_TORCH_VERSION = "1.0.0"
+#: The smallest ``__init__.py`` ComfyUI loads (it lists a node without mappings as
+#: IMPORT FAILED, and so does the agent's import check).
+NODE_INIT = "NODE_CLASS_MAPPINGS = {}\n"
 
 MAIN_PY = '''"""Stand-in for ComfyUI's main.py (nodeferry sandbox)."""
 print("this is not ComfyUI")

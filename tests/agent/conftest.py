@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from controller.sandbox.comfy import (
+    NODE_INIT,
     ComfyHome,
     build_venv_template,
     isolated_pip_env,
@@ -85,27 +86,34 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
 def repos(git_server: GitServer) -> Repos:
     s = git_server
     sub_lib = s.add_repo("sub-lib", {"lib.py": "VALUE = 42\n"})
-    with_submodule = s.add_repo("with-submodule", {"__init__.py": ""})
+    with_submodule = s.add_repo("with-submodule", {"__init__.py": NODE_INIT})
     with_submodule.add_submodule(sub_lib, "vendor/sub-lib")
-    pinned = s.add_repo("pinned", {"__init__.py": "", "version.txt": "1\n"})
+    pinned = s.add_repo("pinned", {"__init__.py": NODE_INIT, "version.txt": "1\n"})
     first = pinned.head
     pinned.commit({"version.txt": "2\n"}, "second")
     return Repos(
         plain=s.add_repo("plain", {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"}),
         with_reqs=s.add_repo(
-            "with-reqs", {"__init__.py": "", "requirements.txt": "tinydep==1.0\n"}
+            "with-reqs", {"__init__.py": NODE_INIT, "requirements.txt": "tinydep==1.0\n"}
         ),
-        with_reqs2=s.add_repo("with-reqs2", {"__init__.py": "", "requirements.txt": "otherdep\n"}),
-        with_install=s.add_repo("with-install", {"__init__.py": "", "install.py": INSTALL_PY}),
+        with_reqs2=s.add_repo(
+            "with-reqs2", {"__init__.py": NODE_INIT, "requirements.txt": "otherdep\n"}
+        ),
+        with_install=s.add_repo(
+            "with-install", {"__init__.py": NODE_INIT, "install.py": INSTALL_PY}
+        ),
         with_submodule=with_submodule,
         sub_lib=sub_lib,
         bad_req=s.add_repo(
-            "bad-req", {"__init__.py": "", "requirements.txt": "no-such-package-anywhere==9.9\n"}
+            "bad-req",
+            {"__init__.py": NODE_INIT, "requirements.txt": "no-such-package-anywhere==9.9\n"},
         ),
         wants_torch2=s.add_repo(
-            "wants-torch2", {"__init__.py": "", "requirements.txt": "torch>=2.0\n"}
+            "wants-torch2", {"__init__.py": NODE_INIT, "requirements.txt": "torch>=2.0\n"}
         ),
-        slow_install=s.add_repo("slow-install", {"__init__.py": "", "install.py": SLOW_INSTALL_PY}),
+        slow_install=s.add_repo(
+            "slow-install", {"__init__.py": NODE_INIT, "install.py": SLOW_INSTALL_PY}
+        ),
         pinned=pinned,
         pinned_first=first,
         missing_url=s.missing_url("no-such-repo"),

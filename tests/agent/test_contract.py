@@ -122,7 +122,9 @@ def test_two_starts_on_one_comfy_home_exactly_one_runs(
 
 
 def test_cancel_during_a_long_install_script(agent: Agent, comfy: ComfyHome, repos: Repos) -> None:
-    spec = agent.spec(comfy.root, [repos.plain.url, repos.slow_install.url])
+    # Without verification "plain" is done once its (absent) install.py is; with it,
+    # it would wait for the verifying phase the cancel never reaches.
+    spec = agent.spec(comfy.root, [repos.plain.url, repos.slow_install.url], verify=False)
     out = agent.start(spec, env=dict(agent.env, SLOW_INSTALL_SECONDS="120"))
     marker = comfy.custom_nodes / "slow-install" / "started.marker"
     wait_until(marker.exists, 60, "install.py started")
@@ -302,6 +304,7 @@ def test_progress_document_is_valid_at_every_moment(
         "cloning",
         "installing_requirements",
         "running_install_scripts",
+        "verifying",
         "completed",
     ]
     seen: list[str] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer, git
 from protocol import Progress
 from tests.agent.conftest import Agent, Repos, temp_clone_dirs
@@ -139,7 +139,9 @@ def test_torch_pin_holds(installer: str, agent: Agent, comfy: ComfyHome, repos: 
 def test_existing_nodes_are_skipped_then_updated(
     agent: Agent, comfy: ComfyHome, git_server: GitServer, tmp_path: Path
 ) -> None:
-    repo = git_server.add_repo(f"evolving-{tmp_path.name}", {"__init__.py": "", "v.txt": "1\n"})
+    repo = git_server.add_repo(
+        f"evolving-{tmp_path.name}", {"__init__.py": NODE_INIT, "v.txt": "1\n"}
+    )
     first = run_spec(agent, agent.spec(comfy.root, [repo.url]))
     assert first.nodes[0].commit == repo.head
     new_head = repo.commit({"v.txt": "2\n", "install.py": "open('ran', 'w').write('x')\n"})
@@ -159,7 +161,7 @@ def test_existing_nodes_are_skipped_then_updated(
 def test_pinned_commit_branch_and_tag(
     agent: Agent, comfy: ComfyHome, repos: Repos, git_server: GitServer, tmp_path: Path
 ) -> None:
-    branchy = git_server.add_repo(f"branchy-{tmp_path.name}", {"__init__.py": ""})
+    branchy = git_server.add_repo(f"branchy-{tmp_path.name}", {"__init__.py": NODE_INIT})
     branch_sha = branchy.create_branch("dev", {"dev.txt": "dev\n"})
     branchy.tag("v1.0")
     tag_sha = branchy.head

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.sandbox.comfy import isolated_pip_env
 from tests.bench.baselines import _timed, sequential_install
 from tests.bench.install_bench import AgentInstall, _watch_states, write_bundle
 from tests.bench.lab import Lab
 from tests.bench.report import Report, Row
-from tests.support.comfy import isolated_pip_env
 
 SECTION = "realpacks"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from controller.api.app import create_app
 from controller.core.config import Settings
-from controller.sandbox.comfy import ComfyHome, make_comfy_home
+from controller.sandbox.comfy import NODE_INIT, ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
 from tests.support.sshd import SshServer, make_key
 
@@ -68,12 +68,12 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
 def node_repos(git_server: GitServer) -> NodeRepos:
     return NodeRepos(
         plain=git_server.add_repo("ComfyUI-Plain", {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n"}),
-        second=git_server.add_repo("ComfyUI-Second", {"__init__.py": ""}),
+        second=git_server.add_repo("ComfyUI-Second", {"__init__.py": NODE_INIT}),
         sleeper=git_server.add_repo(
-            "ComfyUI-Sleeper", {"__init__.py": "", "install.py": SLEEP_INSTALL_PY}
+            "ComfyUI-Sleeper", {"__init__.py": NODE_INIT, "install.py": SLEEP_INSTALL_PY}
         ),
         gated=git_server.add_repo(
-            "ComfyUI-Gated", {"__init__.py": "", "install.py": GATED_INSTALL_PY}
+            "ComfyUI-Gated", {"__init__.py": NODE_INIT, "install.py": GATED_INSTALL_PY}
         ),
     )
 

@@ -21,7 +21,7 @@ T1 = "2026-11-29T03:41:07.5Z"
 
 def _node(**changes: Any) -> dict[str, Any]:
     node = NodeProgress(name="ComfyUI-Manager", url="https://github.com/ltdrdata/ComfyUI-Manager")
-    data = node.__dict__.copy()
+    data = node.to_dict()
     data.update(changes)
     return data
 

@@ -51,7 +51,13 @@ def test_wait_follows_an_install_to_completion(
     assert seen[-1] == final
     assert seen[0]["state"] in ("starting", "cloning")
     # States only move forward, and every node ends up in ComfyUI's folder.
-    order = ["starting", "cloning", "installing_requirements", "running_install_scripts"]
+    order = [
+        "starting",
+        "cloning",
+        "installing_requirements",
+        "running_install_scripts",
+        "verifying",
+    ]
     ranks = [order.index(d["state"]) for d in seen[:-1]]
     assert ranks == sorted(ranks)
     assert sorted(p.name for p in (home / "custom_nodes").iterdir()) == sorted(
