@@ -20,6 +20,7 @@ from controller.api.app import create_app
 from controller.core.config import Settings
 from controller.sandbox.comfy import ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
+from tests.support import nodedb
 from tests.support.sshd import SshServer, make_key
 
 FINAL_STATES = {"completed", "failed", "cancelled", "lost"}
@@ -76,6 +77,18 @@ def node_repos(git_server: GitServer) -> NodeRepos:
             "ComfyUI-Gated", {"__init__.py": "", "install.py": GATED_INSTALL_PY}
         ),
     )
+
+
+@pytest.fixture(scope="session")
+def node_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ComfyUI-Manager 4.3's real node database files, from the cached wheel."""
+    import os
+
+    if not nodedb.WHEEL.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{nodedb.WHEEL} is missing: run `python -m tests.support.nodedb` first")
+        nodedb.prefetch()
+    return nodedb.extract(tmp_path_factory.mktemp("node-db"))
 
 
 @pytest.fixture(scope="session")
