@@ -82,13 +82,7 @@ def node_repos(git_server: GitServer) -> NodeRepos:
 @pytest.fixture(scope="session")
 def node_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ComfyUI-Manager 4.3's real node database files, from the cached wheel."""
-    import os
-
-    if not nodedb.WHEEL.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{nodedb.WHEEL} is missing: run `python -m tests.support.nodedb` first")
-        nodedb.prefetch()
-    return nodedb.extract(tmp_path_factory.mktemp("node-db"))
+    return nodedb.ready(tmp_path_factory.mktemp("node-db"))
 
 
 @pytest.fixture(scope="session")
