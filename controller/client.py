@@ -289,20 +289,34 @@ class AsyncClient:
         self,
         ssh_connection: str,
         ui_home: str,
-        nodes: Sequence[NodeRef],
+        nodes: Sequence[NodeRef] | None = None,
         *,
         python: str | None = None,
         pip_args: Sequence[str] | None = None,
         jobs: int | None = None,
         update: bool = False,
+        workflow: Document | None = None,
+        snapshot: Document | str | None = None,
+        strict: bool = False,
     ) -> str:
-        """Start an install; returns its task id. Raises :class:`Conflict` when one runs."""
+        """Start an install; returns its task id. Raises :class:`Conflict` when one runs.
+
+        ``nodes`` (URLs or Comfy Registry ids), ``workflow`` and ``snapshot`` say what
+        to install, in any combination; none of them installs the controller's
+        ``default_nodes``."""
         payload: Document = {
             "ssh_connection": ssh_connection,
             "ui_home": ui_home,
-            "nodes": list(nodes),
             "update": update,
         }
+        if nodes:
+            payload["nodes"] = list(nodes)
+        if workflow is not None:
+            payload["workflow"] = workflow
+        if snapshot is not None:
+            payload["snapshot"] = snapshot
+        if strict:
+            payload["strict"] = True
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -315,6 +329,26 @@ class AsyncClient:
         if not isinstance(task_id, str):
             raise ApiError(202, "bad_response", "the start answer has no task_id", body)
         return task_id
+
+    async def resolve(
+        self,
+        *,
+        nodes: Sequence[NodeRef] | None = None,
+        workflow: Document | None = None,
+        snapshot: Document | str | None = None,
+        ssh_connection: str | None = None,
+        ui_home: str | None = None,
+    ) -> Document:
+        """The dry run: ``{"nodes", "unresolved", "ambiguous", "warnings", "node_db"}``."""
+        fields = {
+            "nodes": list(nodes) if nodes else None,
+            "workflow": workflow,
+            "snapshot": snapshot,
+            "ssh_connection": ssh_connection,
+            "ui_home": ui_home,
+        }
+        payload = {key: value for key, value in fields.items() if value is not None}
+        return await self._request_once("POST", "/api/resolve", payload)
 
     async def progress(self, task_id: str, *, allow_stale: bool = False) -> Document:
         """The task's progress document.
@@ -550,8 +584,13 @@ class Client:
     def health(self) -> Document:
         return self._run(self._async.health())
 
-    def start(self, ssh_connection: str, ui_home: str, nodes: Sequence[NodeRef], **kw: Any) -> str:
+    def start(
+        self, ssh_connection: str, ui_home: str, nodes: Sequence[NodeRef] | None = None, **kw: Any
+    ) -> str:
         return self._run(self._async.start(ssh_connection, ui_home, nodes, **kw))
+
+    def resolve(self, **fields: Any) -> Document:
+        return self._run(self._async.resolve(**fields))
 
     def progress(self, task_id: str, *, allow_stale: bool = False) -> Document:
         return self._run(self._async.progress(task_id, allow_stale=allow_stale))

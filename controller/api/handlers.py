@@ -9,7 +9,7 @@ from aiohttp import web
 
 from controller.api.appkeys import SERVICE, SETTINGS, STATS
 from controller.core.errors import InvalidRequest
-from controller.core.schemas import InstallRequest, ProgressRequest, parse_body
+from controller.core.schemas import InstallRequest, ProgressRequest, ResolveRequest, parse_body
 from controller.core.service import LOG_DEFAULT_LIMIT, TaskView
 from controller.core.target import parse_target
 from protocol import __version__
@@ -49,6 +49,13 @@ async def install(request: web.Request) -> web.Response:
         {"success": True, "task_id": task_id, "message": "Installation started in background"},
         status=202,
     )
+
+
+async def resolve(request: web.Request) -> web.Response:
+    """The dry run of a start request's sources: no instance is changed."""
+    body = parse_body(ResolveRequest, await read_json(request))
+    plan = await request.app[SERVICE].resolve(body)
+    return web.json_response({"success": True, **plan.to_dict()})
 
 
 async def install_progress(request: web.Request) -> web.Response:

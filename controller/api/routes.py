@@ -17,6 +17,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/tasks/{task_id}/cancel", handlers.cancel_task)
     app.router.add_get("/api/tasks/{task_id}/log", handlers.task_log)
     app.router.add_get("/healthz", handlers.healthz)
+    # What a workflow, snapshot or registry ids would install (issue 10).
+    app.router.add_post("/api/resolve", handlers.resolve)
     # Live views (issue 4) register here: the event stream and the dashboard.
     events.add_routes(app)
     dashboard.add_routes(app)

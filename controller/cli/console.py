@@ -44,6 +44,7 @@ from controller.client import (
 )
 from controller.core.config import Settings, load_settings
 from controller.core.errors import ConfigError
+from controller.core.sources.registry_ids import is_registry_id
 from protocol import ExitCode, ProtocolError, parse_node
 
 #: ``install`` was detached from a running install (Ctrl-C, then "detach").
@@ -105,7 +106,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument(
         "--nodes-file", type=Path, help="a file with one URL[@REF] per line ('#' comments)"
     )
-    install.add_argument("nodes", nargs="*", metavar="NODE", help="URL or URL@REF")
+    install.add_argument(
+        "--workflow",
+        type=Path,
+        metavar="FILE",
+        help="install what a ComfyUI workflow needs (JSON in either format, or a PNG "
+        "ComfyUI saved)",
+    )
+    install.add_argument(
+        "--snapshot", type=Path, metavar="FILE", help="a ComfyUI-Manager snapshot (JSON or YAML)"
+    )
+    install.add_argument(
+        "--strict", action="store_true", help="refuse when a workflow class does not resolve"
+    )
+    install.add_argument(
+        "nodes", nargs="*", metavar="NODE", help="URL, URL@REF or a Comfy Registry id[@VERSION]"
+    )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
@@ -254,7 +270,8 @@ def read_nodes_file(path: Path) -> list[str]:
         line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line:
             continue
-        parse_node(line, f"{path}:{number}")
+        if not is_registry_id(line):
+            parse_node(line, f"{path}:{number}")
         nodes.append(line)
     return nodes
 
@@ -264,7 +281,8 @@ def collect_nodes(args: argparse.Namespace) -> list[str]:
     if args.nodes_file is not None:
         nodes.extend(read_nodes_file(args.nodes_file))
     for index, node in enumerate(args.nodes):
-        parse_node(node, f"NODE {index + 1}")
+        if not is_registry_id(node):
+            parse_node(node, f"NODE {index + 1}")
         nodes.append(node)
     if not nodes:
         raise ProtocolError("NODE", "name at least one node (arguments or --nodes-file)")
@@ -448,7 +466,13 @@ async def follow_and_report(
 
 
 async def _install(args: argparse.Namespace) -> int:
-    nodes = collect_nodes(args)
+    from controller.cli.resolve import read_snapshot_file, read_workflow_file
+
+    workflow = read_workflow_file(args.workflow) if args.workflow else None
+    snapshot = read_snapshot_file(args.snapshot) if args.snapshot else None
+    # Nothing named at all: the controller installs its default_nodes (or says how).
+    named = args.nodes or args.nodes_file is not None
+    nodes = collect_nodes(args) if named else None
     async with connect(args) as client:
         task_id = await client.start(
             args.ssh_connection,
@@ -458,6 +482,9 @@ async def _install(args: argparse.Namespace) -> int:
             pip_args=args.pip_args,
             jobs=args.jobs,
             update=args.update,
+            workflow=workflow,
+            snapshot=snapshot,
+            strict=args.strict,
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")

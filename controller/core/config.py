@@ -85,6 +85,18 @@ class Settings:
     #: pip options used when a request gives none.
     default_pip_args: list[str] = field(default_factory=list)
 
+    # -- what to install (issue 10) -------------------------------------------
+    #: What a start request that names no nodes, workflow or snapshot installs: a
+    #: file holding a workflow, a snapshot, or one ``URL[@REF]`` (or registry id) a line.
+    default_nodes: Path | None = None
+    #: A directory holding ComfyUI-Manager's extension-node-map.json,
+    #: custom-node-list.json and github-stats.json. Unset: the instance's own
+    #: ComfyUI-Manager copy, then the copy ``nodeferry node-db update`` keeps.
+    node_db: Path | None = None
+    #: Ask the Comfy Registry's API for ids the node database lacks, and read
+    #: repositories' tags (git ls-remote) to pin a workflow's saved versions.
+    online_lookups: bool = True
+
     # -- progress reads -------------------------------------------------------
     #: A progress document read less than this many seconds ago is served from cache.
     refresh_interval: float = 0.5
@@ -211,6 +223,9 @@ _KINDS: dict[str, Any] = {
     "remote_python": str,
     "local_state_dir": "path",
     "default_pip_args": "str_list",
+    "default_nodes": "optional_path",
+    "node_db": "optional_path",
+    "online_lookups": bool,
     "refresh_interval": float,
     "heartbeat_interval": float,
     "monitor_interval": float,

@@ -17,6 +17,8 @@ from controller.core.errors import (
 from controller.core.live import Live, Tasks, TaskView, starting_document
 from controller.core.registry import TaskRecord
 from controller.core.schemas import InstallRequest
+from controller.core.sources.plan import Sources
+from controller.core.sources.service import SourceService
 from controller.core.target import parse_target
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
@@ -25,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class Launcher:
-    def __init__(self, tasks: Tasks) -> None:
+    def __init__(self, tasks: Tasks, sources: SourceService) -> None:
         self.tasks = tasks
+        self.sources = sources
 
     async def start(self, request: InstallRequest) -> str:
         """Register a task and launch it in the background; returns its id at once."""
@@ -36,12 +39,23 @@ class Launcher:
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
         )
+        nodes = request.nodes
+        resolution = None
+        sources = Sources(request.nodes, request.workflow, request.snapshot)
+        if not sources.plain:
+            # A workflow, snapshot, registry ids or the configured default: resolved
+            # here, before the 202, so a bad source is a 400 that changed nothing.
+            plan = await self.sources.plan_for_start(
+                sources, target, request.ui_home, request.strict
+            )
+            nodes = [choice.node() for choice in plan.nodes]
+            resolution = plan.to_dict()
         try:
             spec = InstallSpec.from_dict(
                 {
                     "task_id": task_id,
                     "ui_home": request.ui_home,
-                    "nodes": request.nodes,
+                    "nodes": nodes,
                     "python": request.python,
                     "pip_args": pip_args,
                     "jobs": request.jobs,
@@ -61,6 +75,7 @@ class Launcher:
                 f"ignored ssh option {option!r}: it does not change where or how nodeferry connects"
                 for option in target.ignored
             ],
+            resolution=resolution,
         )
         record.progress = starting_document(record)
         running = await tasks.run(tasks.registry.add_if_free, record)

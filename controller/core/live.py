@@ -44,12 +44,16 @@ class TaskView:
     target: Target
     #: Why the view is stale.
     problem: str | None = None
+    #: How the node list was resolved (workflow, snapshot, registry ids), if it was.
+    resolution: dict[str, Any] | None = None
 
     def response(self) -> dict[str, Any]:
         """The seed-compatible progress body."""
         body = progress_response(self.progress, stale=self.stale)
         body["target"] = str(self.target)
         body["read_at"] = self.read_at
+        if self.resolution is not None:
+            body["resolution"] = self.resolution
         return body
 
 
@@ -151,7 +155,9 @@ class Tasks:
         live = self.live.get(record.task_id)
         if live is None:
             progress = record.progress or starting_document(record)
-            view = TaskView(progress, False, utc_now(), 0, record.target)
+            view = TaskView(
+                progress, False, utc_now(), 0, record.target, resolution=record.resolution
+            )
             live = Live(record=record, view=view)
             self.live[record.task_id] = live
         return live
@@ -177,7 +183,15 @@ class Tasks:
         previous = live.view
         changed = progress.to_dict() != previous.progress.to_dict()
         version = previous.version + 1 if changed or stale != previous.stale else previous.version
-        live.view = TaskView(progress, stale, utc_now(), version, live.record.target, problem)
+        live.view = TaskView(
+            progress,
+            stale,
+            utc_now(),
+            version,
+            live.record.target,
+            problem,
+            resolution=live.record.resolution,
+        )
         live.read_mono = time.monotonic()
         if changed:
             live.changed_mono = live.read_mono

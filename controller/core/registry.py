@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (target_key, ui_home, state);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+-- How a task's node list was resolved from a workflow, snapshot or registry ids
+-- (issue 10); a table of its own so databases from before it need no migration.
+CREATE TABLE IF NOT EXISTS resolutions (
+    task_id   TEXT PRIMARY KEY,
+    plan_json TEXT NOT NULL
+);
 """
 
 #: Columns newer than the first schema, added to older databases on open.
@@ -48,7 +54,10 @@ _COLUMNS = (
     "task_id, target_kind, target_user, target_host, target_port, target_key, ui_home, "
     "spec_json, created_at, finished_at, state, launched, progress_json, target_route, notes_json"
 )
-_SELECT = "SELECT " + _COLUMNS + " FROM tasks "  # noqa: S608
+_SELECT = (
+    "SELECT " + _COLUMNS + ", (SELECT plan_json FROM resolutions r WHERE r.task_id = "  # noqa: S608
+    "tasks.task_id) FROM tasks "
+)
 _INSERT = "INSERT INTO tasks (" + _COLUMNS + ") VALUES (" + ",".join("?" * 15) + ")"  # noqa: S608
 _RUNNING = "SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? AND " + _NOT_FINAL  # noqa: S608
 
@@ -68,6 +77,8 @@ class TaskRecord:
     #: What the controller itself has to say about the task (options it ignored,
     #: why it failed before the agent ran), shown with the agent's log.
     notes: list[str] = field(default_factory=list)
+    #: The resolution plan when the nodes came from a workflow, snapshot or registry ids.
+    resolution: dict[str, Any] | None = None
 
     @property
     def is_final(self) -> bool:
@@ -104,7 +115,7 @@ class Registry:
     @staticmethod
     def _record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRecord:
         (task_id, kind, user, host, port, _key, ui_home, spec_json, created_at, finished_at,
-         state, launched, progress_json, route_json, notes_json) = row  # fmt: skip
+         state, launched, progress_json, route_json, notes_json, plan_json) = row  # fmt: skip
         return TaskRecord(
             task_id=task_id,
             target=Target.from_route(kind, user, host, port, json.loads(route_json or "{}")),
@@ -116,6 +127,7 @@ class Registry:
             launched=bool(launched),
             progress=Progress.from_json(progress_json) if progress_json else None,
             notes=json.loads(notes_json or "[]"),
+            resolution=json.loads(plan_json) if plan_json else None,
         )
 
     @staticmethod
@@ -154,6 +166,11 @@ class Registry:
                     self._db.execute("ROLLBACK")
                     return str(row[0])
                 self._db.execute(_INSERT, self._row(record))
+                if record.resolution is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO resolutions (task_id, plan_json) VALUES (?, ?)",
+                        (record.task_id, json.dumps(record.resolution)),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -225,3 +242,6 @@ class Registry:
     def delete(self, task_ids: list[str]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM tasks WHERE task_id = ?", [(t,) for t in task_ids])
+            self._db.executemany(
+                "DELETE FROM resolutions WHERE task_id = ?", [(t,) for t in task_ids]
+            )

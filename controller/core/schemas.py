@@ -29,14 +29,37 @@ class InstallRequest(BaseModel):
 
     ssh_connection: str = Field(max_length=512)
     ui_home: str = Field(max_length=4096)
-    #: ``"URL"``, ``"URL@REF"`` or ``{"url", "ref", "name"}``; ``protocol.parse_node``
-    #: checks each one and names the field precisely.
-    nodes: list[Any] = Field(min_length=1, max_length=MAX_NODES)
+    #: ``"URL"``, ``"URL@REF"``, ``{"url", "ref", "name"}`` or a Comfy Registry id
+    #: (``"id"``, ``"id@version"``); ``protocol.parse_node`` checks each URL and names
+    #: the field precisely. With ``workflow`` and ``snapshot`` optional: none of the
+    #: three installs the controller's ``default_nodes``.
+    nodes: list[Any] | None = Field(default=None, max_length=MAX_NODES)
+    #: A ComfyUI workflow, UI or API format (``controller.core.sources.workflow``).
+    workflow: dict[str, Any] | None = None
+    #: A ComfyUI-Manager snapshot, as an object or its JSON/YAML text.
+    snapshot: dict[str, Any] | str | None = Field(default=None)
+    #: Refuse (400) when a workflow class resolves to no custom node.
+    strict: bool = False
     python: str | None = Field(default=None, max_length=4096)
     pip_args: list[str] | None = Field(default=None, max_length=64)
     jobs: int = Field(default=4, ge=1, le=32)
     clone_jobs: int = Field(default=16, ge=1, le=64)
     update: bool = False
+
+
+class ResolveRequest(BaseModel):
+    """``POST /api/resolve``: the sources of a start request, resolved without installing.
+
+    With ``ssh_connection`` and ``ui_home`` the instance's own ComfyUI-Manager node
+    database may be read (nothing is written there)."""
+
+    model_config = _STRICT
+
+    nodes: list[Any] | None = Field(default=None, max_length=MAX_NODES)
+    workflow: dict[str, Any] | None = None
+    snapshot: dict[str, Any] | str | None = Field(default=None)
+    ssh_connection: str | None = Field(default=None, max_length=512)
+    ui_home: str | None = Field(default=None, max_length=4096)
 
 
 class ProgressRequest(BaseModel):

@@ -19,9 +19,12 @@ from controller.core.live import Tasks, TaskView
 from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
 from controller.core.registry import Registry
 from controller.core.retention import Retention
-from controller.core.schemas import InstallRequest
+from controller.core.schemas import InstallRequest, ResolveRequest
+from controller.core.sources.plan import Sources
+from controller.core.sources.resolver import Plan
+from controller.core.sources.service import SourceService
 from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.core.target import Target, parse_target
 from controller.transports import Transports
 
 __all__ = ["LOG_DEFAULT_LIMIT", "TaskService", "TaskView"]
@@ -40,7 +43,8 @@ class TaskService:
         self.tasks = Tasks(settings, registry, transports, executor, stats)
         # The in-memory tasks by id; tests look at one task's state through it.
         self._live = self.tasks.live
-        self.launcher = Launcher(self.tasks)
+        self.sources = SourceService(settings, transports, self.tasks.run)
+        self.launcher = Launcher(self.tasks, self.sources)
         self.reader = Reader(self.tasks)
         self.retention = Retention(self.tasks, self.reader)
 
@@ -57,6 +61,12 @@ class TaskService:
     async def start(self, request: InstallRequest) -> str:
         """Register a task and launch it in the background; returns its id at once."""
         return await self.launcher.start(request)
+
+    async def resolve(self, request: ResolveRequest) -> Plan:
+        """The dry run: what a start with these sources would install, and why."""
+        target = parse_target(request.ssh_connection) if request.ssh_connection else None
+        sources = Sources(request.nodes, request.workflow, request.snapshot)
+        return await self.sources.plan(sources, target, request.ui_home if target else None)
 
     async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
         """The task's current view: shared, cached, single-flight (see ``reader``)."""

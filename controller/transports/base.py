@@ -59,6 +59,12 @@ class Transport(abc.ABC):
     def read(self, relative: str, offset: int = 0, limit: int | None = None) -> bytes:
         """Bytes from ``offset``; raises FileNotFoundError when the file does not exist."""
 
+    def read_absolute(self, path: str, limit: int) -> bytes | None:
+        """Up to ``limit`` bytes of any file on the machine (``~/`` is the login's home);
+        None when it does not exist. For files outside the state dir, such as a
+        ComfyUI-Manager checkout's node database."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def python(self) -> str:
         """The interpreter that runs the agent."""

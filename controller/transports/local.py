@@ -87,3 +87,10 @@ class LocalTransport(Transport):
         with open(self._root / relative, "rb") as handle:
             handle.seek(offset)
             return handle.read(limit if limit is not None else -1)
+
+    def read_absolute(self, path: str, limit: int) -> bytes | None:
+        try:
+            with open(Path(path).expanduser(), "rb") as handle:
+                return handle.read(limit)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None

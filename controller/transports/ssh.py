@@ -125,6 +125,23 @@ class SshTransport(Transport):
 
         return self.pool.sftp(self.target, read)
 
+    def read_absolute(self, path: str, limit: int) -> bytes | None:
+        def read(sftp: paramiko.SFTPClient, home: str) -> bytes | None:
+            full = posixpath.join(home, path[2:]) if path.startswith("~/") else path
+            try:
+                with sftp.open(full, "rb") as handle:
+                    # prefetch pipelines the reads: the database is a few MB.
+                    handle.prefetch()
+                    return bytes(handle.read(limit))
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+            except OSError as exc:
+                if getattr(exc, "errno", None) in (2, 20, 21):  # missing, not a dir
+                    return None
+                raise
+
+        return self.pool.sftp(self.target, read)
+
 
 def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
     parent = posixpath.dirname(directory)

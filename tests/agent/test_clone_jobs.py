@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
 from tests.agent.conftest import Agent
 from tests.agent.test_install import run_spec
@@ -104,7 +104,7 @@ def gate_repos(git_server: GitServer) -> list[str]:
     names = [f"gated-{i}" for i in range(6)]
     for name in names:
         if not (git_server.root / f"{name}.git").exists():
-            git_server.add_repo(name, {"__init__.py": f"NAME = {name!r}\n"})
+            git_server.add_repo(name, {"__init__.py": f"NAME = {name!r}\n" + NODE_INIT})
     return names
 
 

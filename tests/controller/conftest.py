@@ -20,6 +20,7 @@ from controller.api.app import create_app
 from controller.core.config import Settings
 from controller.sandbox.comfy import NODE_INIT, ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
+from tests.support import nodedb
 from tests.support.sshd import SshServer, make_key
 
 FINAL_STATES = {"completed", "failed", "cancelled", "lost"}
@@ -76,6 +77,12 @@ def node_repos(git_server: GitServer) -> NodeRepos:
             "ComfyUI-Gated", {"__init__.py": NODE_INIT, "install.py": GATED_INSTALL_PY}
         ),
     )
+
+
+@pytest.fixture(scope="session")
+def node_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ComfyUI-Manager 4.3's real node database files, from the cached wheel."""
+    return nodedb.ready(tmp_path_factory.mktemp("node-db"))
 
 
 @pytest.fixture(scope="session")

@@ -138,3 +138,46 @@ def test_dashboard_with_a_token(browser: Any, tmp_path: Path, world: DemoWorld) 
         page.locator("#token-form button").click()
         expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
         page.close()
+
+
+@pytest.mark.timeout(90)
+def test_dashboard_takes_a_dropped_png_workflow(browser: Any, tmp_path: Path) -> None:
+    """A PNG ComfyUI saved (zTXt chunk) is read in the page and sent as ``workflow``;
+    with ``strict`` the controller's resolver, on the real 4.3 database, refuses the
+    unknown class and the page shows why. Nothing is installed."""
+    import json
+    import zlib
+
+    from playwright.sync_api import expect
+
+    from tests.controller.test_sources_resolve import png_with_text, ui_workflow
+    from tests.support import nodedb
+
+    settings = controller_settings(tmp_path)
+    settings.node_db = nodedb.ready(tmp_path / "node-db")
+    settings.online_lookups = False
+    image = png_with_text(
+        [(b"zTXt", b"workflow\0\0" + zlib.compress(json.dumps(ui_workflow()).encode()))]
+    )
+    with serve_in_thread(create_app(settings), settings) as running:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(running.url + "/")
+        page.locator("#start-panel summary").click()
+        form = page.locator("#start-form")
+        form.locator("[name=ssh_connection]").fill("local")
+        form.locator("[name=ui_home]").fill(str(tmp_path / "ComfyUI"))
+        form.locator("[name=workflow]").set_input_files(
+            files=[{"name": "ComfyUI_00001_.png", "mimeType": "image/png", "buffer": image}]
+        )
+        expect(page.locator("#workflow-status")).to_contain_text("12 nodes", timeout=10_000)
+        form.locator("[name=strict]").check()
+        form.locator("button[type=submit]").click()
+        message = page.locator("#start-message")
+        expect(message).to_contain_text("TotallyUnknownNode9000", timeout=10_000)
+        expect(message).to_contain_text("strict")
+        with Client(running.url) as client:
+            assert client.tasks() == []
+        assert not errors, errors
+        page.close()

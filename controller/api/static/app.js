@@ -223,6 +223,10 @@ function renderCard(entry) {
   const footer = h("div", {class: "card-foot"},
     doc.has_requirements ? h("span", {class: "requirements"}, "requirements ", badge(doc.requirements_status)) : null,
     doc.error ? h("span", {class: "task-error"}, lastLine(doc.error)) : null,
+    doc.resolution && doc.resolution.unresolved.length
+      ? h("span", {class: "resolution", title: "node classes no custom node provides"},
+          `unresolved: ${doc.resolution.unresolved.join(", ")}`)
+      : null,
     entry.message ? h("span", {class: "task-error"}, entry.message) : null,
     h("span", {class: "task-id", title: "task id"}, taskId),
   );
@@ -393,9 +397,12 @@ async function startInstall(event) {
   const body = {
     ssh_connection: form.ssh_connection.value.trim(),
     ui_home: form.ui_home.value.trim(),
-    nodes,
     update: form.update.checked,
   };
+  // Nothing named: the controller installs its default_nodes (or says how to name some).
+  if (nodes.length) body.nodes = nodes;
+  if (droppedWorkflow) body.workflow = droppedWorkflow;
+  if (form.strict.checked) body.strict = true;
   const python = form.python.value.trim();
   if (python) body.python = python;
   const pipArgs = form.pip_args.value.trim();
@@ -417,12 +424,88 @@ async function startInstall(event) {
   }
 }
 
+// -- a dropped workflow (issue 10) ---------------------------------------------------
+
+let droppedWorkflow = null;
+
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// The "workflow" (else "prompt") text chunk of a PNG ComfyUI saved: tEXt, zTXt or iTXt.
+async function pngWorkflow(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const latin1 = new TextDecoder("latin1");
+  const found = {};
+  let offset = 8;
+  while (offset + 8 <= bytes.length) {
+    const length = view.getUint32(offset);
+    const kind = latin1.decode(bytes.subarray(offset + 4, offset + 8));
+    const body = bytes.subarray(offset + 8, offset + 8 + length);
+    offset += 12 + length;
+    if (kind === "IEND") break;
+    if (kind !== "tEXt" && kind !== "zTXt" && kind !== "iTXt") continue;
+    const nul = body.indexOf(0);
+    if (nul < 0) continue;
+    const key = latin1.decode(body.subarray(0, nul));
+    if ((key !== "workflow" && key !== "prompt") || found[key]) continue;
+    let rest = body.subarray(nul + 1);
+    if (kind === "tEXt") found[key] = latin1.decode(rest);
+    else if (kind === "zTXt") found[key] = latin1.decode(await inflate(rest.subarray(1)));
+    else {
+      const compressed = rest[0] === 1;
+      rest = rest.subarray(2);
+      rest = rest.subarray(rest.indexOf(0) + 1);  // language tag
+      rest = rest.subarray(rest.indexOf(0) + 1);  // translated keyword
+      found[key] = new TextDecoder().decode(compressed ? await inflate(rest) : rest);
+    }
+  }
+  const text = found.workflow || found.prompt;
+  if (!text) throw new Error("this PNG carries no ComfyUI workflow");
+  return text;
+}
+
+async function loadWorkflow(file) {
+  const status = document.getElementById("workflow-status");
+  droppedWorkflow = null;
+  status.className = "hint";
+  try {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const isPng = bytes.length > 8 && bytes[0] === 0x89 && bytes[1] === 0x50;
+    const text = isPng ? await pngWorkflow(bytes) : new TextDecoder().decode(bytes);
+    const data = JSON.parse(text);
+    if (!data || typeof data !== "object" || Array.isArray(data)) throw new Error("not a workflow object");
+    droppedWorkflow = data;
+    const count = Array.isArray(data.nodes) ? data.nodes.length : Object.keys(data).length;
+    status.textContent = `${file.name}: ${count} nodes, resolved when you start`;
+  } catch (error) {
+    status.className = "hint error";
+    status.textContent = `${file.name}: ${error.message}`;
+  }
+}
+
+function setupWorkflowDrop() {
+  const zone = document.getElementById("workflow-drop");
+  const input = zone.querySelector("input[type=file]");
+  input.addEventListener("change", () => { if (input.files[0]) loadWorkflow(input.files[0]); });
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) loadWorkflow(file);
+  });
+}
+
 function askForToken() {
   document.getElementById("token-panel").hidden = false;
 }
 
 function init() {
   document.getElementById("start-form").addEventListener("submit", startInstall);
+  setupWorkflowDrop();
   document.getElementById("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     token = event.target.token.value.trim();

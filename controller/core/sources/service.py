@@ -1,0 +1,166 @@
+"""Turning a request's sources into a plan, for the task service and the dry run.
+
+The node database comes from, in order: the ``node_db`` setting (a directory),
+the instance's own ``custom_nodes/ComfyUI-Manager`` (or ``comfyui-manager``)
+checkout when the request names an instance, then the controller's kept copy
+(``nodeferry node-db update``). Loaded databases are kept in memory for a while:
+parsing the 4 MB of JSON takes a moment, reading it over SFTP longer.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from controller.core.config import Settings
+from controller.core.errors import InvalidRequest
+from controller.core.sources import nodedb
+from controller.core.sources.errors import SourceError
+from controller.core.sources.nodedb import NodeDB
+from controller.core.sources.online import Online
+from controller.core.sources.plan import NO_SOURCE, Sources, build, read_default_nodes
+from controller.core.sources.resolver import Plan
+from controller.core.target import Target
+from controller.transports import Transports
+from protocol import ProtocolError
+from protocol import fields as checks
+
+T = TypeVar("T")
+Run = Callable[..., Awaitable[Any]]
+#: Seconds a loaded database is reused before its source is read again.
+DB_CACHE_SECONDS = 300.0
+
+
+class Unresolved(InvalidRequest):
+    """``strict`` was asked for and some classes did not resolve (or nothing did)."""
+
+    code = "unresolved"
+
+    def __init__(self, message: str, plan: Plan) -> None:
+        super().__init__("workflow", message)
+        self.plan = plan
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "resolution": self.plan.to_dict()}
+
+
+class SourceService:
+    def __init__(self, settings: Settings, transports: Transports | None, run: Run) -> None:
+        self.settings = settings
+        self.transports = transports
+        self.run = run
+        self._lock = threading.Lock()
+        self._dbs: dict[tuple[str, ...], tuple[float, NodeDB]] = {}
+        self.online = Online(settings.data_dir / "registry-cache.json")
+
+    async def plan(
+        self, sources: Sources, target: Target | None = None, ui_home: str | None = None
+    ) -> Plan:
+        """The plan for ``sources`` (the configured default when empty)."""
+        if sources.empty:
+            if self.settings.default_nodes is None:
+                raise InvalidRequest("", NO_SOURCE)
+            sources = await self.run(read_default_nodes, self.settings.default_nodes)
+        if ui_home is not None:
+            try:
+                ui_home = checks.remote_path(ui_home, "ui_home")
+            except ProtocolError as exc:
+                raise InvalidRequest(exc.field, exc.message) from None
+        plan: Plan = await self.run(self.build, sources, target, ui_home)
+        return plan
+
+    def build(self, sources: Sources, target: Target | None, ui_home: str | None) -> Plan:
+        online = self.settings.online_lookups
+        return build(
+            sources,
+            lambda: self.load_db(target, ui_home),
+            online=self.online.registry if online else None,
+            tags=self.online.tags if online else None,
+        )
+
+    async def plan_for_start(
+        self, sources: Sources, target: Target, ui_home: str, strict: bool
+    ) -> Plan:
+        plan = await self.plan(sources, target, ui_home)
+        if strict and plan.unresolved:
+            raise Unresolved(
+                f"{len(plan.unresolved)} node class(es) resolve to no custom node: "
+                f"{', '.join(plan.unresolved[:20])}; nothing was installed (strict). Install "
+                "them by URL in 'nodes', or send strict: false to install the rest",
+                plan,
+            )
+        if not plan.nodes:
+            why = (
+                f"none of its classes resolved: {', '.join(plan.unresolved[:20])}"
+                if plan.unresolved
+                else "every class it uses is part of ComfyUI or its frontend"
+            )
+            raise Unresolved(f"nothing to install: {why}", plan)
+        return plan
+
+    # -- the node database -----------------------------------------------------
+
+    def _cached(self, key: tuple[str, ...], load: Callable[[], NodeDB | None]) -> NodeDB | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._dbs.get(key)
+            if hit is not None and now - hit[0] < DB_CACHE_SECONDS:
+                return hit[1]
+        db = load()
+        if db is not None:
+            with self._lock:
+                self._dbs[key] = (now, db)
+        return db
+
+    def load_db(self, target: Target | None, ui_home: str | None) -> NodeDB:
+        configured = self.settings.node_db
+        if configured is not None:
+            if not nodedb.has_db(configured):
+                raise SourceError(
+                    "node_db", f"the node_db setting names {configured}, which has no "
+                    f"{nodedb.MAP_FILE}",
+                )  # fmt: skip
+            db = self._cached(("dir", str(configured)), lambda: nodedb.load_dir(configured))
+            assert db is not None
+            return db
+        if target is not None and ui_home is not None and self.transports is not None:
+            db = self._cached(
+                ("instance", target.key, ui_home), lambda: self._instance_db(target, ui_home)
+            )
+            if db is not None:
+                return db
+        kept = nodedb.kept_dir(self.settings.data_dir)
+        if nodedb.has_db(kept):
+            db = self._cached(("dir", str(kept)), lambda: nodedb.load_dir(kept))
+            assert db is not None
+            return db
+        raise SourceError(
+            "node_db",
+            "resolving registry ids and workflows needs ComfyUI-Manager's node database and "
+            "none was found: run `nodeferry node-db update`, set node_db to a directory "
+            f"holding {nodedb.MAP_FILE}, or install ComfyUI-Manager on the instance",
+        )
+
+    def _instance_db(self, target: Target, ui_home: str) -> NodeDB | None:
+        assert self.transports is not None
+        transport = self.transports.get(target)
+        for name in nodedb.MANAGER_DIRS:
+            directory = posixpath.join(ui_home, "custom_nodes", name)
+            first = transport.read_absolute(
+                posixpath.join(directory, nodedb.MAP_FILE), nodedb.MAX_FILE_BYTES + 1
+            )
+            if first is None:
+                continue
+
+            def read(file: str, directory: str = directory, first: bytes = first) -> bytes | None:
+                if file == nodedb.MAP_FILE:
+                    return first
+                return transport.read_absolute(
+                    posixpath.join(directory, file), nodedb.MAX_FILE_BYTES + 1
+                )
+
+            return nodedb.parse_files(f"{target}:{directory}", read)
+        return None
