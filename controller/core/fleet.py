@@ -98,8 +98,9 @@ def instance_requests(request: FleetRequest) -> list[InstallRequest]:
         install = parse_body(InstallRequest, fields)
         try:
             # The launcher checks the same again; here it guards the whole fleet.
+            spec = {name: value for name, value in fields.items() if name != "ssh_connection"}
             InstallSpec.from_dict(
-                {**fields, "task_id": checks.new_task_id(), "pip_args": request.pip_args or []}
+                {**spec, "task_id": checks.new_task_id(), "pip_args": request.pip_args or []}
             )
         except ProtocolError as exc:
             field = exc.field if exc.field not in ("ui_home", "python") else f"{where}.{exc.field}"
