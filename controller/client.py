@@ -379,6 +379,52 @@ class AsyncClient:
             raise ApiError(200, "bad_response", "the task list has no 'tasks'", body)
         return [task for task in tasks if isinstance(task, dict)]
 
+    async def start_fleet(
+        self,
+        targets: Sequence[str | Document],
+        nodes: Sequence[NodeRef] | None,
+        *,
+        ui_home: str | None = None,
+        python: str | None = None,
+        pip_args: Sequence[str] | None = None,
+        jobs: int | None = None,
+        update: bool = False,
+        workflow: Document | None = None,
+        snapshot: Document | str | None = None,
+        strict: bool = False,
+    ) -> Document:
+        """Start one node set on many instances (``POST /api/fleet``); the 202 body,
+        with ``fleet_id`` and one entry per target in ``tasks``. The node set is
+        named as for :meth:`start`: ``nodes``, ``workflow``, ``snapshot``, or none."""
+        payload: Document = {"targets": list(targets), "update": update}
+        if nodes is not None:
+            payload["nodes"] = list(nodes)
+        if strict:
+            payload["strict"] = True
+        for name, value in (
+            ("ui_home", ui_home),
+            ("python", python),
+            ("jobs", jobs),
+            ("workflow", workflow),
+            ("snapshot", snapshot),
+        ):
+            if value is not None:
+                payload[name] = value
+        if pip_args is not None:
+            payload["pip_args"] = list(pip_args)
+        # Not retried on 503: a start is not idempotent.
+        body = await self._request_once("POST", "/api/fleet", payload)
+        if not isinstance(body.get("fleet_id"), str):
+            raise ApiError(202, "bad_response", "the fleet answer has no fleet_id", body)
+        return body
+
+    async def fleet(self, fleet_id: str) -> Document:
+        """The fleet's aggregate (``GET /api/fleet/{id}``)."""
+        return await self._request("GET", f"/api/fleet/{fleet_id}")
+
+    async def cancel_fleet(self, fleet_id: str) -> Document:
+        return await self._request("POST", f"/api/fleet/{fleet_id}/cancel")
+
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
         return LogChunk(
@@ -603,6 +649,17 @@ class Client:
 
     def tasks(self) -> list[Document]:
         return self._run(self._async.tasks())
+
+    def start_fleet(
+        self, targets: Sequence[str | Document], nodes: Sequence[NodeRef], **kw: Any
+    ) -> Document:
+        return self._run(self._async.start_fleet(targets, nodes, **kw))
+
+    def fleet(self, fleet_id: str) -> Document:
+        return self._run(self._async.fleet(fleet_id))
+
+    def cancel_fleet(self, fleet_id: str) -> Document:
+        return self._run(self._async.cancel_fleet(fleet_id))
 
     def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         return self._run(self._async.logs(task_id, offset))

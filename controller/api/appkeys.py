@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from controller.core.config import Settings
+from controller.core.fleet import Fleets
 from controller.core.service import TaskService
 from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
@@ -21,3 +22,5 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 POOL = web.AppKey("pool", SSHPool)
 #: The task service; present once the app has started (cleanup_ctx).
 SERVICE = web.AppKey("service", TaskService)
+#: Fleets: many instances started as one (``api/fleet``).
+FLEETS = web.AppKey("fleets", Fleets)

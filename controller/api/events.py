@@ -1,8 +1,9 @@
 """``GET /api/tasks/{id}/events``: a task's progress pushed as Server-Sent Events.
 
-Why SSE rather than a WebSocket: the traffic is one-way, it is plain HTTP (proxies,
-``curl -N`` and the token header work as for any other request), and browsers
-reconnect by themselves.
+Why SSE as well as the WebSocket (``ws``): the traffic is one-way, it is plain
+HTTP (proxies, ``curl -N`` and the token header work as for any other request),
+and existing clients use it. The dashboard uses the WebSocket: one connection for
+every card, where each stream holds one of a browser's ~6 per host.
 
 The stream sends
 

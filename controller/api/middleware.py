@@ -19,6 +19,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Paths anyone may fetch without the token. The dashboard page holds no data: it
 #: asks for the token itself when the API answers 401.
 PUBLIC_PATHS = frozenset({"/healthz", "/"})
+#: Paths that check the token themselves: the WebSocket also takes it in its first
+#: message (``controller.api.ws.authorized``).
+SELF_AUTH_PATHS = frozenset({"/api/ws"})
 PUBLIC_PREFIXES = ("/static/",)
 
 _HTTP_CODES = {
@@ -68,6 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].token
     public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
+    public = public or request.path in SELF_AUTH_PATHS
     if token and not public:
         given = ""
         header = request.headers.get("Authorization", "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import dashboard, events, handlers
+from controller.api import dashboard, events, fleet, handlers, ws
 
 
 def setup_routes(app: web.Application) -> None:
@@ -22,3 +22,6 @@ def setup_routes(app: web.Application) -> None:
     # Live views (issue 4) register here: the event stream and the dashboard.
     events.add_routes(app)
     dashboard.add_routes(app)
+    # Issue 12: many instances at once, and one WebSocket for every subscription.
+    fleet.add_routes(app)
+    ws.add_routes(app)

@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli import display
+from controller.cli import display, fleet_view
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -86,10 +86,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument(
         "--ssh",
         dest="ssh_connection",
-        default="local",
+        action="append",
+        default=None,
         metavar="TARGET",
         help="'root@host -p 22', 'root@host:22', the ssh command VastAI shows, or 'local' "
-        "for the controller's own machine (default: local)",
+        "for the controller's own machine (default: local); repeat it to install on many "
+        "instances at once (one fleet, one live view)",
     )
     install.add_argument("--ui-home", required=True, help="the ComfyUI folder on the instance")
     install.add_argument("--python", help="ComfyUI's interpreter (default: discovered)")
@@ -473,6 +475,11 @@ async def _install(args: argparse.Namespace) -> int:
     # Nothing named at all: the controller installs its default_nodes (or says how).
     named = args.nodes or args.nodes_file is not None
     nodes = collect_nodes(args) if named else None
+    targets = args.ssh_connection or ["local"]
+    if len(targets) > 1:
+        async with connect(args) as client:
+            return await fleet_view.install(args, client, nodes, workflow, snapshot)
+    args.ssh_connection = targets[0]
     async with connect(args) as client:
         task_id = await client.start(
             args.ssh_connection,

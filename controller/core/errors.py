@@ -54,6 +54,14 @@ class UnknownTask(ControllerError):
         return {**super().body(), "in_progress": False, "task_id": self.task_id}
 
 
+class UnknownFleet(ControllerError):
+    status = 404
+    code = "unknown_fleet"
+
+    def __init__(self, fleet_id: str) -> None:
+        super().__init__(f"no fleet {fleet_id} is known to this controller")
+
+
 class Conflict(ControllerError):
     status = 409
     code = "conflict"

@@ -64,7 +64,11 @@ class TaskService:
 
     async def resolve(self, request: ResolveRequest) -> Plan:
         """The dry run: what a start with these sources would install, and why."""
-        target = parse_target(request.ssh_connection) if request.ssh_connection else None
+        target = (
+            parse_target(request.ssh_connection, self.tasks.settings)
+            if request.ssh_connection
+            else None
+        )
         sources = Sources(request.nodes, request.workflow, request.snapshot)
         return await self.sources.plan(sources, target, request.ui_home if target else None)
 

@@ -1,10 +1,13 @@
 """The dashboard in a real headless Chromium (Playwright driving Debian's chromium):
 load the page, start an install from its form, watch the bar reach the end, cancel
-another install, read a log tail; and open it with a token on a guarded controller."""
+another install, read a log tail; open it with a token on a guarded controller;
+and follow more installs over real sshd than a browser opens connections per host,
+a fleet among them, through one WebSocket."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +17,18 @@ import pytest
 
 from controller.api.app import create_app
 from controller.client import Client
+from controller.core.config import load_settings
+from controller.sandbox.comfy import make_comfy_home
+from controller.sandbox.gitserver import GitServer
 from tests.frontends.conftest import (
+    REFRESH_INTERVAL,
     DemoWorld,
     RunningController,
+    cancel_unfinished,
     controller_settings,
     serve_in_thread,
 )
+from tests.support.sshd import SshServer, make_key
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -132,7 +141,8 @@ def test_dashboard_with_a_token(browser: Any, tmp_path: Path, world: DemoWorld) 
         assert "token" not in page.url  # taken out of the address bar
         # The token goes stale (a controller restarted with a new one): the page asks.
         expect(page.locator("#token-panel")).to_be_hidden()
-        page.evaluate("token = 'stale'")
+        # The socket drops and comes back with the stale token: refused, so it asks.
+        page.evaluate("token = 'stale'; socket.close()")
         expect(page.locator("#token-panel")).to_be_visible(timeout=10_000)
         page.locator("#token").fill("s3cret-token")
         page.locator("#token-form button").click()
@@ -179,5 +189,118 @@ def test_dashboard_takes_a_dropped_png_workflow(browser: Any, tmp_path: Path) ->
         expect(message).to_contain_text("strict")
         with Client(running.url) as client:
             assert client.tasks() == []
+
+
+#: install.py that waits until ``<ui_home>/release`` exists, so every install is
+#: held running until the page has shown them all running at once.
+GATED_INSTALL_PY = """\
+import sys
+import time
+from pathlib import Path
+deadline = time.monotonic() + 120
+while not Path("../../release").exists():
+    if time.monotonic() > deadline:
+        sys.exit("never released")
+    time.sleep(0.05)
+"""
+#: More than the six connections per host a browser opens over HTTP/1.1.
+LIVE_INSTALLS = 8
+FLEET_INSTANCES = 5
+
+
+@pytest.fixture
+def ssh_controller(tmp_path: Path) -> Iterator[tuple[RunningController, SshServer]]:
+    key = make_key(tmp_path / "client_key")
+    with SshServer(tmp_path / "sshd", client_key=key) as sshd:
+        settings = load_settings(
+            environ={},
+            overrides={
+                "data_dir": tmp_path / "data",
+                "ssh_keys": [key],
+                "use_ssh_agent": False,
+                "known_hosts": tmp_path / "data" / "known_hosts",
+                "remote_state_dir": str(tmp_path / "remote-state"),
+                "refresh_interval": REFRESH_INTERVAL,
+            },
+        )
+        with serve_in_thread(create_app(settings), settings) as running:
+            try:
+                yield running, sshd
+            finally:
+                cancel_unfinished(running.url)
+
+
+@pytest.mark.timeout(240)
+def test_dashboard_follows_more_installs_than_connections_per_host(
+    browser: Any, ssh_controller: tuple[RunningController, SshServer], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    controller, sshd = ssh_controller
+    with GitServer(tmp_path / "gitd") as git_server:
+        gated = git_server.add_repo(
+            "ComfyUI-Gated",
+            {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n", "install.py": GATED_INSTALL_PY},
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        requests: list[str] = []
+        sockets: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(controller.url + "/")
+        expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
+
+        homes = [
+            make_comfy_home(tmp_path / f"home-{i}", with_venv=False).root
+            for i in range(LIVE_INSTALLS)
+        ]
+        with Client(controller.url) as client:
+            alone = [
+                client.start(
+                    sshd.connection_string(), str(home), [gated.url], python=sys.executable
+                )
+                for home in homes[FLEET_INSTANCES:]
+            ]
+            fleet = client.start_fleet(
+                [
+                    {"ssh_connection": sshd.connection_string(), "ui_home": str(home)}
+                    for home in homes[:FLEET_INSTANCES]
+                ],
+                [gated.url],
+                python=sys.executable,
+            )
+        members = [t["task_id"] for t in fleet["tasks"]]
+        assert all(members)
+
+        # Every install shows up and is seen running, all at the same time.
+        running = page.locator("article.task[data-state='running_install_scripts']")
+        expect(running).to_have_count(LIVE_INSTALLS, timeout=120_000)
+        # The fleet is one card holding its members; the others stand alone.
+        fleet_card = page.locator(f"article.fleet[data-fleet-id='{fleet['fleet_id']}']")
+        expect(fleet_card.locator("article.task")).to_have_count(FLEET_INSTANCES)
+        expect(fleet_card.locator(".target").first).to_have_text(
+            f"fleet · {FLEET_INSTANCES} instances"
+        )
+        for task_id in alone:
+            expect(page.locator(f"#tasks > article.task[data-task-id='{task_id}']")).to_have_count(
+                1
+            )
+
+        for home in homes:
+            (home / "release").write_text("go")
+        done = page.locator("article.task[data-state='completed'][data-success='true']")
+        expect(done).to_have_count(LIVE_INSTALLS, timeout=120_000)
+        expect(page.locator("article.task [role=progressbar][aria-valuenow='100']")).to_have_count(
+            LIVE_INSTALLS
+        )
+        expect(fleet_card).to_have_attribute("data-state", "completed", timeout=10_000)
+        expect(fleet_card.locator(".fleet-count.c-completed")).to_have_text(
+            f"{FLEET_INSTANCES} completed"
+        )
+        # One socket carried all of it: no event stream and no progress poll was opened.
+        assert len(sockets) == 1 and sockets[0].endswith("/api/ws"), sockets
+        assert not [u for u in requests if "/events" in u or "/progress" in u], requests
         assert not errors, errors
         page.close()

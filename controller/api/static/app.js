@@ -1,18 +1,23 @@
-// The nodeferry dashboard: tasks newest first, live through each task's event
-// stream. Plain DOM, no build step. Everything that came from an instance is
-// set as text, never as HTML.
+// The nodeferry dashboard: tasks newest first, every card live through one
+// WebSocket (GET /api/ws), fleets grouped in one card. Plain DOM, no build step.
+// Everything that came from an instance is set as text, never as HTML.
 "use strict";
 
 const FINAL_STATES = new Set(["completed", "failed", "cancelled", "lost"]);
-const LIST_REFRESH_MS = 3000;
 const LOG_REFRESH_MS = 2000;
 const LOG_TAIL_CHARS = 16000;
-const RETRY_MS = 2000;
-// A browser opens at most ~6 HTTP/1.1 connections per host; each event stream
-// holds one. Beyond this many running tasks, the rest are polled instead.
-const MAX_STREAMS = 4;
-let openStreams = 0;
+// Reconnect backoff: doubles from the first to the last, reset once connected.
+const RECONNECT_FIRST_MS = 1000;
+const RECONNECT_MAX_MS = 30000;
+// A fleet's counts are fetched again this long after a member changed state.
+const FLEET_REFRESH_MS = 300;
+// The WebSocket's close code for a refused token.
+const CLOSE_UNAUTHORIZED = 4401;
 
+let socket = null;
+let socketReady = false;
+let reconnectMs = RECONNECT_FIRST_MS;
+const fleets = new Map(); // fleet_id -> fleet entry (see ensureFleet)
 const tasks = new Map(); // task_id -> entry (see ensureEntry)
 let token = takeTokenFromUrl() || localStorage.getItem("nodeferry.token") || "";
 
@@ -57,43 +62,6 @@ async function api(method, path, body) {
   if (response.status === 401 || response.status === 403) askForToken();
   if (!response.ok) throw new HttpError(response.status, data);
   return data;
-}
-
-// Server-sent events over fetch (not EventSource) so the token can travel in a
-// header rather than in the URL.
-async function streamEvents(taskId, onEvent, signal) {
-  const response = await fetch(`api/tasks/${encodeURIComponent(taskId)}/events`, {
-    headers: headers({Accept: "text/event-stream"}),
-    signal,
-  });
-  if (!response.ok) {
-    let data = null;
-    try { data = await response.json(); } catch (_) { data = null; }
-    throw new HttpError(response.status, data);
-  }
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const {value, done} = await reader.read();
-    if (done) return;
-    buffer += value.replace(/\r\n/g, "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let event = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith(":")) continue;
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-        if (field === "event") event = text;
-        else if (field === "data") data.push(text);
-      }
-      if (data.length) onEvent(event, JSON.parse(data.join("\n")));
-    }
-  }
 }
 
 // -- DOM helpers ----------------------------------------------------------------
@@ -252,7 +220,9 @@ function ensureEntry(taskId) {
     logText,
     logOffset: 0,
     logTimer: null,
-    watching: false,
+    subscribed: false,
+    fleetId: null,
+    lastState: "",
     cancelling: false,
     message: "",
     sortKey: "",
@@ -261,15 +231,107 @@ function ensureEntry(taskId) {
   return entry;
 }
 
+// Top-level cards, newest first: tasks on their own, and one card per fleet
+// holding its members (themselves newest first).
 function placeCards() {
-  const container = document.getElementById("tasks");
-  const ordered = [...tasks.values()].sort((a, b) => (a.sortKey < b.sortKey ? 1 : a.sortKey > b.sortKey ? -1 : 0));
+  const byKey = (a, b) => (a.sortKey < b.sortKey ? 1 : a.sortKey > b.sortKey ? -1 : 0);
+  const top = [];
+  for (const fleet of fleets.values()) fleet.members = [];
+  for (const entry of tasks.values()) {
+    const fleet = entry.fleetId ? ensureFleet(entry.fleetId) : null;
+    if (fleet) {
+      fleet.members.push(entry);
+      if (entry.sortKey > fleet.sortKey) fleet.sortKey = entry.sortKey;
+    } else {
+      top.push(entry);
+    }
+  }
+  for (const fleet of fleets.values()) {
+    if (!fleet.members.length) continue;
+    fleet.members.sort(byKey);
+    let previous = null;
+    for (const member of fleet.members) {
+      if (previous === null ? fleet.list.firstChild !== member.card : previous.nextSibling !== member.card) {
+        if (previous === null) fleet.list.prepend(member.card);
+        else previous.after(member.card);
+      }
+      previous = member.card;
+    }
+    top.push(fleet);
+  }
+  top.sort(byKey);
   let previous = document.getElementById("empty");
-  for (const entry of ordered) {
-    if (previous.nextSibling !== entry.card) previous.after(entry.card);
-    previous = entry.card;
+  for (const item of top) {
+    if (previous.nextSibling !== item.card) previous.after(item.card);
+    previous = item.card;
   }
   document.getElementById("empty").hidden = tasks.size > 0;
+}
+
+// -- fleets -------------------------------------------------------------------------
+
+function ensureFleet(fleetId) {
+  let fleet = fleets.get(fleetId);
+  if (fleet) return fleet;
+  const head = h("div", {class: "card-head"});
+  const list = h("div", {class: "fleet-members"});
+  fleet = {
+    id: fleetId,
+    doc: null,
+    sortKey: "",
+    members: [],
+    timer: null,
+    head,
+    list,
+    card: h("article", {class: "fleet", "data-fleet-id": fleetId}, head, list),
+  };
+  fleets.set(fleetId, fleet);
+  renderFleet(fleet);
+  refreshFleet(fleet);
+  return fleet;
+}
+
+function renderFleet(fleet) {
+  const doc = fleet.doc || {};
+  const state = doc.state || "running";
+  fleet.card.dataset.state = state;
+  const count = (name, value) => h("span", {class: `fleet-count c-${name}`}, `${value ?? "?"} ${name}`);
+  fleet.head.replaceChildren(
+    h("div", {class: "title"},
+      h("span", {class: "target"}, `fleet · ${doc.instances ?? fleet.members.length} instances`),
+      h("span", {class: "ui-home"}, fleet.id),
+    ),
+    h("div", {class: "meta"},
+      badge(state),
+      count("running", doc.running), count("completed", doc.completed), count("failed", doc.failed),
+      state === "running" ? h("button", {class: "cancel", type: "button", onclick: () => cancelFleet(fleet)}, "Cancel all") : null,
+    ),
+  );
+}
+
+async function refreshFleet(fleet) {
+  try {
+    fleet.doc = await api("GET", `api/fleet/${encodeURIComponent(fleet.id)}`);
+    renderFleet(fleet);
+  } catch (_) {
+    // Counts are refreshed on the next member change.
+  }
+}
+
+function fleetChanged(fleetId) {
+  const fleet = fleets.get(fleetId);
+  if (!fleet) return;
+  clearTimeout(fleet.timer);
+  fleet.timer = setTimeout(() => refreshFleet(fleet), FLEET_REFRESH_MS);
+}
+
+async function cancelFleet(fleet) {
+  try {
+    fleet.doc = await api("POST", `api/fleet/${encodeURIComponent(fleet.id)}/cancel`);
+    renderFleet(fleet);
+  } catch (error) {
+    fleet.head.append(h("span", {class: "task-error"}, `cancel failed: ${error.message}`));
+  }
 }
 
 // -- live updates -------------------------------------------------------------------
@@ -278,56 +340,136 @@ function setDoc(entry, doc) {
   entry.doc = doc;
   if (!entry.sortKey) entry.sortKey = doc.started_at || "";
   renderCard(entry);
+  if (doc.state !== entry.lastState) {
+    entry.lastState = doc.state;
+    if (entry.fleetId) fleetChanged(entry.fleetId);
+  }
   if (FINAL_STATES.has(doc.state)) {
     entry.cancelling = false;
     if (entry.logBox.open) refreshLog(entry);
   }
 }
 
-// Follow a task until it is final. For a task that is already final, the
-// stream sends its one final event and ends.
-async function watch(entry) {
-  if (entry.watching) return;
-  entry.watching = true;
-  try {
-    while (!(entry.doc && FINAL_STATES.has(entry.doc.state))) {
-      if (openStreams >= MAX_STREAMS) {
-        await pollOnce(entry);
-        await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
-        continue;
-      }
-      openStreams += 1;
-      try {
-        await streamEvents(entry.id, (_event, doc) => setDoc(entry, doc));
-        // Ended without a final event (a controller restart): reconnect soon.
-        if (!(entry.doc && FINAL_STATES.has(entry.doc.state))) {
-          await new Promise((resolve) => setTimeout(resolve, RETRY_MS / 4));
-        }
-      } catch (error) {
-        if (error instanceof HttpError && error.status === 404) {
-          entry.message = "this controller no longer knows the task";
-          renderCard(entry);
-          return;
-        }
-        // A dropped stream: read once, then reconnect after a pause.
-        await pollOnce(entry);
-        await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
-      } finally {
-        openStreams -= 1;
-      }
+// -- the socket -----------------------------------------------------------------------
+// One WebSocket carries every card: the task list and each task's progress. A
+// browser opens only about six HTTP connections per host, so one event stream
+// per card would stop being live beyond a handful of installs.
+
+function socketUrl() {
+  const url = new URL("api/ws", window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.toString();
+}
+
+function send(message) {
+  if (socket && socketReady) socket.send(JSON.stringify(message));
+}
+
+function setConnection(state, text) {
+  const status = document.getElementById("connection");
+  status.dataset.state = state;
+  status.textContent = text;
+}
+
+function connect() {
+  if (socket) return;
+  const ws = new WebSocket(socketUrl());
+  socket = ws;
+  socketReady = false;
+  // The token travels in the first message, not in the URL (logs, history).
+  ws.addEventListener("open", () => ws.send(JSON.stringify({op: "auth", token})));
+  ws.addEventListener("message", (event) => {
+    let message = null;
+    try {
+      message = JSON.parse(event.data);
+    } catch (_) {
+      return;
     }
-  } finally {
-    entry.watching = false;
+    onMessage(message);
+  });
+  ws.addEventListener("close", (event) => {
+    if (socket !== ws) return;
+    socket = null;
+    socketReady = false;
+    for (const entry of tasks.values()) entry.subscribed = false;
+    if (event.code === CLOSE_UNAUTHORIZED) {
+      setConnection("error", "API token needed");
+      askForToken(); // the token form reconnects
+      return;
+    }
+    setConnection("error", `reconnecting in ${Math.round(reconnectMs / 1000)} s…`);
+    setTimeout(connect, reconnectMs);
+    reconnectMs = Math.min(reconnectMs * 2, RECONNECT_MAX_MS);
+  });
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "ready":
+      socketReady = true;
+      reconnectMs = RECONNECT_FIRST_MS;
+      send({op: "subscribe", tasks: "all"});
+      for (const entry of tasks.values()) follow(entry);
+      break;
+    case "tasks":
+      setConnection("ok", "live");
+      for (const task of message.tasks || []) upsertSummary(task);
+      placeCards();
+      break;
+    case "task":
+      upsertSummary(message.task);
+      placeCards();
+      break;
+    case "task_removed": {
+      const entry = tasks.get(message.task_id);
+      if (entry) {
+        entry.card.remove();
+        tasks.delete(message.task_id);
+        placeCards();
+      }
+      break;
+    }
+    case "progress":
+    case "final": {
+      const entry = tasks.get(message.task_id);
+      if (!entry) break;
+      if (message.type === "final") entry.subscribed = false;
+      setDoc(entry, message.progress);
+      break;
+    }
+    case "error": {
+      const entry = message.task_id ? tasks.get(message.task_id) : null;
+      if (entry) {
+        entry.subscribed = false;
+        entry.message = message.error === "unknown_task" ? "this controller no longer knows the task" : message.message;
+        renderCard(entry);
+      } else if (message.error === "unauthorized") {
+        askForToken();
+      }
+      break;
+    }
+    default:
+      break;
   }
 }
 
-async function pollOnce(entry) {
-  try {
-    setDoc(entry, await api("POST", "ssh/install-custom-nodes/progress", {task_id: entry.id}));
-  } catch (error) {
-    // 503 still carries the last known document.
-    if (error.body && error.body.task_id === entry.id && error.body.state) setDoc(entry, error.body);
-  }
+function upsertSummary(task) {
+  if (!task || !task.task_id) return;
+  const entry = ensureEntry(task.task_id);
+  entry.summary = task;
+  entry.sortKey = task.created_at || entry.sortKey;
+  entry.fleetId = task.fleet_id || entry.fleetId;
+  renderCard(entry);
+  follow(entry);
+}
+
+// Subscribe to a task until its final message; a final task still sends that
+// one message, with the full document for its card.
+function follow(entry) {
+  if (!socketReady || entry.subscribed) return;
+  if (entry.doc && FINAL_STATES.has(entry.doc.state)) return;
+  entry.subscribed = true;
+  send({op: "subscribe", task_id: entry.id});
 }
 
 async function refreshLog(entry) {
@@ -349,28 +491,6 @@ async function refreshLog(entry) {
   }
   const running = !(entry.doc && FINAL_STATES.has(entry.doc.state));
   if (entry.logBox.open && running) entry.logTimer = setTimeout(() => refreshLog(entry), LOG_REFRESH_MS);
-}
-
-async function refreshList() {
-  const status = document.getElementById("connection");
-  try {
-    const body = await api("GET", "api/tasks");
-    status.dataset.state = "ok";
-    status.textContent = "live";
-    for (const task of body.tasks || []) {
-      const taskId = task.task_id;
-      if (!taskId) continue;
-      const entry = ensureEntry(taskId);
-      entry.summary = task;
-      entry.sortKey = task.created_at || task.started_at || (task.progress && task.progress.started_at) || entry.sortKey;
-      renderCard(entry);
-      if (!entry.doc && !entry.watching) watch(entry);
-    }
-    placeCards();
-  } catch (error) {
-    status.dataset.state = "error";
-    status.textContent = error instanceof HttpError ? error.message : "controller unreachable";
-  }
 }
 
 async function cancelTask(entry) {
@@ -417,7 +537,7 @@ async function startInstall(event) {
     entry.sortKey = new Date().toISOString();
     renderCard(entry);
     placeCards();
-    watch(entry);
+    follow(entry);
   } catch (error) {
     message.className = "message error";
     message.textContent = error.message;
@@ -511,10 +631,11 @@ function init() {
     token = event.target.token.value.trim();
     localStorage.setItem("nodeferry.token", token);
     document.getElementById("token-panel").hidden = true;
-    refreshList();
+    reconnectMs = RECONNECT_FIRST_MS;
+    if (socket) socket.close();
+    else connect();
   });
-  refreshList();
-  setInterval(refreshList, LIST_REFRESH_MS);
+  connect();
   // Running clocks tick even when nothing else changes.
   setInterval(() => {
     for (const el of document.querySelectorAll(".clock[data-start]:not([data-start=''])[data-end='']")) {
