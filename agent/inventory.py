@@ -18,8 +18,11 @@ from protocol.lock import TORCH_FAMILY, normalize_package
 TIMEOUT_SECONDS = 120.0
 
 # Runs in ComfyUI's interpreter (any Python 3); prints one JSON object.
+# ``-c`` puts the working directory first on sys.path: a checkout there with an
+# egg-info (an editable install's) would count as installed. ComfyUI does not see it.
 _ENVIRONMENT = """
 import json, sys
+sys.path = [p for p in sys.path if p not in ("", ".")]
 out = {"version": "%d.%d.%d" % sys.version_info[:3], "path": sys.executable, "packages": {}}
 try:
     from importlib import metadata

@@ -126,12 +126,21 @@ class Fleets:
         """Check every target, start one task per instance, persist the fleet."""
         settings = self.service.tasks.settings
         installs = instance_requests(request, settings)
-        record = FleetRecord(str(uuid.uuid4()), time.time(), request.model_dump(mode="json"))
-        for install in installs:
-            machine = parse_target(install.ssh_connection, settings)
-            member = Member(target=str(machine), ui_home=install.ui_home)
+        # Every instance's start is checked (and its sources resolved) before any
+        # starts: a bad fleet changes nothing.
+        prepared = []
+        for index, install in enumerate(installs):
             try:
-                member.task_id = await self.service.start(install)
+                prepared.append(await self.service.prepare(install))
+            except InvalidRequest as exc:
+                if len(installs) > 1 and exc.field in ("ui_home", "python"):
+                    raise _prefixed(f"targets.{index}", exc) from None
+                raise
+        record = FleetRecord(str(uuid.uuid4()), time.time(), request.model_dump(mode="json"))
+        for start in prepared:
+            member = Member(target=str(start.target), ui_home=start.spec.ui_home)
+            try:
+                member.task_id = await self.service.launch(start)
             except ControllerError as exc:
                 member.error_code, member.error = exc.code, exc.message
             record.members.append(member)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from controller.core.errors import (
     Conflict,
@@ -19,11 +21,20 @@ from controller.core.registry import TaskRecord
 from controller.core.schemas import InstallRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.service import SourceService
-from controller.core.target import parse_target
+from controller.core.target import Target, parse_target
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A start request checked and resolved: where, the agent's spec, and the plan."""
+
+    target: Target
+    spec: InstallSpec
+    resolution: dict[str, Any] | None = None
 
 
 class Launcher:
@@ -31,8 +42,9 @@ class Launcher:
         self.tasks = tasks
         self.sources = sources
 
-    async def start(self, request: InstallRequest) -> str:
-        """Register a task and launch it in the background; returns its id at once."""
+    async def prepare(self, request: InstallRequest) -> Prepared:
+        """Everything a start checks and resolves, with nothing registered or run yet:
+        a bad request is an :class:`InvalidRequest` that changed nothing."""
         tasks = self.tasks
         target = parse_target(request.ssh_connection, tasks.settings)
         task_id = checks.new_task_id()
@@ -65,8 +77,18 @@ class Launcher:
             )
         except ProtocolError as exc:
             raise InvalidRequest(exc.field, exc.message) from None
+        return Prepared(target, spec, resolution)
+
+    async def start(self, request: InstallRequest) -> str:
+        """Register a task and launch it in the background; returns its id at once."""
+        return await self.launch(await self.prepare(request))
+
+    async def launch(self, prepared: Prepared) -> str:
+        """Register a prepared task (409 when its ComfyUI is busy) and launch it."""
+        tasks = self.tasks
+        target, spec = prepared.target, prepared.spec
         record = TaskRecord(
-            task_id=task_id,
+            task_id=spec.task_id,
             target=target,
             ui_home=spec.ui_home,
             spec=spec.to_dict(),
@@ -75,7 +97,7 @@ class Launcher:
                 f"ignored ssh option {option!r}: it does not change where or how nodeferry connects"
                 for option in target.ignored
             ],
-            resolution=resolution,
+            resolution=prepared.resolution,
         )
         record.progress = starting_document(record)
         running = await tasks.run(tasks.registry.add_if_free, record)
@@ -87,7 +109,7 @@ class Launcher:
             )
         live = tasks.remember(record)
         live.launch = tasks.spawn(self._launch(live, spec))
-        return task_id
+        return spec.task_id
 
     async def _launch(self, live: Live, spec: InstallSpec) -> None:
         tasks = self.tasks

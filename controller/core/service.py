@@ -14,7 +14,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from controller.core.config import Settings
-from controller.core.launcher import Launcher
+from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
 from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
 from controller.core.registry import Registry
@@ -61,6 +61,14 @@ class TaskService:
     async def start(self, request: InstallRequest) -> str:
         """Register a task and launch it in the background; returns its id at once."""
         return await self.launcher.start(request)
+
+    async def prepare(self, request: InstallRequest) -> Prepared:
+        """Check and resolve a start without registering it (for many at once)."""
+        return await self.launcher.prepare(request)
+
+    async def launch(self, prepared: Prepared) -> str:
+        """Register and launch what :meth:`prepare` checked."""
+        return await self.launcher.launch(prepared)
 
     async def resolve(self, request: ResolveRequest) -> Plan:
         """The dry run: what a start with these sources would install, and why."""
