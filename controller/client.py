@@ -295,14 +295,29 @@ class AsyncClient:
         pip_args: Sequence[str] | None = None,
         jobs: int | None = None,
         update: bool = False,
+        verify: bool | str | None = None,
+        verify_timeout: float | None = None,
+        lock: Document | None = None,
     ) -> str:
-        """Start an install; returns its task id. Raises :class:`Conflict` when one runs."""
+        """Start an install; returns its task id. Raises :class:`Conflict` when one runs.
+
+        ``verify``: True (import each node as ComfyUI does; the controller's
+        default), False, or ``"comfyui"``. ``lock``: a lock (``lock.json``) to
+        reproduce, with ``nodes`` empty.
+        """
         payload: Document = {
             "ssh_connection": ssh_connection,
             "ui_home": ui_home,
-            "nodes": list(nodes),
             "update": update,
         }
+        if nodes or lock is None:
+            payload["nodes"] = list(nodes)
+        if verify is not None:
+            payload["verify"] = verify
+        if verify_timeout is not None:
+            payload["verify_timeout"] = verify_timeout
+        if lock is not None:
+            payload["lock"] = lock
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -344,6 +359,24 @@ class AsyncClient:
         if not isinstance(tasks, list):
             raise ApiError(200, "bad_response", "the task list has no 'tasks'", body)
         return [task for task in tasks if isinstance(task, dict)]
+
+    async def lock(self, task_id: str) -> Document:
+        """The lock a finished task wrote (404 ``no_lock`` while it runs)."""
+        return await self._request("GET", f"/api/tasks/{task_id}/lock")
+
+    async def snapshot(self, task_id: str) -> Document:
+        """The task's lock in ComfyUI-Manager's snapshot format."""
+        return await self._request("GET", f"/api/tasks/{task_id}/snapshot")
+
+    async def diff(
+        self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
+    ) -> Document:
+        """What differs on an instance from ``lock``: ``{"success", "equal",
+        "differences": {"nodes", "packages"}}``. Changes nothing on the instance."""
+        payload: Document = {"ssh_connection": ssh_connection, "ui_home": ui_home, "lock": lock}
+        if python is not None:
+            payload["python"] = python
+        return await self._request("POST", "/api/diff", payload)
 
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
@@ -567,6 +600,17 @@ class Client:
 
     def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         return self._run(self._async.logs(task_id, offset))
+
+    def lock(self, task_id: str) -> Document:
+        return self._run(self._async.lock(task_id))
+
+    def snapshot(self, task_id: str) -> Document:
+        return self._run(self._async.snapshot(task_id))
+
+    def diff(
+        self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
+    ) -> Document:
+        return self._run(self._async.diff(ssh_connection, ui_home, lock, python=python))
 
     def wait(
         self,

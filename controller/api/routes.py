@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import dashboard, events, handlers
+from controller.api import dashboard, events, handlers, locks
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,3 +20,5 @@ def setup_routes(app: web.Application) -> None:
     # Live views (issue 4) register here: the event stream and the dashboard.
     events.add_routes(app)
     dashboard.add_routes(app)
+    # Locks, snapshots and diffs (issue 11).
+    locks.add_routes(app)

@@ -36,17 +36,23 @@ class Launcher:
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
         )
+        fields: dict[str, object] = {}
+        if request.nodes is not None:  # absent when a lock names the nodes
+            fields["nodes"] = request.nodes
         try:
             spec = InstallSpec.from_dict(
                 {
+                    **fields,
                     "task_id": task_id,
                     "ui_home": request.ui_home,
-                    "nodes": request.nodes,
                     "python": request.python,
                     "pip_args": pip_args,
                     "jobs": request.jobs,
                     "clone_jobs": request.clone_jobs,
                     "update": request.update,
+                    "verify": request.verify,
+                    "verify_timeout": request.verify_timeout,
+                    "lock": request.lock,
                 }
             )
         except ProtocolError as exc:

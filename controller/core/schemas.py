@@ -30,13 +30,33 @@ class InstallRequest(BaseModel):
     ssh_connection: str = Field(max_length=512)
     ui_home: str = Field(max_length=4096)
     #: ``"URL"``, ``"URL@REF"`` or ``{"url", "ref", "name"}``; ``protocol.parse_node``
-    #: checks each one and names the field precisely.
-    nodes: list[Any] = Field(min_length=1, max_length=MAX_NODES)
+    #: checks each one and names the field precisely. Left out when ``lock`` is
+    #: given (``InstallSpec`` says which one is missing or that both are there).
+    nodes: list[Any] | None = Field(default=None, max_length=MAX_NODES)
     python: str | None = Field(default=None, max_length=4096)
     pip_args: list[str] | None = Field(default=None, max_length=64)
     jobs: int = Field(default=4, ge=1, le=32)
     clone_jobs: int = Field(default=16, ge=1, le=64)
     update: bool = False
+    #: Import each node as ComfyUI does (true), not at all (false), or run
+    #: ComfyUI itself once and read its import report ("comfyui"). ``Any`` here so
+    #: an error names ``verify`` itself (a union would name its members);
+    #: ``InstallSpec`` checks the value.
+    verify: Any = True
+    verify_timeout: float = Field(default=120.0, ge=1, le=3600)
+    #: A ``lock.json`` to reproduce; ``protocol.Lock`` checks it field by field.
+    lock: dict[str, Any] | None = None
+
+
+class DiffRequest(BaseModel):
+    """``POST /api/diff``: what differs on an instance from a lock."""
+
+    model_config = _STRICT
+
+    ssh_connection: str = Field(max_length=512)
+    ui_home: str = Field(max_length=4096)
+    python: str | None = Field(default=None, max_length=4096)
+    lock: dict[str, Any]
 
 
 class ProgressRequest(BaseModel):
