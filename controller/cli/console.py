@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display
+from controller.cli.lockfile import read_lock_file
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -106,6 +107,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--nodes-file", type=Path, help="a file with one URL[@REF] per line ('#' comments)"
     )
     install.add_argument("nodes", nargs="*", metavar="NODE", help="URL or URL@REF")
+    install.add_argument(
+        "--lock",
+        dest="lock_file",
+        metavar="FILE",
+        help="reproduce a lock (from `nodeferry lock`; - for stdin): its nodes at its "
+        "commits, its package versions; instead of NODEs",
+    )
+    verify = install.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not import each node to check it loads (importing runs the node's code)",
+    )
+    verify.add_argument(
+        "--verify-comfyui",
+        dest="verify",
+        action="store_const",
+        const="comfyui",
+        help="check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
+    )
+    install.add_argument(
+        "--verify-timeout", type=float, metavar="SECONDS", help="per node import (default 120)"
+    )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
@@ -448,7 +475,16 @@ async def follow_and_report(
 
 
 async def _install(args: argparse.Namespace) -> int:
-    nodes = collect_nodes(args)
+    lock = None
+    if getattr(args, "lock_file", None) is not None:
+        if args.nodes or args.nodes_file is not None:
+            raise ProtocolError(
+                "--lock", "the lock names the nodes: give NODEs or --lock, not both"
+            )
+        lock = read_lock_file(args.lock_file, "--lock")
+        nodes: list[str] = []
+    else:
+        nodes = collect_nodes(args)
     async with connect(args) as client:
         task_id = await client.start(
             args.ssh_connection,
@@ -458,6 +494,9 @@ async def _install(args: argparse.Namespace) -> int:
             pip_args=args.pip_args,
             jobs=args.jobs,
             update=args.update,
+            verify=getattr(args, "verify", None),
+            verify_timeout=getattr(args, "verify_timeout", None),
+            lock=lock,
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")

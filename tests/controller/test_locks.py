@@ -9,6 +9,7 @@ out of the picture)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -120,6 +121,23 @@ def pip_sshd(tmp_path: Path, client_key: Path) -> Iterator[SshServer]:
 
 def head_of(path: Path) -> str:
     return git("rev-parse", "HEAD", cwd=path)
+
+
+def make_drift(home: ComfyHome, repos: LockRepos, wheels: tuple[Path, Path]) -> None:
+    """A node removed, one at another commit, one added; a package at another
+    version, one added, one removed."""
+    shutil.rmtree(home.custom_nodes / "Lock-WithReqs")
+    pinned_dir = home.custom_nodes / "Lock-Pinned"
+    git("fetch", "-q", "origin", cwd=pinned_dir)
+    git("checkout", "-q", repos.pinned.head, cwd=pinned_dir)
+    git("clone", "-q", repos.good.url, str(home.custom_nodes / "Lock-Good"))
+    pip_install(home.python, wheels[0], "otherdep==2.0")
+    pip_install(home.python, wheels[1], "driftdep==1.0")
+    subprocess.run(
+        [str(home.python), "-m", "pip", "uninstall", "-qy", "tinydep"],
+        check=True,
+        capture_output=True,
+    )
 
 
 async def get_json(client: Any, path: str) -> tuple[int, dict[str, Any]]:
@@ -238,20 +256,8 @@ async def test_a_lock_reproduces_commits_and_versions_in_a_second_home(
     assert response.status == 200, same
     assert same["success"] is True and same["equal"] is True
 
-    # ...until it drifts: a node removed, one at another commit, one added; a
-    # package at another version, one added, one removed.
-    shutil.rmtree(home_b.custom_nodes / "Lock-WithReqs")
-    pinned_dir = home_b.custom_nodes / "Lock-Pinned"
-    subprocess.run(["git", "fetch", "-q", "origin"], cwd=pinned_dir, check=True)
-    git("checkout", "-q", lock_repos.pinned.head, cwd=pinned_dir)
-    git("clone", "-q", lock_repos.good.url, str(home_b.custom_nodes / "Lock-Good"))
-    pip_install(home_b.python, new_wheels, "otherdep==2.0")
-    pip_install(home_b.python, old_wheels, "driftdep==1.0")
-    subprocess.run(
-        [str(home_b.python), "-m", "pip", "uninstall", "-qy", "tinydep"],
-        check=True,
-        capture_output=True,
-    )
+    # ...until it drifts.
+    await asyncio.to_thread(make_drift, home_b, lock_repos, lock_wheels)
     before = sorted(p.name for p in home_b.custom_nodes.iterdir())
     response = await client.post("/api/diff", json=diff_body)
     drift = await response.json()
