@@ -50,18 +50,22 @@ def test_lock_snapshot_reproduce_and_diff_from_the_command_line(
     reproduced = json.loads(again.stdout)
     assert {n["name"]: n["commit"] for n in reproduced["nodes"]} == locked
 
-    same = run_cli("diff", "--controller", url, "--ui-home", str(home_b), str(lock_file))
+    # The demo homes share the sandbox's venv, which the agent would not find alone.
+    python = ["--python", str(world.sandbox.python)]
+    same = run_cli("diff", "--controller", url, "--ui-home", str(home_b), *python, str(lock_file))
     assert same.returncode == 0, same.stdout + same.stderr
     assert "matches the lock" in same.stdout
 
     gone = sorted(locked)[0]
     shutil.rmtree(home_b / "custom_nodes" / gone)
-    drifted = run_cli("diff", "--controller", url, "--ui-home", str(home_b), str(lock_file))
+    drifted = run_cli(
+        "diff", "--controller", url, "--ui-home", str(home_b), *python, str(lock_file)
+    )
     assert drifted.returncode == 1, drifted.stdout + drifted.stderr
     assert "differs from the lock in 1 way:" in drifted.stdout
     assert f"node missing: {gone}" in drifted.stdout
     as_json = run_cli(
-        "diff", "--controller", url, "--ui-home", str(home_b), "--json", str(lock_file)
+        "diff", "--controller", url, "--ui-home", str(home_b), *python, "--json", str(lock_file)
     )
     assert as_json.returncode == 1
     body = json.loads(as_json.stdout)
