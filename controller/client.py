@@ -298,12 +298,18 @@ class AsyncClient:
         workflow: Document | None = None,
         snapshot: Document | str | None = None,
         strict: bool = False,
+        verify: bool | str | None = None,
+        verify_timeout: float | None = None,
+        lock: Document | None = None,
     ) -> str:
         """Start an install; returns its task id. Raises :class:`Conflict` when one runs.
 
         ``nodes`` (URLs or Comfy Registry ids), ``workflow`` and ``snapshot`` say what
         to install, in any combination; none of them installs the controller's
-        ``default_nodes``."""
+        ``default_nodes``. ``lock``: a lock (``lock.json``) to reproduce instead.
+        ``verify``: True (import each node as ComfyUI does; the controller's
+        default), False, or ``"comfyui"``.
+        """
         payload: Document = {
             "ssh_connection": ssh_connection,
             "ui_home": ui_home,
@@ -317,6 +323,12 @@ class AsyncClient:
             payload["snapshot"] = snapshot
         if strict:
             payload["strict"] = True
+        if verify is not None:
+            payload["verify"] = verify
+        if verify_timeout is not None:
+            payload["verify_timeout"] = verify_timeout
+        if lock is not None:
+            payload["lock"] = lock
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -424,6 +436,24 @@ class AsyncClient:
 
     async def cancel_fleet(self, fleet_id: str) -> Document:
         return await self._request("POST", f"/api/fleet/{fleet_id}/cancel")
+
+    async def lock(self, task_id: str) -> Document:
+        """The lock a finished task wrote (404 ``no_lock`` while it runs)."""
+        return await self._request("GET", f"/api/tasks/{task_id}/lock")
+
+    async def snapshot(self, task_id: str) -> Document:
+        """The task's lock in ComfyUI-Manager's snapshot format."""
+        return await self._request("GET", f"/api/tasks/{task_id}/snapshot")
+
+    async def diff(
+        self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
+    ) -> Document:
+        """What differs on an instance from ``lock``: ``{"success", "equal",
+        "differences": {"nodes", "packages"}}``. Changes nothing on the instance."""
+        payload: Document = {"ssh_connection": ssh_connection, "ui_home": ui_home, "lock": lock}
+        if python is not None:
+            payload["python"] = python
+        return await self._request("POST", "/api/diff", payload)
 
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
@@ -663,6 +693,17 @@ class Client:
 
     def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         return self._run(self._async.logs(task_id, offset))
+
+    def lock(self, task_id: str) -> Document:
+        return self._run(self._async.lock(task_id))
+
+    def snapshot(self, task_id: str) -> Document:
+        return self._run(self._async.snapshot(task_id))
+
+    def diff(
+        self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
+    ) -> Document:
+        return self._run(self._async.diff(ssh_connection, ui_home, lock, python=python))
 
     def wait(
         self,

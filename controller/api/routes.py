@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import dashboard, events, fleet, handlers, ws
+from controller.api import dashboard, events, fleet, handlers, locks, ws
 
 
 def setup_routes(app: web.Application) -> None:
@@ -25,3 +25,5 @@ def setup_routes(app: web.Application) -> None:
     # Issue 12: many instances at once, and one WebSocket for every subscription.
     fleet.add_routes(app)
     ws.add_routes(app)
+    # Locks, snapshots and diffs (issue 11).
+    locks.add_routes(app)

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display, fleet_view
+from controller.cli.lockfile import read_lock_file
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -123,6 +124,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     install.add_argument(
         "nodes", nargs="*", metavar="NODE", help="URL, URL@REF or a Comfy Registry id[@VERSION]"
+    )
+    install.add_argument(
+        "--lock",
+        dest="lock_file",
+        metavar="FILE",
+        help="reproduce a lock (from `nodeferry lock`; - for stdin): its nodes at its "
+        "commits, its package versions; instead of NODEs",
+    )
+    verify = install.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not import each node to check it loads (importing runs the node's code)",
+    )
+    verify.add_argument(
+        "--verify-comfyui",
+        dest="verify",
+        action="store_const",
+        const="comfyui",
+        help="check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
+    )
+    install.add_argument(
+        "--verify-timeout", type=float, metavar="SECONDS", help="per node import (default 120)"
     )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
@@ -472,9 +499,20 @@ async def _install(args: argparse.Namespace) -> int:
 
     workflow = read_workflow_file(args.workflow) if args.workflow else None
     snapshot = read_snapshot_file(args.snapshot) if args.snapshot else None
-    # Nothing named at all: the controller installs its default_nodes (or says how).
-    named = args.nodes or args.nodes_file is not None
-    nodes = collect_nodes(args) if named else None
+    lock = None
+    nodes: list[str] | None
+    if getattr(args, "lock_file", None) is not None:
+        if args.nodes or args.nodes_file is not None or workflow or snapshot:
+            raise ProtocolError(
+                "--lock",
+                "the lock names the nodes: give NODEs, --workflow or --snapshot, or --lock",
+            )
+        lock = read_lock_file(args.lock_file, "--lock")
+        nodes = None
+    else:
+        # Nothing named at all: the controller installs its default_nodes (or says how).
+        named = args.nodes or args.nodes_file is not None
+        nodes = collect_nodes(args) if named else None
     targets = args.ssh_connection or ["local"]
     if len(targets) > 1:
         async with connect(args) as client:
@@ -492,6 +530,9 @@ async def _install(args: argparse.Namespace) -> int:
             workflow=workflow,
             snapshot=snapshot,
             strict=args.strict,
+            verify=getattr(args, "verify", None),
+            verify_timeout=getattr(args, "verify_timeout", None),
+            lock=lock,
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")

@@ -1,4 +1,5 @@
-"""The terminal view of an install: an overall bar, one row per node, the requirements phase.
+"""The terminal view of an install: an overall bar, one row per node (with its import
+check), the requirements phase, the task's warnings.
 
 Pure functions of a progress document (the :func:`protocol.api.progress_response`
 shape) to rich renderables, plus a plain line-per-change log for terminals that
@@ -83,6 +84,34 @@ def status_text(status: object) -> Text:
     return Text(label.replace("_", " "), style=STATUS_STYLES.get(name, ""))
 
 
+#: How a node's ``import`` result (the check that it loads as ComfyUI loads it) is drawn.
+IMPORT_STYLES = {"ok": "green", "failed": "bold red", "timeout": "bold red", "skipped": "dim"}
+IMPORT_MARKS = {"ok": "✓", "failed": "✗", "timeout": "✗", "skipped": "-"}
+
+
+def import_text(result: object) -> Text:
+    """``✓ ok · 3 classes``, ``✗ failed``, ``✗ timeout``, ``- skipped``; '' before the check."""
+    if not isinstance(result, dict) or not result.get("status"):
+        return Text("")
+    status = str(result["status"])
+    label = f"{IMPORT_MARKS.get(status, '?')} {status}"
+    classes = result.get("node_classes")
+    if status == "ok" and isinstance(classes, int):
+        label += f" · {classes} class" + ("" if classes == 1 else "es")
+    return Text(label, style=IMPORT_STYLES.get(status, ""))
+
+
+def import_summary(result: object) -> str:
+    """The import result for a plain line: ``import ok, 3 classes``; '' when none."""
+    if not isinstance(result, dict) or not result.get("status"):
+        return ""
+    text = f"import {result['status']}"
+    classes = result.get("node_classes")
+    if isinstance(classes, int):
+        text += f", {classes} class" + ("" if classes == 1 else "es")
+    return text
+
+
 def short_error(error: object, limit: int = 160) -> str:
     """The last non-empty line of an error (where the cause usually is), shortened."""
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
@@ -148,6 +177,7 @@ def render(
     nodes.add_column("node", no_wrap=True, max_width=40)
     nodes.add_column("status", no_wrap=True)
     nodes.add_column("requirements", no_wrap=True)
+    nodes.add_column("import", no_wrap=True)
     nodes.add_column("time", justify="right", no_wrap=True)
     nodes.add_column("commit / error", overflow="fold")
     for node in doc.get("nodes") or []:
@@ -165,6 +195,7 @@ def render(
             status_text(node.get("requirements_status", "none"))
             if node.get("requirements_status") not in (None, "none")
             else Text(""),
+            import_text(node.get("import")),
             elapsed(node.get("started_at"), node.get("finished_at"), now),
             detail,
         )
@@ -176,6 +207,8 @@ def render(
         requirements = Text("requirements: ", style="bold")
         requirements.append_text(status_text(doc.get("requirements_status", "none")))
         parts.append(requirements)
+    for warning in doc.get("warnings") or []:
+        parts.append(Text(f"warning: {one_line(warning)}", style="yellow"))
     if doc.get("error"):
         parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
@@ -211,8 +244,9 @@ class ChangeLog:
 
     def __init__(self) -> None:
         self._state: str | None = None
-        self._nodes: dict[str, tuple[str, str]] = {}
+        self._nodes: dict[str, tuple[str, str, str]] = {}
         self._requirements: str | None = None
+        self._warnings = 0
 
     def lines(self, doc: Document) -> list[str]:
         out: list[str] = []
@@ -224,10 +258,13 @@ class ChangeLog:
             if not isinstance(node, dict):
                 continue
             name = str(node.get("name", "?"))
-            key = (str(node.get("status", "")), str(node.get("requirements_status", "")))
+            imported = import_summary(node.get("import"))
+            key = (str(node.get("status", "")), str(node.get("requirements_status", "")), imported)
             if self._nodes.get(name) != key:
                 self._nodes[name] = key
                 line = f"  {name}: {key[0]}"
+                if imported:
+                    line += f" ({imported})"
                 if key[0] == "failed" and node.get("error"):
                     line += f": {short_error(node.get('error'))}"
                 out.append(line)
@@ -235,4 +272,7 @@ class ChangeLog:
         if doc.get("has_requirements") and requirements != self._requirements:
             self._requirements = requirements
             out.append(f"requirements: {requirements}")
+        warnings = [str(w) for w in doc.get("warnings") or []]
+        out.extend(f"warning: {one_line(w)}" for w in warnings[self._warnings :])
+        self._warnings = max(self._warnings, len(warnings))
         return out

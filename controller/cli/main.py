@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
-#: client side (install, status, cancel, logs, tasks), resolve and node-db, and the demo.
+#: client side (install, status, cancel, logs, tasks), resolve and node-db, the locks
+#: (lock, snapshot, diff) and the demo.
 COMMAND_MODULES = (
     "controller.cli.server",
     "controller.cli.console",
     "controller.cli.resolve",
+    "controller.cli.locks",
     "controller.cli.demo",
 )
 

@@ -62,6 +62,20 @@ class UnknownFleet(ControllerError):
         super().__init__(f"no fleet {fleet_id} is known to this controller")
 
 
+class NoLock(ControllerError):
+    """A task has no lock to serve: it has not finished, or it never ran."""
+
+    status = 404
+    code = "no_lock"
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "task_id": self.task_id}
+
+
 class Conflict(ControllerError):
     status = 409
     code = "conflict"

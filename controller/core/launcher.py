@@ -54,7 +54,7 @@ class Launcher:
         nodes = request.nodes
         resolution = None
         sources = Sources(request.nodes, request.workflow, request.snapshot)
-        if not sources.plain:
+        if request.lock is None and not sources.plain:
             # A workflow, snapshot, registry ids or the configured default: resolved
             # here, before the 202, so a bad source is a 400 that changed nothing.
             plan = await self.sources.plan_for_start(
@@ -62,17 +62,23 @@ class Launcher:
             )
             nodes = [choice.node() for choice in plan.nodes]
             resolution = plan.to_dict()
+        fields: dict[str, object] = {}
+        if nodes is not None:  # absent when a lock names the nodes
+            fields["nodes"] = nodes
         try:
             spec = InstallSpec.from_dict(
                 {
+                    **fields,
                     "task_id": task_id,
                     "ui_home": request.ui_home,
-                    "nodes": nodes,
                     "python": request.python,
                     "pip_args": pip_args,
                     "jobs": request.jobs,
                     "clone_jobs": request.clone_jobs,
                     "update": request.update,
+                    "verify": request.verify,
+                    "verify_timeout": request.verify_timeout,
+                    "lock": request.lock,
                 }
             )
         except ProtocolError as exc:

@@ -32,7 +32,8 @@ class InstallRequest(BaseModel):
     #: ``"URL"``, ``"URL@REF"``, ``{"url", "ref", "name"}`` or a Comfy Registry id
     #: (``"id"``, ``"id@version"``); ``protocol.parse_node`` checks each URL and names
     #: the field precisely. With ``workflow`` and ``snapshot`` optional: none of the
-    #: three installs the controller's ``default_nodes``.
+    #: three installs the controller's ``default_nodes``; left out when ``lock``
+    #: names the nodes.
     nodes: list[Any] | None = Field(default=None, max_length=MAX_NODES)
     #: A ComfyUI workflow, UI or API format (``controller.core.sources.workflow``).
     workflow: dict[str, Any] | None = None
@@ -45,6 +46,25 @@ class InstallRequest(BaseModel):
     jobs: int = Field(default=4, ge=1, le=32)
     clone_jobs: int = Field(default=16, ge=1, le=64)
     update: bool = False
+    #: Import each node as ComfyUI does (true), not at all (false), or run
+    #: ComfyUI itself once and read its import report ("comfyui"). ``Any`` here so
+    #: an error names ``verify`` itself (a union would name its members);
+    #: ``InstallSpec`` checks the value.
+    verify: Any = True
+    verify_timeout: float = Field(default=120.0, ge=1, le=3600)
+    #: A ``lock.json`` to reproduce; ``protocol.Lock`` checks it field by field.
+    lock: dict[str, Any] | None = None
+
+
+class DiffRequest(BaseModel):
+    """``POST /api/diff``: what differs on an instance from a lock."""
+
+    model_config = _STRICT
+
+    ssh_connection: str = Field(max_length=512)
+    ui_home: str = Field(max_length=4096)
+    python: str | None = Field(default=None, max_length=4096)
+    lock: dict[str, Any]
 
 
 class ResolveRequest(BaseModel):

@@ -2,7 +2,8 @@
 serve their progress, cancel, read logs, list and clean up tasks.
 
 A thin facade: starting and cancelling live in ``launcher``, reading progress
-and logs in ``reader``, the periodic jobs and cleanup in ``retention``; they
+and logs in ``reader``, the periodic jobs and cleanup in ``retention``, locks,
+snapshots and diffs in ``locks``; they
 share the in-memory tasks of ``live``. Everything blocking (SSH, SFTP, SQLite)
 runs in the executor the app owns.
 """
@@ -16,16 +17,18 @@ from typing import Any
 from controller.core.config import Settings
 from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
+from controller.core.locks import Locks
 from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
 from controller.core.registry import Registry
 from controller.core.retention import Retention
-from controller.core.schemas import InstallRequest, ResolveRequest
+from controller.core.schemas import DiffRequest, InstallRequest, ResolveRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.resolver import Plan
 from controller.core.sources.service import SourceService
 from controller.core.stats import Stats
 from controller.core.target import Target, parse_target
 from controller.transports import Transports
+from protocol.lock import Lock
 
 __all__ = ["LOG_DEFAULT_LIMIT", "TaskService", "TaskView"]
 
@@ -47,6 +50,7 @@ class TaskService:
         self.launcher = Launcher(self.tasks, self.sources)
         self.reader = Reader(self.tasks)
         self.retention = Retention(self.tasks, self.reader)
+        self.locks = Locks(self.tasks, self.reader)
 
     async def start_jobs(self) -> None:
         """Resume tasks a previous run left unfinished, then start the periodic jobs."""
@@ -100,6 +104,17 @@ class TaskService:
 
     async def list_tasks(self) -> list[dict[str, Any]]:
         return await self.reader.list_tasks()
+
+    async def lock(self, task_id: object) -> Lock:
+        """The lock a finished task wrote (see ``locks``)."""
+        return await self.locks.lock(task_id)
+
+    async def snapshot(self, task_id: object) -> dict[str, Any]:
+        return await self.locks.snapshot(task_id)
+
+    async def diff(self, request: DiffRequest) -> dict[str, Any]:
+        """What differs on an instance from a lock; changes nothing there."""
+        return await self.locks.diff(request)
 
     async def refresh_running(self) -> None:
         await self.retention.refresh_running()

@@ -172,6 +172,15 @@ BASE_REQUEST = {
     "update": False,
 }
 
+LOCK_NODE = {"name": "x", "url": "https://github.com/a/x", "commit": "a" * 40}
+LOCK = {
+    "schema": 1,
+    "created_at": "2026-01-31T12:00:00.000Z",
+    "ui_home": "/workspace/ComfyUI",
+    "nodes": [LOCK_NODE],
+    "packages": {"tinydep": "1.0"},
+}
+
 SPEC_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     # name: (changes to the request, the field both must name — None if valid)
     "seed_example": ({}, None),
@@ -202,23 +211,39 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "node_object_extra": ({"nodes": [{"url": "https://h/a/b", "x": 1}]}, "nodes.0"),
     "node_bad_ref": ({"nodes": ["https://h/a/b@../../x"]}, "nodes.0"),
     "python_injection": ({"python": "python3; id"}, "python"),
+    "verify_false": ({"verify": False}, None),
+    "verify_comfyui": ({"verify": "comfyui", "verify_timeout": 30}, None),
+    "verify_string": ({"verify": "yes"}, "verify"),
+    "verify_timeout_huge": ({"verify_timeout": 1e6}, "verify_timeout"),
+    "lock": ({"nodes": None, "lock": LOCK}, None),
+    "lock_and_nodes": ({"lock": LOCK}, "nodes"),
+    "lock_bad_commit": (
+        {"nodes": None, "lock": {**LOCK, "nodes": [{**LOCK_NODE, "commit": "HEAD"}]}},
+        "lock.nodes.0.commit",
+    ),
+    "lock_not_object": ({"nodes": None, "lock": "{}"}, "lock"),
+    "no_nodes_no_lock": ({"nodes": None}, "nodes"),
 }
 
 
 def _controller_pipeline(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """What the HTTP handler does: pydantic shape check, then InstallSpec."""
     try:
-        request = parse_body(InstallRequest, body)
+        request = parse_body(InstallRequest, {k: v for k, v in body.items() if v is not None})
+        nodes = {"nodes": request.nodes} if request.nodes is not None else {}
         spec = InstallSpec.from_dict(
             {
+                **nodes,
                 "task_id": TASK_ID,
                 "ui_home": request.ui_home,
-                "nodes": request.nodes,
                 "python": request.python,
                 "pip_args": request.pip_args or [],
                 "jobs": request.jobs,
                 "clone_jobs": request.clone_jobs,
                 "update": request.update,
+                "verify": request.verify,
+                "verify_timeout": request.verify_timeout,
+                "lock": request.lock,
             }
         )
     except InvalidRequest as exc:
@@ -229,7 +254,7 @@ def _controller_pipeline(body: dict[str, Any]) -> tuple[dict[str, Any] | None, s
 
 
 def _protocol_spec(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    data = {k: v for k, v in body.items() if k != "ssh_connection"}
+    data = {k: v for k, v in body.items() if k != "ssh_connection" and v is not None}
     data["task_id"] = TASK_ID
     if data.get("pip_args") is None:
         data["pip_args"] = []

@@ -135,3 +135,42 @@ def test_nodes_file(tmp_path: Path) -> None:
         commands.collect_nodes(argparse.Namespace(nodes_file=None, nodes=[]))
     with pytest.raises(ProtocolError, match="cannot read"):
         commands.collect_nodes(argparse.Namespace(nodes_file=tmp_path / "nope", nodes=[]))
+
+
+def verified_doc() -> dict[str, object]:
+    doc = running_doc()
+    doc["state"] = "verifying"
+    nodes = doc["nodes"]
+    assert isinstance(nodes, list)
+    nodes[0]["import"] = {"status": "ok", "seconds": 0.2, "error": None, "node_classes": 3}
+    nodes[1].update(
+        error="ComfyUI cannot import it: ModuleNotFoundError: No module named 'cv3'",
+        **{"import": {"status": "failed", "seconds": 0.1, "error": "No module named 'cv3'"}},
+    )
+    nodes[2].update(status="verifying")
+    doc["warnings"] = ["torch: the lock has 2.0.0, this instance has 1.0.0; kept 1.0.0"]
+    return doc
+
+
+def test_render_shows_the_verifying_phase_import_results_and_warnings() -> None:
+    text = text_of(display.render(verified_doc(), now=NOW), width=160)
+    assert "verifying" in text
+    assert "✓ ok · 3 classes" in text
+    assert "✗ failed" in text and "No module named 'cv3'" in text
+    assert "warning: torch: the lock has 2.0.0, this instance has 1.0.0; kept 1.0.0" in text
+    assert display.import_text({"status": "timeout"}).plain == "✗ timeout"
+    assert display.import_text({"status": "ok", "node_classes": 1}).plain == "✓ ok · 1 class"
+    assert display.import_text(None).plain == ""
+
+
+def test_change_log_shows_import_results_and_each_warning_once() -> None:
+    log = display.ChangeLog()
+    lines = log.lines(verified_doc())
+    assert lines[0] == "state: verifying"
+    assert "  ComfyUI-Good: installed (import ok, 3 classes)" in lines
+    assert any(
+        line.startswith("  ComfyUI-Bad: failed (import failed): ComfyUI cannot import it")
+        for line in lines
+    )
+    assert lines[-1].startswith("warning: torch: the lock has 2.0.0")
+    assert log.lines(verified_doc()) == []

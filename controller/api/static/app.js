@@ -113,6 +113,18 @@ function badge(status) {
   return h("span", {class: `badge s-${status || "unknown"}`}, label(status));
 }
 
+// A node's import check (does it load as ComfyUI loads it?): "ok · 3 classes",
+// "failed", "timeout", "skipped"; nothing before the check ran.
+function importBadge(result) {
+  if (!result || !result.status) return "";
+  let text = result.status;
+  if (result.status === "ok" && Number.isInteger(result.node_classes)) {
+    text += ` · ${result.node_classes} class${result.node_classes === 1 ? "" : "es"}`;
+  }
+  const title = result.error || (result.seconds != null ? `${result.seconds} s` : null);
+  return h("span", {class: `badge import i-${result.status}`, title}, text);
+}
+
 function lastLine(text) {
   const lines = String(text || "").split("\n").map((l) => l.trim()).filter(Boolean);
   return lines.length ? lines[lines.length - 1] : "";
@@ -177,6 +189,7 @@ function renderCard(entry) {
     h("td", {class: "name", title: node.url || ""}, node.name),
     h("td", null, badge(node.status)),
     h("td", null, node.requirements_status && node.requirements_status !== "none" ? badge(node.requirements_status) : ""),
+    h("td", {class: "import-cell"}, importBadge(node.import)),
     h("td", null, clock("time", node.started_at, node.finished_at)),
     node.error
       ? h("td", {class: "error", title: node.error}, lastLine(node.error))
@@ -184,12 +197,13 @@ function renderCard(entry) {
   ));
   const table = rows.length
     ? h("table", {class: "nodes"},
-        h("thead", null, h("tr", null, h("th", null, "node"), h("th", null, "status"), h("th", null, "requirements"), h("th", null, "time"), h("th", null, "commit / error"))),
+        h("thead", null, h("tr", null, h("th", null, "node"), h("th", null, "status"), h("th", null, "requirements"), h("th", null, "import"), h("th", null, "time"), h("th", null, "commit / error"))),
         h("tbody", null, rows))
     : null;
 
   const footer = h("div", {class: "card-foot"},
     doc.has_requirements ? h("span", {class: "requirements"}, "requirements ", badge(doc.requirements_status)) : null,
+    (doc.warnings || []).map((warning) => h("span", {class: "task-warning"}, `warning: ${warning}`)),
     doc.error ? h("span", {class: "task-error"}, lastLine(doc.error)) : null,
     doc.resolution && doc.resolution.unresolved.length
       ? h("span", {class: "resolution", title: "node classes no custom node provides"},
