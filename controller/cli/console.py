@@ -505,7 +505,7 @@ async def _install(args: argparse.Namespace) -> int:
         if args.nodes or args.nodes_file is not None or workflow or snapshot:
             raise ProtocolError(
                 "--lock",
-                "the lock names the nodes: give NODEs, --workflow or --snapshot, or --lock",
+                "the lock names the nodes: give NODEs or --lock, not both",
             )
         lock = read_lock_file(args.lock_file, "--lock")
         nodes = None
