@@ -25,6 +25,7 @@ STATUS_STYLES = {
     "cloning": "cyan",
     "cloned": "cyan",
     "installing_requirements": "magenta",
+    "waiting": "dim",
     "running_install_script": "magenta",
     "installed": "green",
     "skipped": "yellow",
@@ -80,6 +81,19 @@ def status_text(status: object) -> Text:
     mark = STATUS_MARKS.get(name)
     label = f"{mark} {name}" if mark else name
     return Text(label.replace("_", " "), style=STATUS_STYLES.get(name, ""))
+
+
+def node_status(node: Document) -> str:
+    """What a node is doing, as the person reads it.
+
+    The agent keeps a node "installing_requirements" until its install.py step
+    starts, so once its requirements are done it is waiting for that step, not
+    installing anything.
+    """
+    status = str(node.get("status") or "")
+    if status == "installing_requirements" and node.get("requirements_status") == "done":
+        return "waiting"
+    return status
 
 
 def short_error(error: object, limit: int = 160) -> str:
@@ -160,7 +174,7 @@ def render(
         )
         nodes.add_row(
             Text(str(node.get("name", "?"))),
-            status_text(node.get("status")),
+            status_text(node_status(node)),
             status_text(node.get("requirements_status", "none"))
             if node.get("requirements_status") not in (None, "none")
             else Text(""),
@@ -175,7 +189,8 @@ def render(
         requirements = Text("requirements: ", style="bold")
         requirements.append_text(status_text(doc.get("requirements_status", "none")))
         parts.append(requirements)
-    if doc.get("error"):
+    if doc.get("error") and state not in ("failed", "lost"):
+        # A failed or lost task's error is the reason summary() gives: said once.
         parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
 
@@ -223,7 +238,7 @@ class ChangeLog:
             if not isinstance(node, dict):
                 continue
             name = str(node.get("name", "?"))
-            key = (str(node.get("status", "")), str(node.get("requirements_status", "")))
+            key = (node_status(node), str(node.get("requirements_status", "")))
             if self._nodes.get(name) != key:
                 self._nodes[name] = key
                 line = f"  {name}: {key[0]}"

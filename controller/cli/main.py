@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from controller.cli import quiet
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # serve logs to stderr by design (--log-level)
+        quiet.configure(getattr(args, "verbose", False))
     result: int = args.func(args)
     return result
 

@@ -76,8 +76,8 @@ class TaskService:
     ) -> dict[str, Any]:
         return await self.reader.read_log(task_id, offset, limit)
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
-        return await self.reader.list_tasks()
+    async def list_tasks(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        return await self.reader.list_tasks(prefix)
 
     async def refresh_running(self) -> None:
         await self.retention.refresh_running()
