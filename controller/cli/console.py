@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display
+from controller.cli.exits import EXIT_CODES_HELP
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -46,6 +47,7 @@ from controller.client import (
 from controller.core.config import Settings, load_settings
 from controller.core.errors import ConfigError
 from protocol import ExitCode, ProtocolError, parse_node
+from protocol.errors import count_nodes_from_one
 
 #: ``install`` was detached from a running install (Ctrl-C, then "detach").
 EXIT_DETACHED = 130
@@ -57,6 +59,8 @@ EXIT_TIMEOUT = 124
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_CODES_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--controller",
         metavar="URL",
@@ -108,11 +112,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an argument for pip (repeat; e.g. --pip-arg=--no-index)",
     )
     install.add_argument("--jobs", type=int, help="parallel clones (default 4)")
-    install.add_argument("--update", action="store_true", help="update nodes already present")
     install.add_argument(
-        "--nodes-file", type=Path, help="a file with one URL[@REF] per line ('#' comments)"
+        "--update",
+        action="store_true",
+        help="bring nodes already present up to date (without it they are skipped, "
+        "unless another @REF than the one checked out is asked for)",
     )
-    install.add_argument("nodes", nargs="*", metavar="NODE", help="URL or URL@REF")
+    install.add_argument(
+        "--nodes-file",
+        type=Path,
+        help="a file with one URL[@REF][#NAME] per line (' #' starts a comment)",
+    )
+    install.add_argument(
+        "nodes",
+        nargs="*",
+        metavar="NODE",
+        help="URL[@REF][#NAME]: a repository, at REF, into custom_nodes/NAME",
+    )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
@@ -240,9 +256,8 @@ def run(args: argparse.Namespace, command: Callable[..., Any]) -> int:
 
 
 def _message(exc: Exception) -> str:
-    if isinstance(exc, BadRequest):
-        return exc.message
-    return str(exc)
+    # The API names fields from 0 (nodes.0); the command line counts NODE 1, 2, …
+    return count_nodes_from_one(exc.message if isinstance(exc, BadRequest) else str(exc))
 
 
 class AmbiguousTask(Exception):

@@ -205,7 +205,9 @@ def summary(doc: Document) -> Text:
     took = elapsed(doc.get("started_at"), doc.get("finished_at"), _now())
     took = f" in {took}" if took else ""
     if state == "completed" and doc.get("success"):
-        return Text(f"✓ done: {counts}{took}", style="bold green")
+        # Present nodes are skipped, not updated: say how to update them.
+        hint = " (skipped: already there; --update updates them)" if doc.get("skipped") else ""
+        return Text(f"✓ done: {counts}{took}{hint}", style="bold green")
     if state == "completed":
         return Text(f"✗ finished with failures: {counts}{took}", style="bold red")
     if state == "cancelled":

@@ -9,17 +9,25 @@ import sys
 from collections.abc import Sequence
 
 from controller.cli import quiet
+from controller.cli.exits import EXIT_CODES_HELP
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
-#: client side (install, status, cancel, logs, tasks) and the demo.
-COMMAND_MODULES = ("controller.cli.server", "controller.cli.console", "controller.cli.demo")
+#: client side (install, status, cancel, logs, tasks), the demo and agent-bundle.
+COMMAND_MODULES = (
+    "controller.cli.server",
+    "controller.cli.console",
+    "controller.cli.demo",
+    "controller.cli.bundle",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodeferry",
         description="Install ComfyUI custom nodes on remote GPU instances, with live progress.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"nodeferry {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

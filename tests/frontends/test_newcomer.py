@@ -161,3 +161,26 @@ def test_short_ids_resolve_and_an_ambiguous_one_lists_the_matches(tmp_path: Path
     assert "root@10.0.0.7:40022" in term.text and "/workspace/one" in term.text
     assert re.search(r"^\s*abcdef01\s", term.text, re.MULTILINE), term.text
     assert first not in term.text
+
+
+@pytest.mark.timeout(120)
+def test_refusals_number_nodes_from_one_and_help_lists_exit_codes(tmp_path: Path) -> None:
+    env = data_env(tmp_path)
+    local = run_cli("install", "--ui-home", "/w/ComfyUI", "file:///srv/node", env=env)
+    assert local.returncode == 2
+    assert "NODE 1: scheme 'file' is not allowed" in local.stderr
+    assert "--allow-file-urls" in local.stderr
+    twins = run_cli(
+        "install", "--ui-home", "/w/ComfyUI", "https://h.example/a/b", "https://g.example/c/b",
+        env=env,
+    )  # fmt: skip
+    assert twins.returncode == 2
+    assert "NODE 2: installs into 'b' like NODE 1" in twins.stderr and "URL#NAME" in twins.stderr
+    assert "nodes." not in twins.stderr
+
+    helped = run_cli("--help", env=env)
+    assert helped.returncode == 0
+    for code in (0, 1, 2, 3, 4, 5, 6, 124, 130):
+        assert re.search(rf"^  {code} +\S", helped.stdout, re.MULTILINE), code
+    install_help = run_cli("install", "--help", env=env)
+    assert "exit status:" in install_help.stdout and "URL[@REF][#NAME]" in install_help.stdout
