@@ -116,7 +116,13 @@ async def test_install_from_starting_to_completed_with_seed_shapes(
     assert "git" in log["data"] and log["eof"] is True
     assert log["next_offset"] == len(log["data"].encode())
     tail = await (await client.get(f"/api/tasks/{task_id}/log?offset={log['next_offset']}")).json()
-    assert tail == {"success": True, "data": "", "next_offset": log["next_offset"], "eof": True}
+    assert tail == {
+        "success": True,
+        "data": "",
+        "next_offset": log["next_offset"],
+        "eof": True,
+        "notes": [],
+    }
     health = await (await client.get("/healthz")).json()
     assert health["stats"]["uploads"] == 1
 
