@@ -23,10 +23,20 @@ from agent.statedir import StateDir, TaskPaths
 from agent.worker import run_worker
 from protocol import ExitCode, InstallSpec, Lock, Progress, ProtocolError
 from protocol import lock as lockdoc
+from protocol.errors import count_nodes_from_one
 from protocol.fields import new_task_id
 from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, MAX_CLONE_JOBS
 
 START_WAIT_SECONDS = 10.0
+
+EXIT_CODES_HELP = """exit status:
+  0  done: every node installed (or was already there)
+  1  the install finished but a node failed (install/run)
+  2  bad arguments or spec; nothing was changed
+  3  another install holds this ComfyUI's lock
+  4  no task with that id on this instance
+  5  the agent itself failed (see the message)
+  6  the install was cancelled"""
 
 
 def _emit(body: Dict[str, Any]) -> None:
@@ -212,6 +222,8 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     out.flush()
     final = _run_foreground(state, spec, display.update)
     display.summary(final)
+    if final.skipped:
+        out.write("skipped nodes were already there at the asked ref; --update updates them\n")
     if final.state == "completed" and final.failed == 0:
         return ExitCode.OK
     return _exit_code_of(final) or ExitCode.INSTALL_FAILED
@@ -277,7 +289,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nodeferry-agent", description="Install ComfyUI custom nodes.")
+    parser = _Parser(
+        prog="nodeferry-agent",
+        description="Install ComfyUI custom nodes.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -285,11 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="state directory (default $NODEFERRY_STATE_DIR or ~/.nodeferry)",
     )
     parser.add_argument("--version", action="store_true", help="print version and bundle hash")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     def add(
         name: str, func: Callable[[argparse.Namespace, StateDir], int], **kw: Any
     ) -> argparse.ArgumentParser:
+        if "help" in kw:
+            kw.setdefault("epilog", EXIT_CODES_HELP)
+            kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         p = sub.add_parser(name, **kw)
         p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(func=func)
@@ -323,7 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CLONE_JOBS,
         help=f"clones at a time, 1..{MAX_CLONE_JOBS} (default {DEFAULT_CLONE_JOBS})",
     )
-    p.add_argument("--update", action="store_true", help="update nodes already installed")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="bring nodes already present up to date (without it they are skipped, "
+        "unless another @REF than the one checked out is asked for)",
+    )
     p.add_argument(
         "--pip-arg",
         action="append",
@@ -344,12 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-timeout", type=float, default=120.0, metavar="SECONDS", help="per node import"
     )
     p.add_argument("--lock", default=None, metavar="FILE", help="reproduce a lock.json (- stdin)")
-    p.add_argument("nodes", nargs="*", metavar="URL[@REF]")
+    p.add_argument(
+        "nodes",
+        nargs="*",
+        metavar="URL[@REF][#NAME]",
+        help="a repository, at REF if given, into custom_nodes/NAME if given (none with --lock)",
+    )
     p = add("diff", cmd_diff, help="what differs on this instance from a lock (changes nothing)")
     p.add_argument("--ui-home", required=True)
     p.add_argument("--python", default=None, help="ComfyUI's interpreter")
     p.add_argument("--lock", required=True, metavar="FILE", help="lock JSON file, or - for stdin")
-    p = add("worker", cmd_worker, help=argparse.SUPPRESS)
+    # Internal (started by start/run): no help, so --help does not list it.
+    p = add("worker", cmd_worker)
     p.add_argument("--task-id", required=True)
     p.add_argument("--lock-fd", type=int, default=None)
     return parser
@@ -374,10 +405,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args, state))
     except AgentError as exc:
         if human:
-            sys.stderr.write(
-                f"error: {exc.body().get('field') or ''}"
-                f"{': ' if exc.body().get('field') else ''}{exc.message}\n"
-            )
+            field = exc.body().get("field")
+            text = f"{field}: {exc.message}" if field else exc.message
+            sys.stderr.write(f"error: {count_nodes_from_one(text)}\n")
         else:
             _emit(exc.body())
         return int(exc.exit_code)

@@ -225,23 +225,39 @@ class Installer:
         if origin is None:
             raise StepFailed(
                 f"{dest} exists but is not a git clone; left it untouched "
-                "(remove it or give the node another 'name')"
+                "(remove it, or give the node another name: URL#NAME)"
             )
         if not gitmod.same_origin(origin, node.url):
             raise StepFailed(
                 f"{dest} is a clone of {origin}, not {node.url}; left it untouched "
-                "(remove it or give the node another 'name')"
+                "(remove it, or give the node another name: URL#NAME)"
             )
-        if not self.spec.update:
-            sha = self.git.head(dest, name)
-            self.log.line(name, f"already installed at {sha}; skipped (update not requested)")
-            self._set(index, "skipped", commit=sha)
+        old = self.git.head(dest, name)
+        if not self.spec.update and not self._other_ref(dest, node.ref, old):
+            self.log.line(
+                name, f"already installed at {old}; skipped (--update brings it up to date)"
+            )
+            self._set(index, "skipped", commit=old)
             return
+        # --update, or a ref other than the one checked out was asked for: asking
+        # for v2 of a node that sits at v1 means v2, so that node alone is updated.
         self._set(index, "cloning")
         sha = self.git.update(dest, node.ref, name)
-        self.log.line(name, f"updated to {sha}")
+        why = "" if self.spec.update else f" ({node.ref} requested)"
+        self.log.line(name, f"updated {old} -> {sha}{why}")
         self._set(index, "cloned", commit=sha)
         self.fresh.append(index)
+
+    def _other_ref(self, dest: Path, ref: Optional[str], head: str) -> bool:
+        """Whether ``ref`` names a commit other than ``head`` (no ref: the one there)."""
+        if ref is None:
+            return False
+        # A clone made at this ref has it locally (the branch, the tag or the
+        # commit); a ref the clone does not know is another one by definition.
+        local = self.git.output(
+            ["rev-parse", "--verify", "--quiet", ref + "^{commit}"], dest.name, dest
+        )
+        return local != head
 
     # requirements -----------------------------------------------------------------------
 

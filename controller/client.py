@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -32,6 +34,23 @@ TRANSIENT_STATUSES = frozenset({502, 503, 504})
 
 
 # -- errors --------------------------------------------------------------------
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why no answer came, in words (aiohttp's own text names ``ssl:default`` and
+    socket call details that mean nothing to the person at the terminal)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (is `nodeferry serve` running there?)"
+        if isinstance(error, socket.gaierror):
+            return f"unknown host {exc.host!r}"
+        return error.strerror or type(error).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    return str(exc) or type(exc).__name__
 
 
 class ClientError(Exception):
@@ -259,7 +278,7 @@ class AsyncClient:
                     raise api_error(response.status, text)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise ControllerUnreachable(
-                f"cannot reach the controller at {self.base_url}: {exc or type(exc).__name__}"
+                f"cannot reach the controller at {self.base_url}: {unreachable_reason(exc)}"
             ) from exc
         try:
             body = json.loads(text)
@@ -384,8 +403,10 @@ class AsyncClient:
     async def task(self, task_id: str) -> Document:
         return await self._request("GET", f"/api/tasks/{task_id}")
 
-    async def tasks(self) -> list[Document]:
-        body = await self._request("GET", "/api/tasks")
+    async def tasks(self, prefix: str | None = None) -> list[Document]:
+        """The controller's tasks, newest first; with ``prefix``, those whose id starts so."""
+        query = f"?prefix={urllib.parse.quote(prefix, safe='')}" if prefix is not None else ""
+        body = await self._request("GET", "/api/tasks" + query)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise ApiError(200, "bad_response", "the task list has no 'tasks'", body)
@@ -677,8 +698,8 @@ class Client:
     def task(self, task_id: str) -> Document:
         return self._run(self._async.task(task_id))
 
-    def tasks(self) -> list[Document]:
-        return self._run(self._async.tasks())
+    def tasks(self, prefix: str | None = None) -> list[Document]:
+        return self._run(self._async.tasks(prefix))
 
     def start_fleet(
         self, targets: Sequence[str | Document], nodes: Sequence[NodeRef], **kw: Any

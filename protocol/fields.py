@@ -97,9 +97,14 @@ def git_url(value: object, field: str = "url", allow_file: bool = False) -> str:
     scheme = parts.scheme.lower()
     schemes = ALLOWED_URL_SCHEMES + (("file",) if allow_file else ())
     if scheme not in schemes:
+        hint = (
+            "; the agent's own `install --allow-file-urls` accepts file:// on the instance"
+            if scheme == "file"
+            else ""
+        )
         raise ProtocolError(
             field,
-            "scheme '{}' is not allowed (use {})".format(scheme, ", ".join(schemes)),
+            "scheme '{}' is not allowed (use {}{})".format(scheme, ", ".join(schemes), hint),
         )
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):

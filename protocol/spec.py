@@ -54,12 +54,15 @@ def _split_ref(text: str) -> "tuple[str, Optional[str]]":
 
 
 def parse_node(value: object, field_name: str = "node", allow_file: bool = False) -> NodeSpec:
-    """A node from ``"URL"``, ``"URL@REF"`` or ``{"url", "ref", "name"}``."""
+    """A node from ``"URL"``, ``"URL@REF"``, ``"URL@REF#NAME"`` or ``{"url", "ref", "name"}``."""
     if isinstance(value, str):
-        url, ref = _split_ref(value)
+        # ``URL[@REF][#NAME]``: git URLs have no fragment, so '#' can name the
+        # node's directory where a command line has no room for an object.
+        text, _, given_name = value.partition("#")
+        url, ref = _split_ref(text)
         url_field = field_name
         ref_field = field_name
-        name: Optional[str] = None
+        name: Optional[str] = given_name if "#" in value else None
         name_field = field_name
     elif isinstance(value, Mapping):
         unknown = set(value) - {"url", "ref", "name"}
@@ -88,7 +91,8 @@ def parse_node(value: object, field_name: str = "node", allow_file: bool = False
             fields.node_name(derived, name_field)
         except ProtocolError:
             raise ProtocolError(
-                name_field, "cannot derive a safe directory name from the URL; give 'name'"
+                name_field,
+                "cannot derive a safe directory name from the URL; give 'name' (URL#NAME)",
             ) from None
     return NodeSpec(url=url, ref=ref, name=name)
 
@@ -174,7 +178,7 @@ class InstallSpec:
                 raise ProtocolError(
                     f"nodes.{i}",
                     f"installs into '{node.dir_name}' like nodes.{seen[key]}; "
-                    "give one of them a 'name'",
+                    "give one of them a 'name' (URL#NAME on a command line)",
                 )
             seen[key] = i
         python = data.get("python")

@@ -75,7 +75,9 @@ async def install_progress(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    return web.json_response({"success": True, "tasks": await request.app[SERVICE].list_tasks()})
+    # ?prefix= lets a command line accept a short task id, as git does with commits.
+    tasks = await request.app[SERVICE].list_tasks(request.query.get("prefix"))
+    return web.json_response({"success": True, "tasks": tasks})
 
 
 async def get_task(request: web.Request) -> web.Response:

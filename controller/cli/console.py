@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display, fleet_view
+from controller.cli.exits import EXIT_CODES_HELP
 from controller.cli.lockfile import read_lock_file
 from controller.client import (
     AsyncClient,
@@ -47,6 +49,7 @@ from controller.core.config import Settings, load_settings
 from controller.core.errors import ConfigError
 from controller.core.sources.registry_ids import is_registry_id
 from protocol import ExitCode, ProtocolError, parse_node
+from protocol.errors import count_nodes_from_one
 
 #: ``install`` was detached from a running install (Ctrl-C, then "detach").
 EXIT_DETACHED = 130
@@ -58,6 +61,8 @@ EXIT_TIMEOUT = 124
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_CODES_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--controller",
         metavar="URL",
@@ -72,6 +77,12 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--config", metavar="FILE", help="settings file for the in-process controller"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the controller's and libraries' logs (SSH handshakes, retries) on stderr",
     )
 
 
@@ -105,9 +116,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an argument for pip (repeat; e.g. --pip-arg=--no-index)",
     )
     install.add_argument("--jobs", type=int, help="parallel clones (default 4)")
-    install.add_argument("--update", action="store_true", help="update nodes already present")
     install.add_argument(
-        "--nodes-file", type=Path, help="a file with one URL[@REF] per line ('#' comments)"
+        "--update",
+        action="store_true",
+        help="bring nodes already present up to date (without it they are skipped, "
+        "unless another @REF than the one checked out is asked for)",
+    )
+    install.add_argument(
+        "--nodes-file",
+        type=Path,
+        help="a file with one URL[@REF][#NAME] per line (' #' starts a comment)",
+    )
+    install.add_argument(
+        "nodes",
+        nargs="*",
+        metavar="NODE",
+        help="URL[@REF][#NAME]: a repository, at REF, into custom_nodes/NAME",
     )
     install.add_argument(
         "--workflow",
@@ -121,9 +145,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     install.add_argument(
         "--strict", action="store_true", help="refuse when a workflow class does not resolve"
-    )
-    install.add_argument(
-        "nodes", nargs="*", metavar="NODE", help="URL, URL@REF or a Comfy Registry id[@VERSION]"
     )
     install.add_argument(
         "--lock",
@@ -238,11 +259,19 @@ async def connect(args: argparse.Namespace) -> AsyncIterator[AsyncClient]:
 
 def run(args: argparse.Namespace, command: Callable[..., Any]) -> int:
     """Run an async command, turning client errors into a message and an exit status."""
-    err = Console(stderr=True, highlight=False)
+    # soft_wrap: an error stays one line (for grep and logs); the terminal wraps it.
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result: int = asyncio.run(command(args))
     except (BadRequest, ProtocolError) as exc:
         err.print(Text(f"error: {_message(exc)}", style="red"))
+        return ExitCode.INVALID
+    except AmbiguousTask as exc:
+        err.print(Text(f"error: {exc.prefix} names {len(exc.matches)} tasks:", style="red"))
+        for task in exc.matches:
+            task_id, target, ui_home, state, _nodes = task_row(task)
+            err.print(f"  {task_id}  {target} {ui_home}  {state}", markup=False)
+        err.print("give more of the id")
         return ExitCode.INVALID
     except Conflict as exc:
         err.print(Text(f"error: {exc.message}", style="red"))
@@ -270,9 +299,42 @@ def run(args: argparse.Namespace, command: Callable[..., Any]) -> int:
 
 
 def _message(exc: Exception) -> str:
-    if isinstance(exc, BadRequest):
-        return exc.message
-    return str(exc)
+    # The API names fields from 0 (nodes.0); the command line counts NODE 1, 2, …
+    return count_nodes_from_one(exc.message if isinstance(exc, BadRequest) else str(exc))
+
+
+class AmbiguousTask(Exception):
+    """A short task id that more than one task starts with."""
+
+    def __init__(self, prefix: str, matches: list[Document]) -> None:
+        super().__init__(prefix)
+        self.prefix = prefix
+        self.matches = matches
+
+
+#: The shortest task id prefix accepted, like git's short commit ids.
+MIN_PREFIX = 6
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]*")
+
+
+async def resolve_task(client: AsyncClient, text: str) -> str:
+    """The full id of the task ``text`` names: a whole id, or a unique start of one."""
+    given = text.strip().lower()
+    if _UUID.fullmatch(given):
+        return given
+    if not _PREFIX.fullmatch(given) or len(given.replace("-", "")) < MIN_PREFIX:
+        raise ProtocolError(
+            "TASK",
+            f"{text!r} is not a task id: give the id or its first {MIN_PREFIX} or more "
+            "hex digits (`nodeferry tasks` lists them)",
+        )
+    matches = await client.tasks(prefix=given)
+    if not matches:
+        raise TaskNotFound(404, "unknown_task", f"no task id starts with {given}")
+    if len(matches) > 1:
+        raise AmbiguousTask(given, matches)
+    return str(matches[0]["task_id"])
 
 
 def exit_status(doc: Document) -> int:
@@ -485,13 +547,22 @@ async def follow_and_report(
     if final_doc is None:
         print_detached(console, task_id)
         return EXIT_DETACHED
-    if not console.is_terminal:
-        console.print(display.render(final_doc, title=title))
+    # Without a terminal the change lines already showed every node: the summary
+    # closes them (a final table would repeat each line).
     console.print(display.summary(final_doc))
     return exit_status(final_doc)
 
 
 # -- the commands --------------------------------------------------------------
+
+
+async def task_title(client: AsyncClient, task_id: str) -> str:
+    """``user@host:port /ui/home`` as the controller parsed the target, for the header."""
+    listed = await client.tasks(prefix=task_id)
+    if not listed:
+        return ""
+    task = listed[0]
+    return f"{task.get('target') or ''} {task.get('ui_home') or ''}".strip()
 
 
 async def _install(args: argparse.Namespace) -> int:
@@ -536,11 +607,10 @@ async def _install(args: argparse.Namespace) -> int:
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")
-        target = "local" if args.ssh_connection == "local" else args.ssh_connection
         return await follow_and_report(
             client,
             task_id,
-            title=f"{target}:{args.ui_home}",
+            title=await task_title(client, task_id),
             as_json=args.json,
             timeout=args.timeout,
             on_interrupt=args.on_interrupt,
@@ -553,11 +623,12 @@ def install_command(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     async with connect(args) as client:
+        args.task_id = await resolve_task(client, args.task_id)
         if args.follow:
             return await follow_and_report(
                 client,
                 args.task_id,
-                title="",
+                title=await task_title(client, args.task_id),
                 as_json=args.json,
                 timeout=None,
                 on_interrupt="detach",
@@ -567,7 +638,8 @@ async def _status(args: argparse.Namespace) -> int:
             print(json.dumps(doc, indent=2, sort_keys=True))
         else:
             console = Console(highlight=False)
-            console.print(display.render(doc))
+            title = await task_title(client, args.task_id)
+            console.print(display.render(doc, title=title))
             if is_final(doc):
                 console.print(display.summary(doc))
         return exit_status(doc) if is_final(doc) else ExitCode.OK
@@ -579,6 +651,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 async def _cancel(args: argparse.Namespace) -> int:
     async with connect(args) as client:
+        args.task_id = await resolve_task(client, args.task_id)
         doc = await client.cancel(args.task_id)
         if args.json:
             print(json.dumps(doc, indent=2, sort_keys=True))
@@ -594,6 +667,7 @@ def cancel_command(args: argparse.Namespace) -> int:
 async def _logs(args: argparse.Namespace) -> int:
     out = sys.stdout
     async with connect(args) as client:
+        args.task_id = await resolve_task(client, args.task_id)
         if args.offset == 0:
             first = await client.logs(args.task_id, 0)
             for note in first.notes:
@@ -646,12 +720,17 @@ async def _tasks(args: argparse.Namespace) -> int:
     if not tasks:
         console.print("no tasks")
         return ExitCode.OK
+    # Short ids (every command takes them) leave the width to target and ui_home,
+    # which wrap rather than shrink to "ui_h…" on an 80-column terminal.
     table = Table(box=None, header_style="bold dim")
-    for column in ("task", "target", "ui_home", "state", "nodes"):
-        table.add_column(column, no_wrap=column != "ui_home")
+    table.add_column("task", no_wrap=True)
+    table.add_column("target", overflow="fold")
+    table.add_column("ui_home", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("nodes", no_wrap=True)
     for task in tasks:
         task_id, target, ui_home, state, nodes = task_row(task)
-        table.add_row(task_id, target, ui_home, display.status_text(state), nodes)
+        table.add_row(task_id[:8], target, ui_home, display.status_text(state), nodes)
     console.print(table)
     return ExitCode.OK
 

@@ -138,7 +138,7 @@ async def run_demo(
             status = await commands.follow_and_report(
                 client,
                 task_id,
-                title=f"local:{sandbox.ui_home}",
+                title=f"local {sandbox.ui_home}",
                 as_json=False,
                 timeout=None,
                 on_interrupt="ask",
@@ -153,8 +153,8 @@ async def run_demo(
         out.print(f"custom_nodes/: {', '.join(installed) or '(empty)'}")
         importable = await asyncio.get_running_loop().run_in_executor(None, _check_imports, sandbox)
         out.print(f"ComfyUI's venv imports: {', '.join(importable) or '(nothing)'}")
-        out.print(Text.assemble(("dashboard: ", "bold"), (f"{url}/", "bold cyan")))
-        if serve:
+        if serve:  # with --exit nothing would serve the address: don't print it
+            out.print(Text.assemble(("dashboard: ", "bold"), (f"{url}/", "bold cyan")))
             out.print("serving the dashboard; press Ctrl-C to stop", style="dim")
             await _serve_until_interrupted()
         return status

@@ -26,6 +26,7 @@ STATUS_STYLES = {
     "cloning": "cyan",
     "cloned": "cyan",
     "installing_requirements": "magenta",
+    "waiting": "dim",
     "running_install_script": "magenta",
     "verifying": "magenta",
     "installed": "green",
@@ -112,6 +113,19 @@ def import_summary(result: object) -> str:
     return text
 
 
+def node_status(node: Document) -> str:
+    """What a node is doing, as the person reads it.
+
+    The agent keeps a node "installing_requirements" until its install.py step
+    starts, so once its requirements are done it is waiting for that step, not
+    installing anything.
+    """
+    status = str(node.get("status") or "")
+    if status == "installing_requirements" and node.get("requirements_status") == "done":
+        return "waiting"
+    return status
+
+
 def short_error(error: object, limit: int = 160) -> str:
     """The last non-empty line of an error (where the cause usually is), shortened."""
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
@@ -191,7 +205,7 @@ def render(
         )
         nodes.add_row(
             Text(str(node.get("name", "?"))),
-            status_text(node.get("status")),
+            status_text(node_status(node)),
             status_text(node.get("requirements_status", "none"))
             if node.get("requirements_status") not in (None, "none")
             else Text(""),
@@ -209,7 +223,8 @@ def render(
         parts.append(requirements)
     for warning in doc.get("warnings") or []:
         parts.append(Text(f"warning: {one_line(warning)}", style="yellow"))
-    if doc.get("error"):
+    if doc.get("error") and state not in ("failed", "lost"):
+        # A failed or lost task's error is the reason summary() gives: said once.
         parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
 
@@ -224,7 +239,9 @@ def summary(doc: Document) -> Text:
     took = elapsed(doc.get("started_at"), doc.get("finished_at"), _now())
     took = f" in {took}" if took else ""
     if state == "completed" and doc.get("success"):
-        return Text(f"✓ done: {counts}{took}", style="bold green")
+        # Present nodes are skipped, not updated: say how to update them.
+        hint = " (skipped: already there; --update updates them)" if doc.get("skipped") else ""
+        return Text(f"✓ done: {counts}{took}{hint}", style="bold green")
     if state == "completed":
         return Text(f"✗ finished with failures: {counts}{took}", style="bold red")
     if state == "cancelled":
@@ -259,7 +276,7 @@ class ChangeLog:
                 continue
             name = str(node.get("name", "?"))
             imported = import_summary(node.get("import"))
-            key = (str(node.get("status", "")), str(node.get("requirements_status", "")), imported)
+            key = (node_status(node), str(node.get("requirements_status", "")), imported)
             if self._nodes.get(name) != key:
                 self._nodes[name] = key
                 line = f"  {name}: {key[0]}"

@@ -8,17 +8,20 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from controller.cli import quiet
+from controller.cli.exits import EXIT_CODES_HELP
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
 #: client side (install, status, cancel, logs, tasks), resolve and node-db, the locks
-#: (lock, snapshot, diff) and the demo.
+#: (lock, snapshot, diff), the demo and agent-bundle.
 COMMAND_MODULES = (
     "controller.cli.server",
     "controller.cli.console",
     "controller.cli.resolve",
     "controller.cli.locks",
     "controller.cli.demo",
+    "controller.cli.bundle",
 )
 
 
@@ -26,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodeferry",
         description="Install ComfyUI custom nodes on remote GPU instances, with live progress.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"nodeferry {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # serve logs to stderr by design (--log-level)
+        quiet.configure(getattr(args, "verbose", False))
     result: int = args.func(args)
     return result
 

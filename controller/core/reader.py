@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +39,7 @@ LOG_DEFAULT_LIMIT = 64 * 1024
 #: read. Two intervals keep what a poll sees at most 1 s old at the default 0.5 s
 #: interval, which is the freshness promise.
 STALE_SERVE_INTERVALS = 2.0
+_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 
 class Reader:
@@ -269,6 +271,9 @@ class Reader:
         live = await self.tasks.get(task_id)
         notes = list(live.record.notes)
         if not live.record.launched:
+            # No agent, so no log: the controller's reason is all there is to read.
+            if live.view.progress.error:
+                notes.append(f"the agent never started: {live.view.progress.error}")
             return {"data": "", "next_offset": offset, "eof": True, "notes": notes}
         transport = self.tasks.transports.get(live.record.target)
         path = f"tasks/{live.record.task_id}/agent.log"
@@ -294,10 +299,15 @@ class Reader:
             "notes": notes,
         }
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
+    async def list_tasks(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        """Every task, newest first; with ``prefix``, those whose id starts with it."""
+        if prefix is not None and not _ID_PREFIX.fullmatch(prefix):
+            raise InvalidRequest("prefix", "must be the start of a task id (hex digits and '-')")
         records = await self.tasks.run(self.tasks.registry.all)
         summaries = []
         for record in records:
+            if prefix is not None and not record.task_id.startswith(prefix.lower()):
+                continue
             live = self.tasks.live.get(record.task_id)
             progress = live.view.progress if live else record.progress
             summaries.append(_summary(record, progress))

@@ -102,8 +102,8 @@ class TaskService:
     ) -> dict[str, Any]:
         return await self.reader.read_log(task_id, offset, limit)
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
-        return await self.reader.list_tasks()
+    async def list_tasks(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        return await self.reader.list_tasks(prefix)
 
     async def lock(self, task_id: object) -> Lock:
         """The lock a finished task wrote (see ``locks``)."""

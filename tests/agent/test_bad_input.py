@@ -167,7 +167,7 @@ def test_unknown_arguments_are_a_json_error(agent: Agent) -> None:
 def test_install_command_reports_bad_urls_readably(agent: Agent, bare_comfy: ComfyHome) -> None:
     result = agent.run("install", "--ui-home", str(bare_comfy.root), "ext::sh")
     assert result.returncode == 2
-    assert result.stderr.startswith("error: nodes.0: ")
+    assert result.stderr.startswith("error: NODE 1: ")  # counted as the command line does
     assert "remote-helper" in result.stderr
     assert "Traceback" not in result.stderr
     _assert_untouched(agent, bare_comfy)

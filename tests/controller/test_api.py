@@ -107,6 +107,11 @@ async def test_install_from_starting_to_completed_with_seed_shapes(
     listing = await (await client.get("/api/tasks")).json()
     assert [t["task_id"] for t in listing["tasks"]] == [task_id]
     assert listing["tasks"][0]["target"] == f"root@127.0.0.1:{sshd.port}"
+    short = await (await client.get("/api/tasks", params={"prefix": task_id[:6]})).json()
+    assert [t["task_id"] for t in short["tasks"]] == [task_id]
+    other = "0" if task_id[0] != "0" else "1"
+    none = await (await client.get("/api/tasks", params={"prefix": other * 6})).json()
+    assert none["tasks"] == []
     log = await (await client.get(f"/api/tasks/{task_id}/log?offset=0")).json()
     assert "git" in log["data"] and log["eof"] is True
     assert log["next_offset"] == len(log["data"].encode())

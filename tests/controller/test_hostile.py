@@ -90,6 +90,10 @@ async def test_hostile_install_requests_run_nothing(
         assert payload["message"].startswith(payload["field"]), (name, payload)
     listing = await (await client.get("/api/tasks")).json()
     assert listing["tasks"] == []
+    for prefix in ("../etc", "abc xyz", "g" * 6, "a" * 37):
+        refused = await client.get("/api/tasks", params={"prefix": prefix})
+        assert refused.status == 400, prefix
+        assert (await refused.json())["field"] == "prefix"
     assert sshd.accepted_count() == 0
     assert sshd.session_count() == 0
     assert not marker.exists()  # noqa: ASYNC240

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import uuid
 from pathlib import Path
 
@@ -174,3 +175,19 @@ def test_change_log_shows_import_results_and_each_warning_once() -> None:
     )
     assert lines[-1].startswith("warning: torch: the lock has 2.0.0")
     assert log.lines(verified_doc()) == []
+
+
+def test_a_node_waiting_for_install_scripts_is_not_shown_installing() -> None:
+    doc = {
+        "task_id": "t",
+        "state": "running_install_scripts",
+        "nodes": [
+            {"name": "Waits", "status": "installing_requirements", "requirements_status": "done"}
+        ],
+    }
+    console = Console(width=120, record=True)
+    console.print(display.render(doc))
+    text = console.export_text()
+    assert re.search(r"Waits\s+waiting\s+✓ done", text), text
+    assert "installing requirements" not in text
+    assert display.ChangeLog().lines(doc)[-1] == "  Waits: waiting"
