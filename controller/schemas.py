@@ -126,6 +126,12 @@ class NodeProgressModel(BaseModel):
     error: str | None = None
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
+    install_script_status: RequirementsStatus = "none"
+    warnings: list[str] = Field(default_factory=list)
+
+
+PackageChangeKind = Literal["added", "upgraded", "downgraded", "removed"]
+VersionPair = Annotated[list[str | None], Field(min_length=2, max_length=2)]
 
 
 class ProgressModel(BaseModel):
@@ -156,6 +162,9 @@ class ProgressModel(BaseModel):
     error: str | None = None
     error_code: ErrorCode | None = None
     log_file: str | None = None
+    installer: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

@@ -42,6 +42,11 @@ NODE_STATUSES = (
 )
 NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
+#: The same steps for a node's install.py.
+INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
+#: How the task changed ComfyUI's environment: ``packages[kind][name] == [old, new]``.
+PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
+MAX_WARNINGS = 50
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
@@ -88,6 +93,31 @@ def _check_choice(value: object, where: str, choices: "Tuple[str, ...]") -> str:
     return str(value)
 
 
+def _check_warnings(value: object, where: str) -> List[str]:
+    items = _check(value, where, (list,))
+    for i, item in enumerate(items):
+        _check(item, f"{where}.{i}", (str,))
+    return list(items)
+
+
+def _check_packages(value: object, where: str) -> Dict[str, Dict[str, List[Optional[str]]]]:
+    """``{"downgraded": {"numpy": ["2.4.6", "1.26.4"]}, ...}``; old or new may be null."""
+    kinds = _check(value, where, (dict,))
+    out: Dict[str, Dict[str, List[Optional[str]]]] = {}
+    for kind, changes in kinds.items():
+        _check_choice(kind, f"{where}.{kind}", PACKAGE_CHANGE_KINDS)
+        _check(changes, f"{where}.{kind}", (dict,))
+        out[kind] = {}
+        for name, pair in changes.items():
+            at = f"{where}.{kind}.{name}"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ProtocolError(at, "must be [old version, new version]")
+            for version in pair:
+                _check(version, at, (str,), optional=True)
+            out[kind][str(name)] = list(pair)
+    return out
+
+
 def _check_count(value: object, where: str) -> int:
     number = _check(value, where, (int,))
     if number < 0:
@@ -106,6 +136,10 @@ class NodeProgress:
     error: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    install_script_status: str = "none"
+    #: What the node's steps reported without failing (install.py errors that
+    #: exited 0, requirements installed alone), quoting the lines.
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -133,6 +167,12 @@ class NodeProgress:
             error=_check(data.get("error"), where + ".error", (str,), optional=True),
             started_at=_check_time(data.get("started_at"), where + ".started_at", True),
             finished_at=_check_time(data.get("finished_at"), where + ".finished_at", True),
+            install_script_status=_check_choice(
+                data.get("install_script_status", "none"),
+                where + ".install_script_status",
+                INSTALL_SCRIPT_STATUSES,
+            ),
+            warnings=_check_warnings(data.get("warnings", []), where + ".warnings"),
         )
 
 
@@ -169,6 +209,11 @@ class Progress:
     error: Optional[str] = None
     error_code: Optional[str] = None
     log_file: Optional[str] = None
+    #: "uv" or "pip": what installed the requirements (None until chosen).
+    installer: Optional[str] = None
+    #: Task-wide warnings: downgrades and what forced them, installer fallbacks.
+    warnings: List[str] = field(default_factory=list)
+    packages: Dict[str, Dict[str, List[Optional[str]]]] = field(default_factory=dict)
 
     # -- state -----------------------------------------------------------------
 
@@ -265,4 +310,7 @@ class Progress:
             error=_check(data.get("error"), "error", (str,), optional=True),
             error_code=error_code,
             log_file=_check(data.get("log_file"), "log_file", (str,), optional=True),
+            installer=_check(data.get("installer"), "installer", (str,), optional=True),
+            warnings=_check_warnings(data.get("warnings", []), "warnings"),
+            packages=_check_packages(data.get("packages", {}), "packages"),
         )

@@ -10,6 +10,8 @@ from protocol.errors import ProtocolError
 DEFAULT_JOBS = 4
 MAX_JOBS = 32
 MAX_NODES = 500
+#: What installs requirements: uv if found or installable, else pip; or one of them.
+INSTALLERS = ("auto", "uv", "pip")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class InstallSpec:
     update: bool = False
     #: Allow ``file://`` URLs; only a person on the instance (or a test) sets this.
     allow_file_urls: bool = False
+    installer: str = "auto"
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -110,6 +113,7 @@ class InstallSpec:
             "jobs",
             "update",
             "allow_file_urls",
+            "installer",
         }
         unknown = set(data) - known
         if unknown:
@@ -152,6 +156,9 @@ class InstallSpec:
         update = data.get("update", False)
         if not isinstance(update, bool):
             raise ProtocolError("update", "must be true or false")
+        installer = data.get("installer", "auto")
+        if installer not in INSTALLERS:
+            raise ProtocolError("installer", "must be one of: {}".format(", ".join(INSTALLERS)))
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -161,6 +168,7 @@ class InstallSpec:
             jobs=jobs,
             update=update,
             allow_file_urls=allow_file,
+            installer=str(installer),
         )
 
     @classmethod
@@ -181,6 +189,7 @@ class InstallSpec:
             "jobs": self.jobs,
             "update": self.update,
             "allow_file_urls": self.allow_file_urls,
+            "installer": self.installer,
         }
 
     def to_json(self) -> str:
