@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import Cancelled
 from agent.liveness import task_processes
@@ -115,6 +115,7 @@ def run(
     timeout: float,
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
+    on_line: Optional[Callable[[str], None]] = None,
 ) -> Result:
     """Run ``argv`` to completion, streaming its output into the log line by line.
 
@@ -154,6 +155,8 @@ def run(
             text = text.rsplit("\r", 1)[-1]
             tail.append(redact(text))  # the tail ends up in the progress document
             log.line(prefix, text)
+            if on_line is not None:
+                on_line(redact(text))
         returncode = proc.wait()
     finally:
         timer.cancel()

@@ -9,7 +9,6 @@ signal.
 import concurrent.futures
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import threading
@@ -21,7 +20,8 @@ from types import FrameType
 from typing import List, Optional
 
 from agent import git as gitmod
-from agent import liveness, procs, requirements
+from agent import install_script, liveness, procs, reqfile, reqstage, requirements
+from agent.completion import Completion, records_path
 from agent.errors import Cancelled, StepFailed
 from agent.progress_file import ProgressWriter
 from agent.statedir import TaskPaths
@@ -83,6 +83,9 @@ class Installer:
         # Nodes whose files changed in this run: they get requirements and install.py.
         self.fresh: List[int] = []
         self.python: Optional[str] = None
+        # <state>/tasks/<id> -> <state>: what finished for each node, across tasks.
+        self.state_root = paths.dir.parent.parent
+        self.completion = Completion(records_path(self.state_root, self.ui_home), self.ui_home)
 
     # -- entry point ---------------------------------------------------------------
 
@@ -192,6 +195,7 @@ class Installer:
             self._set(index, "cloning")
             sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
             self.log.line(name, f"cloned {sha}")
+            self.completion.record(name, node.url, "clone", sha)
             self._set(index, "cloned", commit=sha)
             self.fresh.append(index)
         except StepFailed as exc:
@@ -216,19 +220,37 @@ class Installer:
             )
         if not self.spec.update:
             sha = self.git.head(dest, name)
-            self.log.line(name, f"already installed at {sha}; skipped (update not requested)")
-            self._set(index, "skipped", commit=sha)
+            needs = {
+                "requirements": reqfile.source_of(dest) is not None,
+                "install_script": (dest / "install.py").is_file(),
+            }
+            if self.completion.get(name) is None and not any(needs.values()):
+                self.completion.record(name, node.url, "clone", sha)
+            if self.completion.is_complete(name, sha, needs):
+                self.log.line(name, f"already installed at {sha}; skipped (update not requested)")
+                self._set(index, "skipped", commit=sha)
+                return
+            # Present, but its steps never finished here (or were never run by
+            # nodeferry): "skipped" would report work that did not happen.
+            missing = self.completion.missing(name, sha, needs)
+            self.log.line(
+                name, f"present at {sha} but not known complete ({', '.join(missing)}); installing"
+            )
+            self.completion.record(name, node.url, "clone", sha)
+            self._set(index, "cloned", commit=sha)
+            self.fresh.append(index)
             return
         self._set(index, "cloning")
         sha = self.git.update(dest, node.ref, name)
         self.log.line(name, f"updated to {sha}")
+        self.completion.record(name, node.url, "clone", sha)
         self._set(index, "cloned", commit=sha)
         self.fresh.append(index)
 
     # requirements -----------------------------------------------------------------------
 
     def _install_requirements(self) -> None:
-        wanting = [i for i in self.fresh if self._requirements_file(i).is_file()]
+        wanting = [i for i in self.fresh if reqfile.source_of(self._node_dir(i)) is not None]
         python, why = requirements.find_interpreter(self.spec.python, self.ui_home)
         self.python = python
         self.log.line(None, f"ComfyUI's interpreter: {python or 'none'} ({why})")
@@ -250,61 +272,53 @@ class Installer:
         requirements.write_constraints(self.paths.constraints, pins)
         pinned = ", ".join(f"{k}=={v}" for k, v in sorted(pins.items())) or "nothing installed"
         self.log.line(None, f"torch family pinned: {pinned}")
-        installer = requirements.choose_installer(python)
-        self.log.line(None, f"installing requirements with {installer}")
-        pip_args = list(self.spec.pip_args)
-        if installer == "uv":
-            from_pip = requirements.pip_config_as_args(python, pip_args)
-            if from_pip:
-                self.log.line(None, "uv gets pip's configured sources: " + shlex.join(from_pip))
-            pip_args += from_pip
-        for i in wanting:
-            self._set_requirements(i, "running")
-        argv = requirements.install_command(
-            installer,
-            python,
-            [self._requirements_file(i) for i in wanting],
-            self.paths.constraints,
-            pip_args,
-        )
-        result = requirements.run_install(
-            argv,
+        work = self.paths.dir / "requirements"
+        work.mkdir(exist_ok=True)
+        stage = reqstage.RequirementsStage(
+            python=python,
+            spec_installer=self.spec.installer,
+            pip_args=self.spec.pip_args,
+            constraints=self.paths.constraints,
+            work_dir=work,
+            tools_dir=self.state_root / "tools",
             log=self.log,
-            prefix="requirements",
             children=self.children,
             timeout=self.timeouts.requirements,
+            hooks=reqstage.Hooks(
+                set_status=self._set_requirements,
+                fail=self._requirements_failed,
+                node_warning=self._node_warning,
+                task_warning=self._task_warning,
+                set_installer=self._set_installer,
+                set_packages=self._set_packages,
+            ),
         )
-        if result.ok:
-            for i in wanting:
+        done = stage.run({i: (self._node(i).name, self._node_dir(i)) for i in wanting})
+        for i in wanting:
+            node = self._node(i)
+            if i in done or node.requirements_status != "failed":
                 self._set_requirements(i, "done")
-        elif len(wanting) == 1:
-            self._requirements_failed(wanting[0], result.describe("installing requirements"))
-        else:
-            self.log.line(None, "the batched install failed; retrying node by node")
-            for i in wanting:
-                name = self._node(i).name
-                argv = requirements.install_command(
-                    installer,
-                    python,
-                    [self._requirements_file(i)],
-                    self.paths.constraints,
-                    pip_args,
-                )
-                single = requirements.run_install(
-                    argv,
-                    log=self.log,
-                    prefix=name,
-                    children=self.children,
-                    timeout=self.timeouts.requirements,
-                )
-                if single.ok:
-                    self._set_requirements(i, "done")
-                else:
-                    self._requirements_failed(i, single.describe("installing requirements"))
+                self.completion.record(node.name, node.url, "requirements", node.commit or "")
         self._finish_requirements()
 
-    def _requirements_file(self, index: int) -> Path:
-        return self.custom_nodes / self._node(index).name / "requirements.txt"
+    def _node_dir(self, index: int) -> Path:
+        return self.custom_nodes / self._node(index).name
+
+    def _node_warning(self, index: int, text: str) -> None:
+        with self.writer.change() as doc:
+            doc.nodes[index].warnings.append(text)
+
+    def _task_warning(self, text: str) -> None:
+        with self.writer.change() as doc:
+            doc.warnings.append(text)
+
+    def _set_installer(self, kind: str) -> None:
+        with self.writer.change() as doc:
+            doc.installer = kind
+
+    def _set_packages(self, changes: "dict[str, dict[str, list[Optional[str]]]]") -> None:
+        with self.writer.change() as doc:
+            doc.packages = changes
 
     def _set_requirements(self, index: int, status: str) -> None:
         # A node stays "installing_requirements" until its install.py step starts.
@@ -324,36 +338,41 @@ class Installer:
 
     def _run_install_scripts(self) -> None:
         todo = [i for i in self.fresh if not self._node(i).is_final]
-        scripts = [
-            i for i in todo if (self.custom_nodes / self._node(i).name / "install.py").is_file()
-        ]
+        scripts = [i for i in todo if (self._node_dir(i) / "install.py").is_file()]
         if scripts:
             with self.writer.change() as doc:
                 doc.move_to("running_install_scripts")
                 doc.current_status = "running install scripts"
         for i in todo:
             self.children.check()
-            name = self._node(i).name
+            node = self._node(i)
             if i in scripts:
                 python = self.python
                 if python is None:
                     self._fail(i, "cannot run install.py: no Python interpreter found")
                     continue
-                self._set(i, "running_install_script")
+                self._set(i, "running_install_script", install_script_status="running")
+                heard = install_script.WarningCollector()
                 result = procs.run(
                     [python, "install.py"],
                     log=self.log,
-                    prefix=name,
+                    prefix=node.name,
                     children=self.children,
                     timeout=self.timeouts.install_script,
-                    cwd=str(self.custom_nodes / name),
-                    env=requirements.pip_env(),
+                    cwd=str(self._node_dir(i)),
+                    env=install_script.script_env(self.ui_home),
+                    on_line=heard.feed,
                 )
+                for text in heard.warnings:
+                    self._node_warning(i, text)
                 if not result.ok:
+                    self._set(i, "running_install_script", install_script_status="failed")
                     self._fail(i, result.describe("install.py"))
                     continue
+                self._set(i, "running_install_script", install_script_status="done")
+                self.completion.record(node.name, node.url, "install_script", node.commit or "")
             self._set(i, "installed")
-            self.log.line(name, "installed")
+            self.log.line(node.name, "installed")
 
     # cleanup ----------------------------------------------------------------------------
 
