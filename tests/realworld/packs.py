@@ -10,7 +10,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +88,8 @@ def serve(shared: Path, work: Path) -> Iterator[PackServer]:
     try:
         yield PackServer(port, pid, env)
     finally:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
 
 
 def requirement_files(shared: Path) -> list[Path]:
