@@ -183,6 +183,7 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "update": args.update,
         "pip_args": list(args.pip_arg),
         "allow_file_urls": args.allow_file_urls,
+        "installer": args.installer,
     }
     if args.python:
         data["python"] = args.python
@@ -284,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an allowed pip option, e.g. --pip-arg=--no-index (repeatable)",
     )
     p.add_argument("--allow-file-urls", action="store_true", help="allow file:// URLs")
+    p.add_argument(
+        "--installer",
+        choices=("auto", "uv", "pip"),
+        default="auto",
+        help="what installs requirements: uv if found or installable (auto), uv or pip",
+    )
     p.add_argument("nodes", nargs="+", metavar="URL[@REF]")
     p = add("worker", cmd_worker, help=argparse.SUPPRESS)
     p.add_argument("--task-id", required=True)

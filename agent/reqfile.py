@@ -44,6 +44,8 @@ class NodeRequirements:
         #: Each an argv tail for its own ``pip install`` (``["-e", "/abs/dir"]``).
         self.alone: List[List[str]] = []
         self.notes: List[str] = []
+        #: An option that cannot join a batch was found: install the file as is.
+        self.as_written = False
 
     @property
     def empty(self) -> bool:
@@ -75,6 +77,9 @@ def read_node(node_dir: Path) -> Optional[NodeRequirements]:
         reqs.notes.append("requirements from pyproject.toml [project] dependencies")
     else:
         _read_file(source, node_dir, reqs, set(), 0)
+        if reqs.as_written:
+            reqs.lines, reqs.options = [], []
+            reqs.alone = [["-r", str(source)]]
     return None if reqs.empty else reqs
 
 
@@ -166,9 +171,7 @@ def _read_option(
     else:
         # --no-binary, --global-option and the like change how everything in a
         # resolve is built: the whole file is installed on its own, as written.
-        reqs.lines = []
-        reqs.alone = [["-r", str(reqs.source)]]
-        reqs.options = []
+        reqs.as_written = True
         reqs.notes.append(f"installed alone as written (option {option} cannot be batched)")
 
 
@@ -203,11 +206,10 @@ def project_dependencies(pyproject: Path) -> List[str]:
             break
     if not collecting:
         return []
-    return [
-        a or b
-        for a, b in re.findall(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'', buffer)
-        if (a or b).strip()
-    ]
+    found = re.findall(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'', buffer)
+    # Basic strings unescape \" and \\; literal strings ('...') take text as is.
+    values = [re.sub(r"\\(.)", r"\1", a) if a else b for a, b in found]
+    return [value for value in values if value.strip()]
 
 
 def _strip_toml_comment(line: str) -> str:

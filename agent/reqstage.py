@@ -174,13 +174,12 @@ class RequirementsStage:
             return plain
         self.log.line(None, "the batched install failed; looking for the node(s) that cause it")
         culprits = bisect.find_culprits(batched, self._dry_run)
-        for i, message in culprits.items():
-            self.hooks.fail(
-                i,
-                "its requirements cannot be resolved together with the others' "
-                f"(the rest were installed without it): {message}",
-            )
         rest = [i for i in batched if i not in culprits]
+        for i, message in culprits.items():
+            others = " together with the other nodes' (they were installed without it)"
+            self.hooks.fail(
+                i, f"its requirements could not be resolved{others if rest else ''}: {message}"
+            )
         if culprits and rest:
             names = ", ".join(self.names[i] for i in culprits)
             self.log.line(None, f"dropped {names}; installing the rest in one resolve")

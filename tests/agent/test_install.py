@@ -112,7 +112,7 @@ def test_failed_requirement_is_pinned_on_its_node(
     assert by_name["with-install"].status == "installed"
     bad = by_name["bad-req"]
     assert bad.status == "failed" and bad.requirements_status == "failed"
-    assert "cannot be resolved together" in (bad.error or "")
+    assert "could not be resolved together" in (bad.error or "")
     assert "no-such-package-anywhere" in (bad.error or "")  # the resolver's own words
     assert final.requirements_status == "failed"
     assert (final.successful, final.failed) == (2, 1)
