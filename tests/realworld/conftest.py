@@ -27,6 +27,7 @@ from tests.realworld.packs import (
     BASE_PACKAGES,
     Pack,
     PackServer,
+    base_venv_cache,
     cache_dir,
     packs,
     serve,
@@ -99,6 +100,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # pip and uv drop connections they no longer need (BrokenPipeError)
+
+
 @pytest.fixture(scope="session")
 def index(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
     root = tmp_path_factory.mktemp("index")
@@ -106,7 +112,7 @@ def index(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[In
     _write_index(root / "simple", files)
     _write_index(root / "extra" / "simple", [f for f in files if _EXTRA_INDEX_ONLY.match(f.name)])
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -136,7 +142,14 @@ def node_packs(shared: Path) -> list[Pack]:
 
 @pytest.fixture(scope="session")
 def comfy_venv(index: Index, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv as a fresh ComfyUI image has it: the real torch 2.13.0 and numpy 2.x."""
+    """A venv as a fresh ComfyUI image has it: the real torch 2.13.0 and numpy 2.x.
+
+    Tests only ever copy it. The prefetch step leaves one in the cache; without
+    it, one is made here from the local index (a minute or two: torch is big).
+    """
+    cached = base_venv_cache()
+    if (cached / "ready").is_file() and (cached / "bin" / "python").exists():
+        return cached
     venv = tmp_path_factory.mktemp("comfy-venv") / "venv"
     python = make_venv(venv, python=sys.executable)
     subprocess.run(

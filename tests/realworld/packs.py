@@ -33,6 +33,11 @@ def shared_dir() -> Path | None:
     return None
 
 
+def base_venv_cache() -> Path:
+    """The prefetched ComfyUI venv (torch 2.13.0, numpy 2.x) the tier copies from."""
+    return cache_dir() / "venv-torch-2.13.0"
+
+
 def cache_dir() -> Path:
     default = Path.home() / ".cache" / "nodeferry" / "realworld"
     return Path(os.environ.get("NODEFERRY_REALWORLD_CACHE", default))

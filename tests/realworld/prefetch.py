@@ -11,11 +11,18 @@ finds what is already there. This is the only place the tier downloads anything.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.realworld.packs import BASE_PACKAGES, cache_dir, requirement_files, shared_dir
+from tests.realworld.packs import (
+    BASE_PACKAGES,
+    base_venv_cache,
+    cache_dir,
+    requirement_files,
+    shared_dir,
+)
 
 
 def _pip_env() -> dict[str, str]:
@@ -50,8 +57,23 @@ def prefetch(wheels: Path) -> None:
     print(f"prefetch: {count} wheels in {wheels}")
 
 
+def build_base_venv(wheels: Path, venv: Path) -> None:
+    """The tier's ComfyUI venv, made once (installing torch is the slow part)."""
+    if (venv / "ready").is_file():
+        return
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_pip_env())
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels)]
+    subprocess.run([*pip, *BASE_PACKAGES], check=True, env=_pip_env(), timeout=1800)
+    (venv / "ready").write_text("torch 2.13.0 and numpy 2.x from the prefetched wheels\n")
+    print(f"prefetch: ComfyUI venv in {venv}")
+
+
 def main() -> None:
     prefetch(cache_dir() / "wheels")
+    build_base_venv(cache_dir() / "wheels", base_venv_cache())
 
 
 if __name__ == "__main__":
