@@ -2,9 +2,9 @@
 
 All new nodes' ``requirements.txt`` files are resolved together (one resolve is
 faster and cannot leave two nodes with conflicting versions), with constraints
-pinning the torch family already installed so no node can swap torch out. When
-the batch fails, each node is retried alone so the failure is pinned on the
-node(s) that cause it.
+pinning the torch family already installed so no node can swap torch out. The
+stage itself (culprits, what runs alone, package changes) is agent.reqstage;
+choosing and setting up uv is agent.installer.
 """
 
 import json
@@ -95,15 +95,6 @@ def installed_versions(python: str, names: Sequence[str], timeout: float = 60) -
 def write_constraints(path: Path, pins: Dict[str, str]) -> None:
     lines = [f"{name}=={version}" for name, version in sorted(pins.items())]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
-def choose_installer(python: str) -> str:
-    wanted = os.environ.get(INSTALLER_ENV, "auto")
-    if wanted in ("uv", "auto") and shutil.which("uv"):
-        return "uv"
-    if wanted == "uv":
-        return "pip"  # asked for uv, but there is none: pip is the honest fallback
-    return "pip"
 
 
 # pip settings that decide where packages come from, and how to say them to uv,
