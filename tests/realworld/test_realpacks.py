@@ -194,7 +194,8 @@ def test_rerun_after_a_failed_index_really_installs(
     state = tmp_path / "state"
     env = _agent_env(pack_server, without_uv=True)  # and uv must come from the index
     dead = ["--index-url", "http://127.0.0.1:9/simple/"]  # nothing listens on port 9
-    first = install(real_comfy, state, urls, dead, env, "auto")
+    # The network is down: fail at once rather than after pip's five retries.
+    first = install(real_comfy, state, urls, dead, {**env, "PIP_RETRIES": "0"}, "auto")
     by_name = {n.name: n for n in first.final.nodes}
     assert by_name["ComfyUI-GGUF"].status == "failed"
     assert by_name["ComfyUI-VideoHelperSuite"].status == "failed"
