@@ -46,7 +46,6 @@ REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
 #: How the task changed ComfyUI's environment: ``packages[kind][name] == [old, new]``.
 PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
-MAX_WARNINGS = 50
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
