@@ -130,7 +130,7 @@ def _check_full_install(run: Run, packs: list[Pack]) -> None:
     assert "gguf" in final.packages.get("added", {})
     numpy_warning = [w for w in final.warnings if w.startswith("numpy downgraded")]
     assert numpy_warning and "numpy<2" in numpy_warning[0], final.warnings
-    # Every node recorded as complete: the same install again skips them all.
+    # Every clone is recorded on the instance with the commit it ran against.
     record = next((Path(final.log_file or "").parents[2] / "nodes").glob("*.json"))
     recorded = json.loads(record.read_text())["nodes"]
     for pack in packs:
