@@ -210,6 +210,7 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "allow_file_urls": args.allow_file_urls,
         "verify": False if args.no_verify else ("comfyui" if args.verify_comfyui else True),
         "verify_timeout": args.verify_timeout,
+        "installer": args.installer,
     }
     if args.lock is not None:
         data["lock"] = _read_lock_json(args.lock)
@@ -369,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-timeout", type=float, default=120.0, metavar="SECONDS", help="per node import"
     )
     p.add_argument("--lock", default=None, metavar="FILE", help="reproduce a lock.json (- stdin)")
+    p.add_argument(
+        "--installer",
+        choices=("auto", "uv", "pip"),
+        default="auto",
+        help="what installs requirements: uv if found or installable (auto), uv or pip",
+    )
     p.add_argument(
         "nodes",
         nargs="*",

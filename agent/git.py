@@ -43,6 +43,20 @@ _SAFE_CONFIG = (
 )
 
 
+def umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # not thread-safe; only where /proc says nothing
+    os.umask(current)
+    return current
+
+
 def temp_prefix(task_id: str) -> str:
     """Temp clone dirs are hidden (ComfyUI skips them) and name their task."""
     return f".nodeferry-{task_id[:8]}-"
@@ -74,6 +88,7 @@ class Git:
         self.children = children
         self.timeout = timeout
         self.env = git_env(env)
+        self.umask = umask()
 
     def run(self, args: Sequence[str], prefix: str, cwd: Optional[Path] = None) -> procs.Result:
         argv = ["git", *_SAFE_CONFIG, *args]
@@ -122,6 +137,10 @@ class Git:
         shallow_submodules = True
         for attempt in range(1, CLONE_TRIES + 1):
             tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix + dest.name + "-", dir=dest.parent))
+            # mkdtemp makes a private 0700 dir; the node folder must get the mode
+            # `git clone` would give it, or a ComfyUI running as another user
+            # cannot load it.
+            tmp.chmod(0o777 & ~self.umask)
             try:
                 return self._clone_and_place(url, ref, tmp, dest, prefix, shallow_submodules)
             except StepFailed as exc:

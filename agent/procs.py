@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import Cancelled
 from agent.liveness import task_processes
@@ -116,6 +116,7 @@ def run(
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
     collect: Optional[List[str]] = None,
+    on_line: Optional[Callable[[str], None]] = None,
 ) -> Result:
     """Run ``argv`` to completion, streaming its output into the log line by line.
 
@@ -159,6 +160,8 @@ def run(
             if collect is not None:
                 collect.append(text)
             log.line(prefix, text)
+            if on_line is not None:
+                on_line(redact(text))
         returncode = proc.wait()
     finally:
         timer.cancel()

@@ -2,9 +2,9 @@
 
 All new nodes' ``requirements.txt`` files are resolved together (one resolve is
 faster and cannot leave two nodes with conflicting versions), with constraints
-pinning the torch family already installed so no node can swap torch out. When
-the batch fails, each node is retried alone so the failure is pinned on the
-node(s) that cause it.
+pinning the torch family already installed so no node can swap torch out. The
+stage itself (culprits, what runs alone, package changes) is agent.reqstage;
+choosing and setting up uv is agent.installer.
 """
 
 import json
@@ -97,27 +97,14 @@ def write_constraints(path: Path, pins: Dict[str, str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def choose_installer(python: str) -> str:
-    wanted = os.environ.get(INSTALLER_ENV, "auto")
-    if wanted in ("uv", "auto") and shutil.which("uv"):
-        return "uv"
-    if wanted == "uv":
-        return "pip"  # asked for uv, but there is none: pip is the honest fallback
-    return "pip"
-
-
 # pip settings that decide where packages come from, and how to say them to uv,
 # which does not read pip's configuration.
 _PIP_SOURCES = ("index-url", "extra-index-url", "find-links", "trusted-host", "no-index")
 _SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}
 
 
-def pip_config_as_args(python: str, given: Sequence[str], timeout: float = 60) -> List[str]:
-    """pip's configured package sources (pip.conf, PIP_* variables) as options for uv.
-
-    A machine set up with a mirror in pip.conf must not silently go to PyPI
-    because uv was found. Options already in ``given`` (the spec's) win.
-    """
+def pip_config(python: str, timeout: float = 60) -> Dict[str, str]:
+    """pip's effective settings (pip.conf files and PIP_* variables), name -> value."""
     try:
         out = subprocess.run(
             [python, "-m", "pip", "config", "list"],
@@ -128,21 +115,39 @@ def pip_config_as_args(python: str, given: Sequence[str], timeout: float = 60) -
             check=False,
         ).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.SubprocessError):
-        return []
+        return {}
     best: Dict[str, Tuple[int, str]] = {}
     for line in out.splitlines():
         key, eq, raw = line.partition("=")
         section, _dot, name = key.rpartition(".")
-        if not eq or name not in _PIP_SOURCES or section not in _SECTION_RANK:
+        if not eq or section not in _SECTION_RANK:
             continue
         rank = _SECTION_RANK[section]
         if name not in best or rank >= best[name][0]:
             best[name] = (rank, raw.strip().strip("'\""))
+    return {name: value for name, (_rank, value) in best.items()}
+
+
+def pip_config_as_args(
+    python: str,
+    given: Sequence[str],
+    timeout: float = 60,
+    config: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """pip's configured package sources (pip.conf, PIP_* variables) as options for uv.
+
+    A machine set up with a mirror in pip.conf must not silently go to PyPI
+    because uv was found. Options already in ``given`` (the spec's) win.
+    """
+    if config is None:
+        config = pip_config(python, timeout)
     already = {arg.partition("=")[0] for arg in given}
     aliases = {"-i": "--index-url", "-f": "--find-links"}
     already |= {aliases[a] for a in already if a in aliases}
     args: List[str] = []
-    for name, (_rank, value) in sorted(best.items()):
+    for name, value in sorted(config.items()):
+        if name not in _PIP_SOURCES:
+            continue
         option = "--" + name
         if option in already:
             continue

@@ -77,8 +77,15 @@ class Display:
             f"\n{verdict}: {progress.total_nodes} node(s), {progress.successful} installed, "
             f"{progress.skipped} skipped, {progress.failed} failed in {elapsed:.1f}s\n"
         )
-        for warning in progress.warnings:
-            self.stream.write(f"warning: {warning}\n")
+        for node in progress.nodes:
+            for text in node.warnings:
+                self.stream.write(self._paint(f"warning: {node.name}: {text}", "cancelled") + "\n")
+        for text in progress.warnings:
+            self.stream.write(self._paint(f"warning: {text}", "cancelled") + "\n")
+        changes = progress.packages
+        if changes:
+            counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(changes.items()))
+            self.stream.write(f"packages: {counts}\n")
         if progress.error:
             self.stream.write(f"error: {progress.error}\n")
         if progress.log_file:

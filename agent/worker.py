@@ -9,7 +9,6 @@ signal.
 import concurrent.futures
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import threading
@@ -21,8 +20,9 @@ from types import FrameType
 from typing import Dict, List, Optional
 
 from agent import git as gitmod
-from agent import inventory, liveness, procs, requirements
+from agent import install_script, inventory, liveness, procs, reqfile, reqstage, requirements
 from agent import verify as verifymod
+from agent.completion import Completion, records_path
 from agent.errors import Cancelled, StepFailed
 from agent.progress_file import ProgressWriter, write_atomic
 from agent.statedir import TaskPaths
@@ -96,6 +96,9 @@ class Installer:
         self.python: Optional[str] = None
         # A lock's package pins (with this instance's torch family), when reproducing one.
         self.lock_pins: Optional[Dict[str, str]] = None
+        # <state>/tasks/<id> -> <state>: what finished for each node, across tasks.
+        self.state_root = paths.dir.parent.parent
+        self.completion = Completion(records_path(self.state_root, self.ui_home), self.ui_home)
 
     # -- entry point ---------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class Installer:
             self._set(index, "cloning")
             sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
             self.log.line(name, f"cloned {sha}")
+            self.completion.record(name, node.url, "clone", sha)
             self._set(index, "cloned", commit=sha)
             self.fresh.append(index)
         except StepFailed as exc:
@@ -234,10 +238,24 @@ class Installer:
             )
         old = self.git.head(dest, name)
         if not self.spec.update and not self._other_ref(dest, node.ref, old):
+            needs = self._steps_needed(dest)
+            if self.completion.get(name) is None and not any(needs.values()):
+                self.completion.record(name, node.url, "clone", old)
+            if self.completion.is_complete(name, old, needs):
+                self.log.line(
+                    name, f"already installed at {old}; skipped (--update brings it up to date)"
+                )
+                self._set(index, "skipped", commit=old)
+                return
+            # Present, but its steps never finished here (or were never run by
+            # nodeferry): "skipped" would report work that did not happen.
+            missing = self.completion.missing(name, old, needs)
             self.log.line(
-                name, f"already installed at {old}; skipped (--update brings it up to date)"
+                name, f"present at {old} but not known complete ({', '.join(missing)}); installing"
             )
-            self._set(index, "skipped", commit=old)
+            self.completion.record(name, node.url, "clone", old)
+            self._set(index, "cloned", commit=old)
+            self.fresh.append(index)
             return
         # --update, or a ref other than the one checked out was asked for: asking
         # for v2 of a node that sits at v1 means v2, so that node alone is updated.
@@ -245,8 +263,18 @@ class Installer:
         sha = self.git.update(dest, node.ref, name)
         why = "" if self.spec.update else f" ({node.ref} requested)"
         self.log.line(name, f"updated {old} -> {sha}{why}")
+        self.completion.record(name, node.url, "clone", sha)
         self._set(index, "cloned", commit=sha)
         self.fresh.append(index)
+
+    def _steps_needed(self, dest: Path) -> "dict[str, bool]":
+        """The steps a node present in ``dest`` must have finished to be complete."""
+        return {
+            "requirements": reqfile.source_of(dest) is not None,
+            "install_script": (dest / "install.py").is_file(),
+            # A node that failed to import is not complete, whatever ran before.
+            "import": self.spec.verify is not False,
+        }
 
     def _other_ref(self, dest: Path, ref: Optional[str], head: str) -> bool:
         """Whether ``ref`` names a commit other than ``head`` (no ref: the one there)."""
@@ -262,7 +290,7 @@ class Installer:
     # requirements -----------------------------------------------------------------------
 
     def _install_requirements(self) -> None:
-        wanting = [i for i in self.fresh if self._requirements_file(i).is_file()]
+        wanting = [i for i in self.fresh if reqfile.source_of(self._node_dir(i)) is not None]
         python, why = requirements.find_interpreter(self.spec.python, self.ui_home)
         self.python = python
         self.log.line(None, f"ComfyUI's interpreter: {python or 'none'} ({why})")
@@ -288,61 +316,53 @@ class Installer:
         self.log.line(None, f"torch family pinned: {pinned}")
         if self.lock_pins is not None:
             self.log.line(None, f"the lock pins {len(self.lock_pins)} package(s)")
-        installer = requirements.choose_installer(python)
-        self.log.line(None, f"installing requirements with {installer}")
-        pip_args = list(self.spec.pip_args)
-        if installer == "uv":
-            from_pip = requirements.pip_config_as_args(python, pip_args)
-            if from_pip:
-                self.log.line(None, "uv gets pip's configured sources: " + shlex.join(from_pip))
-            pip_args += from_pip
-        for i in wanting:
-            self._set_requirements(i, "running")
-        argv = requirements.install_command(
-            installer,
-            python,
-            [self._requirements_file(i) for i in wanting],
-            self.paths.constraints,
-            pip_args,
-        )
-        result = requirements.run_install(
-            argv,
+        work = self.paths.dir / "requirements"
+        work.mkdir(exist_ok=True)
+        stage = reqstage.RequirementsStage(
+            python=python,
+            spec_installer=self.spec.installer,
+            pip_args=self.spec.pip_args,
+            constraints=self.paths.constraints,
+            work_dir=work,
+            tools_dir=self.state_root / "tools",
             log=self.log,
-            prefix="requirements",
             children=self.children,
             timeout=self.timeouts.requirements,
+            hooks=reqstage.Hooks(
+                set_status=self._set_requirements,
+                fail=self._requirements_failed,
+                node_warning=self._node_warning,
+                task_warning=self._task_warning,
+                set_installer=self._set_installer,
+                set_packages=self._set_packages,
+            ),
         )
-        if result.ok:
-            for i in wanting:
+        done = stage.run({i: (self._node(i).name, self._node_dir(i)) for i in wanting})
+        for i in wanting:
+            node = self._node(i)
+            if i in done or node.requirements_status != "failed":
                 self._set_requirements(i, "done")
-        elif len(wanting) == 1:
-            self._requirements_failed(wanting[0], result.describe("installing requirements"))
-        else:
-            self.log.line(None, "the batched install failed; retrying node by node")
-            for i in wanting:
-                name = self._node(i).name
-                argv = requirements.install_command(
-                    installer,
-                    python,
-                    [self._requirements_file(i)],
-                    self.paths.constraints,
-                    pip_args,
-                )
-                single = requirements.run_install(
-                    argv,
-                    log=self.log,
-                    prefix=name,
-                    children=self.children,
-                    timeout=self.timeouts.requirements,
-                )
-                if single.ok:
-                    self._set_requirements(i, "done")
-                else:
-                    self._requirements_failed(i, single.describe("installing requirements"))
+                self.completion.record(node.name, node.url, "requirements", node.commit or "")
         self._finish_requirements()
 
-    def _requirements_file(self, index: int) -> Path:
-        return self.custom_nodes / self._node(index).name / "requirements.txt"
+    def _node_dir(self, index: int) -> Path:
+        return self.custom_nodes / self._node(index).name
+
+    def _node_warning(self, index: int, text: str) -> None:
+        with self.writer.change() as doc:
+            doc.nodes[index].warnings.append(text)
+
+    def _task_warning(self, text: str) -> None:
+        with self.writer.change() as doc:
+            doc.warnings.append(text)
+
+    def _set_installer(self, kind: str) -> None:
+        with self.writer.change() as doc:
+            doc.installer = kind
+
+    def _set_packages(self, changes: "dict[str, dict[str, list[Optional[str]]]]") -> None:
+        with self.writer.change() as doc:
+            doc.packages = changes
 
     def _set_requirements(self, index: int, status: str) -> None:
         # A node stays "installing_requirements" until its install.py step starts.
@@ -362,34 +382,39 @@ class Installer:
 
     def _run_install_scripts(self) -> None:
         todo = [i for i in self.fresh if not self._node(i).is_final]
-        scripts = [
-            i for i in todo if (self.custom_nodes / self._node(i).name / "install.py").is_file()
-        ]
+        scripts = [i for i in todo if (self._node_dir(i) / "install.py").is_file()]
         if scripts:
             with self.writer.change() as doc:
                 doc.move_to("running_install_scripts")
                 doc.current_status = "running install scripts"
         for i in todo:
             self.children.check()
-            name = self._node(i).name
+            node = self._node(i)
             if i in scripts:
                 python = self.python
                 if python is None:
                     self._fail(i, "cannot run install.py: no Python interpreter found")
                     continue
-                self._set(i, "running_install_script")
+                self._set(i, "running_install_script", install_script_status="running")
+                heard = install_script.WarningCollector()
                 result = procs.run(
                     [python, "install.py"],
                     log=self.log,
-                    prefix=name,
+                    prefix=node.name,
                     children=self.children,
                     timeout=self.timeouts.install_script,
-                    cwd=str(self.custom_nodes / name),
-                    env=requirements.pip_env(),
+                    cwd=str(self._node_dir(i)),
+                    env=install_script.script_env(self.ui_home),
+                    on_line=heard.feed,
                 )
+                for text in heard.warnings:
+                    self._node_warning(i, text)
                 if not result.ok:
+                    self._set(i, "running_install_script", install_script_status="failed")
                     self._fail(i, result.describe("install.py"))
                     continue
+                self._set(i, "running_install_script", install_script_status="done")
+                self.completion.record(node.name, node.url, "install_script", node.commit or "")
             if self.spec.verify is False:
                 self._import_done(i, ImportResult("skipped"))  # done now, as before verifying
             else:
@@ -459,6 +484,9 @@ class Installer:
         name = self._node(index).name
         if result.status in ("ok", "skipped"):
             self._set(index, "installed", import_result=result)
+            if result.status == "ok":
+                node = self._node(index)
+                self.completion.record(name, node.url, "import", node.commit or "")
             classes = (
                 "" if result.node_classes is None else f", {result.node_classes} node class(es)"
             )
@@ -473,8 +501,7 @@ class Installer:
 
     def _warn(self, message: str) -> None:
         self.log.line(None, "warning: " + message)
-        with self.writer.change() as doc:
-            doc.warnings.append(message)
+        self._task_warning(message)
 
     # lock -------------------------------------------------------------------------------
 

@@ -45,6 +45,10 @@ NODE_STATUSES = (
 NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 IMPORT_STATUSES = ("ok", "failed", "timeout", "skipped")
+#: The same steps for a node's install.py.
+INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
+#: How the task changed ComfyUI's environment: ``packages[kind][name] == [old, new]``.
+PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
@@ -89,6 +93,31 @@ def _check_choice(value: object, where: str, choices: "Tuple[str, ...]") -> str:
     if value not in choices:
         raise ProtocolError(where, "must be one of: {}".format(", ".join(choices)))
     return str(value)
+
+
+def _check_warnings(value: object, where: str) -> List[str]:
+    items = _check(value, where, (list,))
+    for i, item in enumerate(items):
+        _check(item, f"{where}.{i}", (str,))
+    return list(items)
+
+
+def _check_packages(value: object, where: str) -> Dict[str, Dict[str, List[Optional[str]]]]:
+    """``{"downgraded": {"numpy": ["2.4.6", "1.26.4"]}, ...}``; old or new may be null."""
+    kinds = _check(value, where, (dict,))
+    out: Dict[str, Dict[str, List[Optional[str]]]] = {}
+    for kind, changes in kinds.items():
+        _check_choice(kind, f"{where}.{kind}", PACKAGE_CHANGE_KINDS)
+        _check(changes, f"{where}.{kind}", (dict,))
+        out[kind] = {}
+        for name, pair in changes.items():
+            at = f"{where}.{kind}.{name}"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ProtocolError(at, "must be [old version, new version]")
+            for version in pair:
+                _check(version, at, (str,), optional=True)
+            out[kind][str(name)] = list(pair)
+    return out
 
 
 def _check_count(value: object, where: str) -> int:
@@ -153,6 +182,10 @@ class NodeProgress:
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
     import_result: Optional[ImportResult] = None
+    install_script_status: str = "none"
+    #: What the node's steps reported without failing (install.py errors that
+    #: exited 0, requirements installed alone), quoting the lines.
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -187,6 +220,12 @@ class NodeProgress:
             import_result=None
             if imported is None
             else ImportResult.from_dict(imported, where + ".import"),
+            install_script_status=_check_choice(
+                data.get("install_script_status", "none"),
+                where + ".install_script_status",
+                INSTALL_SCRIPT_STATUSES,
+            ),
+            warnings=_check_warnings(data.get("warnings", []), where + ".warnings"),
         )
 
 
@@ -229,9 +268,13 @@ class Progress:
     error: Optional[str] = None
     error_code: Optional[str] = None
     log_file: Optional[str] = None
-    #: Things the user should know that did not fail the install, e.g. a lock's
-    #: torch version that this instance's own torch overrode.
+    #: "uv" or "pip": what installed the requirements (None until chosen).
+    installer: Optional[str] = None
+    #: Things the user should know that did not fail the install: downgrades and
+    #: what forced them, installer fallbacks, a lock's torch that this instance's
+    #: own torch overrode.
     warnings: List[str] = field(default_factory=list)
+    packages: Dict[str, Dict[str, List[Optional[str]]]] = field(default_factory=dict)
 
     # -- state -----------------------------------------------------------------
 
@@ -293,9 +336,6 @@ class Progress:
             if required not in data:
                 raise ProtocolError(required, "is required")
         nodes_value = _check(data.get("nodes", []), "nodes", (list,))
-        warnings = _check(data.get("warnings", []), "warnings", (list,))
-        for i, item in enumerate(warnings):
-            _check(item, f"warnings.{i}", (str,))
         error_code = data.get("error_code")
         if error_code is not None:
             _check_choice(error_code, "error_code", ERROR_CODES)
@@ -333,5 +373,7 @@ class Progress:
             error=_check(data.get("error"), "error", (str,), optional=True),
             error_code=error_code,
             log_file=_check(data.get("log_file"), "log_file", (str,), optional=True),
-            warnings=list(warnings),
+            installer=_check(data.get("installer"), "installer", (str,), optional=True),
+            warnings=_check_warnings(data.get("warnings", []), "warnings"),
+            packages=_check_packages(data.get("packages", {}), "packages"),
         )

@@ -20,6 +20,8 @@ MAX_JOBS = 32
 DEFAULT_CLONE_JOBS = 16
 MAX_CLONE_JOBS = 64
 MAX_NODES = 500
+#: What installs requirements: uv if found or installable, else pip; or one of them.
+INSTALLERS = ("auto", "uv", "pip")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class InstallSpec:
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     #: Reproduce this lock: its nodes at its commits, its package versions.
     lock: Optional[Lock] = None
+    installer: str = "auto"
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -134,6 +137,7 @@ class InstallSpec:
             "verify",
             "verify_timeout",
             "lock",
+            "installer",
         }
         unknown = set(data) - known
         if unknown:
@@ -209,6 +213,9 @@ class InstallSpec:
             raise ProtocolError(
                 "verify_timeout", f"must be a number of seconds from 1 to {MAX_VERIFY_TIMEOUT:.0f}"
             )
+        installer = data.get("installer", "auto")
+        if installer not in INSTALLERS:
+            raise ProtocolError("installer", "must be one of: {}".format(", ".join(INSTALLERS)))
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -223,6 +230,7 @@ class InstallSpec:
             verify=verify,
             verify_timeout=float(verify_timeout),
             lock=lock,
+            installer=str(installer),
         )
 
     @classmethod
@@ -245,6 +253,7 @@ class InstallSpec:
             "allow_file_urls": self.allow_file_urls,
             "verify": self.verify,
             "verify_timeout": self.verify_timeout,
+            "installer": self.installer,
         }
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it

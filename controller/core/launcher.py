@@ -78,6 +78,7 @@ class Launcher:
                     "update": request.update,
                     "verify": request.verify,
                     "verify_timeout": request.verify_timeout,
+                    "installer": request.installer,
                     "lock": request.lock,
                 }
             )

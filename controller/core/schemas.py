@@ -54,6 +54,8 @@ class InstallRequest(BaseModel):
     verify_timeout: float = Field(default=120.0, ge=1, le=3600)
     #: A ``lock.json`` to reproduce; ``protocol.Lock`` checks it field by field.
     lock: dict[str, Any] | None = None
+    #: What installs requirements: uv when found or installable (auto), uv, pip.
+    installer: Literal["auto", "uv", "pip"] = "auto"
 
 
 class DiffRequest(BaseModel):
@@ -182,6 +184,12 @@ class NodeProgressModel(BaseModel):
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
     import_: ImportResultModel | None = Field(default=None, alias="import")
+    install_script_status: RequirementsStatus = "none"
+    warnings: list[str] = Field(default_factory=list)
+
+
+PackageChangeKind = Literal["added", "upgraded", "downgraded", "removed"]
+VersionPair = Annotated[list[str | None], Field(min_length=2, max_length=2)]
 
 
 class ProgressModel(BaseModel):
@@ -212,7 +220,9 @@ class ProgressModel(BaseModel):
     error: str | None = None
     error_code: ErrorCode | None = None
     log_file: str | None = None
+    installer: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

@@ -74,6 +74,26 @@ VALID_DOCUMENTS = {
     "cancelled": _finished("cancelled", error_code="cancelled"),
     "short_fraction_time": _doc(updated_at="2026-11-29T03:40:00.1Z"),
     "node_with_error": _doc(nodes=[_node(status="failed", error="clone failed: not found")]),
+    "node_warnings": _doc(
+        nodes=[
+            _node(
+                status="installed",
+                install_script_status="done",
+                warnings=["install.py printed a traceback: ModuleNotFoundError: x"],
+            )
+        ]
+    ),
+    "packages_and_warnings": _finished(
+        "completed",
+        exit_code=0,
+        installer="uv",
+        warnings=["numpy downgraded 2.4.6 -> 1.26.4 (ComfyUI-Impact-Pack: numpy<2)"],
+        packages={
+            "added": {"gguf": [None, "0.19.0"]},
+            "downgraded": {"numpy": ["2.4.6", "1.26.4"]},
+            "removed": {"old": ["1.0", None]},
+        },
+    ),
     "minimal": {
         "schema": 1,
         "task_id": TASK_ID,
@@ -118,6 +138,15 @@ INVALID_DOCUMENTS = {
     "node_bad_time": _doc(nodes=[_node(started_at="yesterday")]),
     "node_not_object": _doc(nodes=["a"]),
     "ui_home_number": _doc(ui_home=5),
+    "node_warning_number": _doc(nodes=[_node(warnings=[5])]),
+    "node_warnings_string": _doc(nodes=[_node(warnings="oops")]),
+    "node_bad_install_script_status": _doc(nodes=[_node(install_script_status="maybe")]),
+    "warnings_not_list": _doc(warnings="numpy went down"),
+    "packages_bad_kind": _doc(packages={"sideways": {"numpy": ["1", "2"]}}),
+    "packages_pair_too_long": _doc(packages={"added": {"numpy": [None, "2", "3"]}}),
+    "packages_pair_not_list": _doc(packages={"added": {"numpy": "2"}}),
+    "packages_version_number": _doc(packages={"added": {"numpy": [None, 2]}}),
+    "packages_not_object": _doc(packages=["numpy"]),
     "not_an_object": [1, 2, 3],
 }
 
