@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from controller.sandbox.comfy import NODE_INIT, ComfyHome, isolated_pip_env
+from controller.sandbox.gitserver import GitServer, git
+from controller.sandbox.wheels import build_wheel
 from tests.agent.conftest import Agent, Repos
 from tests.agent.test_install import log_of, run_spec
-from tests.support.comfy import ComfyHome, isolated_pip_env
-from tests.support.gitserver import GitServer, git
-from tests.support.wheels import build_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -48,9 +48,30 @@ def test_a_failed_requirement_is_reattempted_not_skipped(
     assert [n.status for n in second.nodes] == ["installed", "skipped"]
     assert (second.successful, second.skipped, second.failed) == (1, 1, 0)
     assert comfy.installed("tinydep") == "1.0"  # really installed this time
-    assert "not known complete (requirements)" in log_of(second)
+    # Its requirements never ran, so neither did the import check that follows them.
+    assert "not known complete (requirements, import)" in log_of(second)
     third = run_spec(agent, agent.spec(comfy.root, nodes))
     assert [n.status for n in third.nodes] == ["skipped", "skipped"]
+
+
+def test_a_node_whose_import_failed_is_reattempted_not_skipped(
+    agent: Agent, comfy: ComfyHome, git_server: GitServer, tmp_path: Path
+) -> None:
+    """Everything ran, but ComfyUI could not import it: not complete, so the next run
+    checks it again (and says it loads once its missing module is there)."""
+    broken = git_server.add_repo(
+        "imports-later", {"__init__.py": "import later_module\nNODE_CLASS_MAPPINGS = {}\n"}
+    )
+    first = run_spec(agent, agent.spec(comfy.root, [broken.url]), expect=1)
+    assert first.nodes[0].status == "failed"
+    assert "later_module" in (first.nodes[0].error or "")
+    again = run_spec(agent, agent.spec(comfy.root, [broken.url]), expect=1)
+    assert again.nodes[0].status == "failed", "a node that does not import is never skipped"
+    assert "not known complete (import)" in log_of(again)
+    (comfy.root / "later_module.py").write_text("")  # ComfyUI's home is on sys.path
+    fixed = run_spec(agent, agent.spec(comfy.root, [broken.url]))
+    assert fixed.nodes[0].status == "installed"
+    assert run_spec(agent, agent.spec(comfy.root, [broken.url])).nodes[0].status == "skipped"
 
 
 def test_a_node_present_but_never_installed_by_nodeferry_gets_its_requirements(
@@ -67,7 +88,7 @@ def test_install_py_that_fails_quietly_is_installed_with_warnings(
     agent: Agent, comfy: ComfyHome, git_server: GitServer, tmp_path: Path
 ) -> None:
     repo = git_server.add_repo(
-        f"loud-{tmp_path.name}", {"__init__.py": "", "install.py": LOUD_INSTALL_PY}
+        f"loud-{tmp_path.name}", {"__init__.py": NODE_INIT, "install.py": LOUD_INSTALL_PY}
     )
     final = run_spec(agent, agent.spec(comfy.root, [repo.url]))
     node = final.nodes[0]
@@ -87,7 +108,8 @@ def test_a_conflict_fails_only_the_culprit_and_the_rest_share_one_resolve(
     for name, version in (("tinydep", "1.0"), ("tinydep", "2.0"), ("otherdep", "2.0")):
         build_wheel(wheels, name, version)
     wants_two = git_server.add_repo(
-        f"wants-two-{tmp_path.name}", {"__init__.py": "", "requirements.txt": "tinydep==2.0\n"}
+        f"wants-two-{tmp_path.name}",
+        {"__init__.py": NODE_INIT, "requirements.txt": "tinydep==2.0\n"},
     )
     nodes = [repos.with_reqs.url, repos.with_reqs2.url, wants_two.url]
     spec = agent.spec(comfy.root, nodes, pip_args=["--no-index", "--find-links", str(wheels)])
@@ -142,7 +164,7 @@ def test_pyproject_dependencies_are_installed(
     repo = git_server.add_repo(
         f"pyproject-{tmp_path.name}",
         {
-            "__init__.py": "",
+            "__init__.py": NODE_INIT,
             "pyproject.toml": '[project]\nname = "x"\ndependencies = ["tinydep==1.0"]\n',
         },
     )
@@ -158,7 +180,7 @@ def test_crlf_bom_requirements_with_a_relative_wheel(
     repo = git_server.add_repo(
         f"vendored-{tmp_path.name}",
         {
-            "__init__.py": "",
+            "__init__.py": NODE_INIT,
             "requirements.txt": "\ufeff# deps\r\n./wheels/" + wheel.name + "  # ours\r\n",
             "wheels/" + wheel.name: wheel.read_bytes(),
         },
@@ -173,7 +195,7 @@ def test_editable_line_is_installed_alone_and_says_so(
 ) -> None:
     repo = git_server.add_repo(
         f"editable-{tmp_path.name}",
-        {"__init__.py": "", "requirements.txt": "tinydep==1.0\n-e .\n"},
+        {"__init__.py": NODE_INIT, "requirements.txt": "tinydep==1.0\n-e .\n"},
     )
     final = run_spec(agent, agent.spec(comfy.root, [repo.url]), expect=1)
     node = final.nodes[0]
@@ -211,7 +233,7 @@ def test_install_subcommand_takes_installer_and_shows_warnings(
     agent: Agent, comfy: ComfyHome, git_server: GitServer, tmp_path: Path
 ) -> None:
     repo = git_server.add_repo(
-        f"loud-cli-{tmp_path.name}", {"__init__.py": "", "install.py": LOUD_INSTALL_PY}
+        f"loud-cli-{tmp_path.name}", {"__init__.py": NODE_INIT, "install.py": LOUD_INSTALL_PY}
     )
     result = agent.run(
         "install", "--ui-home", str(comfy.root), "--installer", "pip",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome, isolated_pip_env, make_comfy_home, make_venv
 from tests.realworld.packs import (
     BASE_PACKAGES,
     Pack,
@@ -33,7 +34,6 @@ from tests.realworld.packs import (
     serve,
     shared_dir,
 )
-from tests.support.comfy import ComfyHome, isolated_pip_env, make_comfy_home, make_venv
 
 # The numpy a fresh image has; an extra index serving only it is what made uv
 # (first-index strategy) call Impact-Pack's numpy<2 unsatisfiable.

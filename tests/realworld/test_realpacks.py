@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from controller.sandbox.comfy import ComfyHome, isolated_pip_env
 from protocol import Progress
 from protocol.fields import new_task_id
 from tests.realworld.conftest import Index, path_without_uv
 from tests.realworld.packs import REPO_ROOT, Pack, PackServer
-from tests.support.comfy import ComfyHome, isolated_pip_env
 
 pytestmark = [pytest.mark.realworld, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -145,8 +145,8 @@ def uv_run(
     pack_server: PackServer,
     node_packs: list[Pack],
 ) -> Run:
+    from controller.sandbox.comfy import make_comfy_home
     from tests.realworld.conftest import _copy_venv
-    from tests.support.comfy import make_comfy_home
 
     root = tmp_path_factory.mktemp("uv-run")
     home = make_comfy_home(root / "ComfyUI", with_venv=False)
