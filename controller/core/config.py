@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.core.apitoken import check_token, default_data_dir
 from controller.core.errors import ConfigError
 from protocol import fields as checks
 from protocol.errors import ProtocolError
@@ -27,24 +28,27 @@ HOST_KEY_POLICIES = ("tofu", "strict", "insecure")
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
-def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "nodeferry"
-
-
 @dataclass
 class Settings:
     # -- HTTP -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8765
-    #: Required when binding anything but loopback. Clients send
-    #: ``Authorization: Bearer <token>`` (or ``?token=`` where headers can't be set).
+    #: The API token. Unset: the one in ``<data_dir>/token``, made on first start
+    #: (``nodeferry token`` prints it). Clients send ``Authorization: Bearer <token>``
+    #: (``?token=`` only on the event stream and WebSocket, where browsers can't).
     token: str | None = None
+    #: Serve without a token (``--no-auth``): loopback only.
+    no_auth: bool = False
+    #: Host names besides loopback and the bound address that requests may be
+    #: addressed to (a reverse proxy's name). Others are refused: DNS rebinding.
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Let requests install with ``ssh_connection: "local"`` on this machine.
+    allow_local: bool = False
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1024 * 1024
 
     # -- state ----------------------------------------------------------------
-    data_dir: Path = field(default_factory=_default_data_dir)
+    data_dir: Path = field(default_factory=default_data_dir)
     #: Finished tasks older than this many seconds are removed (with their files on
     #: the instance) by a periodic job.
     retention: float = 2 * 3600.0
@@ -104,12 +108,14 @@ class Settings:
             raise ConfigError("host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES))
         if not 1 <= self.port <= 65535:
             raise ConfigError("port must be from 1 to 65535")
-        if not _is_loopback(self.host) and not self.token:
+        if self.no_auth and not _is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without an API token: anyone who can "
-                "reach it could run installs on your instances. Set NODEFERRY_TOKEN (or "
-                "token = … in the config file), or bind to 127.0.0.1."
+                "reach it could run installs on your instances. Drop --no-auth "
+                "(no_auth) or bind to 127.0.0.1."
             )
+        if self.token is not None:
+            check_token(self.token, "token")
         for name in (
             "retention",
             "cleanup_interval",
@@ -186,6 +192,9 @@ _KINDS: dict[str, Any] = {
     "host": str,
     "port": int,
     "token": "optional_str",
+    "no_auth": bool,
+    "allowed_hosts": "str_list",
+    "allow_local": bool,
     "max_body_bytes": int,
     "data_dir": "path",
     "retention": float,

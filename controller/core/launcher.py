@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+from controller.core.access import check_start
 from controller.core.errors import (
     Conflict,
     ControllerError,
@@ -32,6 +33,7 @@ class Launcher:
         """Register a task and launch it in the background; returns its id at once."""
         tasks = self.tasks
         target = parse_target(request.ssh_connection)
+        check_start(tasks.settings, target)
         task_id = checks.new_task_id()
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args

@@ -44,6 +44,9 @@ class TaskView:
     target: Target
     #: Why the view is stale.
     problem: str | None = None
+    #: The error code a stale view is answered with: ``unreachable``, or
+    #: ``unreadable_progress`` when the instance answered with a broken document.
+    problem_code: str = "unreachable"
 
     def response(self) -> dict[str, Any]:
         """The seed-compatible progress body."""
@@ -171,13 +174,21 @@ class Tasks:
         return live
 
     async def publish(
-        self, live: Live, progress: Progress, *, stale: bool = False, problem: str | None = None
+        self,
+        live: Live,
+        progress: Progress,
+        *,
+        stale: bool = False,
+        problem: str | None = None,
+        problem_code: str = "unreachable",
     ) -> TaskView:
         """Install a new view; persist and wake watchers when the document changed."""
         previous = live.view
         changed = progress.to_dict() != previous.progress.to_dict()
         version = previous.version + 1 if changed or stale != previous.stale else previous.version
-        live.view = TaskView(progress, stale, utc_now(), version, live.record.target, problem)
+        live.view = TaskView(
+            progress, stale, utc_now(), version, live.record.target, problem, problem_code
+        )
         live.read_mono = time.monotonic()
         if changed:
             live.changed_mono = live.read_mono

@@ -19,7 +19,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from controller.core.errors import InvalidRequest, RemoteError, UnknownTask, Unreachable
+from controller.core.access import check_lookup
+from controller.core.errors import (
+    InvalidRequest,
+    RemoteError,
+    UnknownTask,
+    Unreachable,
+    UnreadableProgress,
+)
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import TaskRecord
 from controller.core.target import Target
@@ -85,6 +92,8 @@ class Reader:
         return await asyncio.shield(refresh)
 
     async def _adopt(self, task_id: str, target: Target) -> Live:
+        known_hosts = self.tasks.transports.pool.known_hosts
+        await self.tasks.run(check_lookup, self.tasks.settings, known_hosts, task_id, target)
         transport = self.tasks.transports.get(target)
         path = self._progress_path(task_id)
 
@@ -101,12 +110,7 @@ class Reader:
             raise Unreachable(f"cannot look for task {task_id} on {target}: {exc}") from None
         if data is None:
             raise UnknownTask(task_id)
-        try:
-            progress = Progress.from_json(data.decode("utf-8"))
-        except (ProtocolError, UnicodeDecodeError) as exc:
-            raise RemoteError(
-                f"task {task_id} on {target} has an unreadable document: {exc}"
-            ) from None
+        progress = parse_document(data)
         if progress.task_id != task_id:
             raise UnknownTask(task_id)
         now = time.time()
@@ -144,20 +148,23 @@ class Reader:
         ):
             return signature
         started = time.monotonic()
-        text = transport.read(path)
+        data = transport.read(path)
         self.tasks.stats.add("remote_reads")
+        progress = parse_document(data)
+        # Only a document that parsed may be skipped as unchanged next time: a
+        # broken one is read again until it is replaced.
         live.read_signature, live.read_signature_mono = signature, started
-        return Progress.from_json(text.decode("utf-8"))
+        return progress
 
     async def _refresh(self, live: Live) -> TaskView:
         record = live.record
         transport = self.tasks.transports.get(record.target)
         try:
             result = await self.tasks.run(self._read_document, transport, live)
-        except ProtocolError as exc:
-            return await self.tasks.publish(
-                live, live.view.progress, stale=True, problem=f"unreadable progress: {exc}"
-            )
+        except UnreadableProgress as exc:
+            # The instance answered: not unreachable, and not lost either. Keep the
+            # last good document; a later valid one replaces it.
+            return await self._unreadable(live, exc.message)
         except RemoteError as exc:
             return await self.tasks.publish(
                 live, live.view.progress, stale=True, problem=exc.message
@@ -205,6 +212,8 @@ class Reader:
             return await self.tasks.publish(
                 live, live.view.progress, stale=True, problem=exc.message
             )
+        if reply.exit_status == ExitCode.UNREADABLE_PROGRESS:
+            return await self._unreadable(live, str(reply.document.get("message", "")))
         if reply.exit_status == ExitCode.UNKNOWN_TASK:
             lost = failed_document(
                 live.view.progress,
@@ -219,12 +228,20 @@ class Reader:
         try:
             progress = Progress.from_dict(reply.document)
         except ProtocolError as exc:
-            return await self.tasks.publish(
-                live, live.view.progress, stale=True, problem=f"unreadable status: {exc}"
-            )
+            return await self._unreadable(live, f"unreadable status: {exc}")
         if missing and not progress.is_final:
             return live.view
         return await self.tasks.publish(live, progress)
+
+    async def _unreadable(self, live: Live, problem: str) -> TaskView:
+        self.tasks.stats.add("unreadable_progress")
+        return await self.tasks.publish(
+            live,
+            live.view.progress,
+            stale=True,
+            problem=problem,
+            problem_code=UnreadableProgress.code,
+        )
 
     async def watch(
         self, task_id: object, *, heartbeat: float | None = None
@@ -300,6 +317,18 @@ class Reader:
             progress = live.view.progress if live else record.progress
             summaries.append(_summary(record, progress))
         return summaries
+
+
+def parse_document(data: bytes) -> Progress:
+    """The agent's progress document, or :class:`UnreadableProgress` saying why not."""
+    try:
+        return Progress.from_json(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableProgress(f"the progress document is not UTF-8: {exc}") from None
+    except ProtocolError as exc:
+        raise UnreadableProgress(f"the progress document does not parse: {exc}") from None
+    except RecursionError:
+        raise UnreadableProgress("the progress document is nested too deeply") from None
 
 
 def _whole_utf8(data: bytes) -> bytes:

@@ -23,6 +23,8 @@ class Stats:
     uploads: int = 0
     #: SSH connections opened.
     connections: int = 0
+    #: Progress documents (or status answers) that did not parse.
+    unreadable_progress: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: int = 1) -> None:
