@@ -21,10 +21,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from controller.api.appkeys import SETTINGS
+from controller.api.appkeys import SETTINGS, STATS
 from controller.api.middleware import Handler, is_public
 from controller.core.config import Settings
-from controller.core.errors import Forbidden, MisdirectedRequest, UnsupportedMediaType
+from controller.core.errors import (
+    ControllerError,
+    Forbidden,
+    MisdirectedRequest,
+    UnsupportedMediaType,
+)
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
@@ -76,6 +81,15 @@ def _origin_allowed(settings: Settings, origin: str, host: str) -> bool:
 
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        _check(request)
+    except ControllerError:
+        request.app[STATS].add("refused_requests")
+        raise
+    return await handler(request)
+
+
+def _check(request: web.Request) -> None:
     settings = request.app[SETTINGS]
     host = request.headers.get("Host")
     if host is not None and not host_allowed(settings, host):
@@ -98,4 +112,3 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
             f"the request body must be JSON sent as 'Content-Type: application/json', "
             f"not {request.content_type!r}"
         )
-    return await handler(request)

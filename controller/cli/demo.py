@@ -68,6 +68,8 @@ def demo_settings(sandbox: sandboxes.Sandbox) -> Settings:
             "data_dir": sandbox.data_dir,
             "local_state_dir": sandbox.state_dir,
             "refresh_interval": 0.25,
+            # The demo installs into its sandbox on this machine.
+            "allow_local": True,
         },
     )
 
@@ -126,7 +128,7 @@ async def run_demo(
     settings = demo_settings(sandbox)
     async with commands.in_process_controller(settings, port) as url:
         out.print(f"controller on {url} (local transport)", style="dim")
-        async with AsyncClient(url) as client:
+        async with AsyncClient(url, token=settings.token) as client:
             task_id = await client.start(
                 "local",
                 str(sandbox.ui_home),
@@ -153,7 +155,9 @@ async def run_demo(
         out.print(f"custom_nodes/: {', '.join(installed) or '(empty)'}")
         importable = await asyncio.get_running_loop().run_in_executor(None, _check_imports, sandbox)
         out.print(f"ComfyUI's venv imports: {', '.join(importable) or '(nothing)'}")
-        out.print(Text.assemble(("dashboard: ", "bold"), (f"{url}/", "bold cyan")))
+        out.print(
+            Text.assemble(("dashboard: ", "bold"), (f"{url}/#token={settings.token}", "bold cyan"))
+        )
         if serve:
             out.print("serving the dashboard; press Ctrl-C to stop", style="dim")
             await _serve_until_interrupted()
