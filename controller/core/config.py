@@ -71,6 +71,11 @@ class Settings:
     #: Channels per pooled connection before another connection is opened.
     max_channels_per_connection: int = 5
     max_connections_per_host: int = 4
+    #: Threads for SSH work, apart from the executor for files and SQLite: a host
+    #: that never answers holds one for up to connect_timeout.
+    ssh_threads: int = 64
+    #: SSH jobs one host may run at once once it has answered (before, one).
+    ssh_jobs_per_host: int = 8
 
     # -- the agent on the instance --------------------------------------------
     #: The agent's state dir on instances (``--state-dir``); ``~/`` is the SSH
@@ -127,6 +132,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.ssh_threads < 2 or self.ssh_jobs_per_host < 1:
+            raise ConfigError("ssh_threads must be at least 2 and ssh_jobs_per_host at least 1")
         if self.max_channels_per_connection < 2 or self.max_connections_per_host < 1:
             raise ConfigError(
                 "max_channels_per_connection must be at least 2 and "
@@ -208,6 +215,8 @@ _KINDS: dict[str, Any] = {
     "keepalive_interval": float,
     "max_channels_per_connection": int,
     "max_connections_per_host": int,
+    "ssh_threads": int,
+    "ssh_jobs_per_host": int,
     "remote_state_dir": str,
     "remote_python": str,
     "local_state_dir": "path",

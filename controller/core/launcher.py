@@ -76,7 +76,8 @@ class Launcher:
         record = live.record
         transport = tasks.transports.get(record.target)
         try:
-            reply = await tasks.run(
+            reply = await tasks.run_on(
+                record.target,
                 transport.run_agent,
                 ["start", "--spec", "-"],
                 stdin=spec.to_json().encode(),
@@ -129,7 +130,8 @@ class Launcher:
             return live.view
         record = live.record
         transport = tasks.transports.get(record.target)
-        reply = await tasks.run(
+        reply = await tasks.run_on(
+            record.target,
             transport.run_agent,
             ["cancel", "--task-id", record.task_id],
             timeout=tasks.settings.command_timeout,

@@ -105,7 +105,7 @@ class Reader:
             return data
 
         try:
-            data = await self.tasks.run(read)
+            data = await self.tasks.run_on(target, read)
         except OSError as exc:
             raise Unreachable(f"cannot look for task {task_id} on {target}: {exc}") from None
         if data is None:
@@ -160,7 +160,7 @@ class Reader:
         record = live.record
         transport = self.tasks.transports.get(record.target)
         try:
-            result = await self.tasks.run(self._read_document, transport, live)
+            result = await self.tasks.run_on(record.target, self._read_document, transport, live)
         except UnreadableProgress as exc:
             # The instance answered: not unreachable, and not lost either. Keep the
             # last good document; a later valid one replaces it.
@@ -203,7 +203,8 @@ class Reader:
         live.liveness_mono = time.monotonic()
         task_id = live.record.task_id
         try:
-            reply = await self.tasks.run(
+            reply = await self.tasks.run_on(
+                live.record.target,
                 transport.run_agent,
                 ["status", "--task-id", task_id],
                 timeout=self.tasks.settings.command_timeout,
@@ -296,7 +297,7 @@ class Reader:
             return transport.read(path, offset, min(limit, info.size - offset)), info.size
 
         try:
-            data, size = await self.tasks.run(read)
+            data, size = await self.tasks.run_on(live.record.target, read)
         except RemoteError:
             raise
         except OSError as exc:

@@ -43,6 +43,8 @@ ENV_VALUES = {
     "keepalive_interval": ("5", 5.0),
     "max_channels_per_connection": ("3", 3),
     "max_connections_per_host": ("2", 2),
+    "ssh_threads": ("16", 16),
+    "ssh_jobs_per_host": ("3", 3),
     "remote_state_dir": ("/var/lib/nf", "/var/lib/nf"),
     "remote_python": ("python3.12", "python3.12"),
     "local_state_dir": ("/srv/local", Path("/srv/local")),
