@@ -156,7 +156,8 @@ async def run_demo(
         importable = await asyncio.get_running_loop().run_in_executor(None, _check_imports, sandbox)
         out.print(f"ComfyUI's venv imports: {', '.join(importable) or '(nothing)'}")
         out.print(
-            Text.assemble(("dashboard: ", "bold"), (f"{url}/#token={settings.token}", "bold cyan"))
+            Text.assemble(("dashboard: ", "bold"), (f"{url}/#token={settings.token}", "bold cyan")),
+            soft_wrap=True,  # one line, so the address can be copied whole
         )
         if serve:
             out.print("serving the dashboard; press Ctrl-C to stop", style="dim")
