@@ -123,3 +123,21 @@ async def test_local_is_refused_unless_allowed(
     assert looked.status == 404 and "allow_local" in (await looked.json())["message"]
     assert (await (await client.get("/api/tasks")).json())["tasks"] == []
     assert home.node_dirs() == []
+
+
+async def test_one_home_under_any_spelling_is_one_home(
+    client: Any, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    running = await start_install(client, install_body("local", home, [node_repos.gated.url]))
+    await wait_for(client, running, lambda s, b: b["state"] == "running_install_scripts")
+    plain = str(home.root)
+    for spelling in ("/" + plain, f"/.{plain}/", plain.replace("/", "//"), plain + "/./"):
+        body = install_body("local", home, [node_repos.plain.url])
+        body["ui_home"] = spelling
+        response = await client.post("/ssh/install-custom-nodes", json=body)
+        payload = await response.json()
+        assert response.status == 409, (spelling, payload)
+        assert payload["task_id"] == running
+    (home.root / "release").touch()
+    final = await wait_final(client, running)
+    assert final["state"] == "completed" and final["ui_home"] == plain
