@@ -8,7 +8,10 @@ start to a healthy host waited ten seconds behind them. Here:
 - ``threads`` is the global limit;
 - a host that has not answered yet (or whose last job failed to reach it) runs
   one job at a time, the others wait on the event loop without a thread; once it
-  answers, up to ``per_host`` jobs run at once.
+  answers, up to ``per_host`` jobs run at once;
+- when that one job finds the host unreachable, the jobs that waited for it fail
+  with the same error at once: they share its connection attempt, as concurrent
+  connects to one host share one in the SSH pool.
 
 So a dead host costs one thread for at most the connect timeout, and healthy
 hosts are starved only when more than ``threads - 1`` dead hosts are tried at once.
@@ -27,8 +30,9 @@ from controller.core.errors import Unreachable
 
 T = TypeVar("T")
 
-#: Failures that say the host did not answer (as opposed to answering "no").
-NO_ANSWER = (Unreachable, OSError, EOFError)
+#: Failures that say the host did not answer (as opposed to answering "no", or an
+#: SFTP error such as a missing file, which is an answer).
+NO_ANSWER = (Unreachable, ConnectionError, TimeoutError, EOFError)
 
 
 @dataclass
@@ -68,23 +72,31 @@ class HostLimitedExecutor:
             finally:
                 host.waiters.remove(waiter)
         host.active += 1
+        probing = not host.answered
         try:
             job = self._threads.submit(functools.partial(function, *args, **kwargs))
         except BaseException:
-            self._release(host, None)
+            self._release(host, None, probing=False)
             raise
         # Released when the thread is done, not when an awaiting request gives up:
         # a cancelled request does not free a thread that is still blocked.
-        job.add_done_callback(lambda done: loop.call_soon_threadsafe(self._release, host, done))
+        job.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._release, host, done, probing)
+        )
         return await asyncio.wrap_future(job)
 
-    def _release(self, host: _Host, done: Future[Any] | None) -> None:
+    def _release(self, host: _Host, done: Future[Any] | None, probing: bool) -> None:
         host.active -= 1
+        error = done.exception() if done is not None and not done.cancelled() else None
         if done is not None and not done.cancelled():
-            error = done.exception()
             host.answered = error is None or not isinstance(error, NO_ANSWER)
+        shared = Unreachable(str(error)) if probing and isinstance(error, NO_ANSWER) else None
         for waiter in host.waiters:
-            if not waiter.done():
+            if waiter.done():
+                continue
+            if shared is not None:
+                waiter.set_exception(shared)
+            else:
                 waiter.set_result(None)
 
     def shutdown(self) -> None:
