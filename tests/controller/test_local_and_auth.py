@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,21 @@ async def test_one_home_under_any_spelling_is_one_home(
     (home.root / "release").touch()
     final = await wait_final(client, running)
     assert final["state"] == "completed" and final["ui_home"] == plain
+
+
+def test_the_access_log_never_shows_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from controller.api.accesslog import RedactingAccessLogger
+
+    logger = logging.getLogger("test.access")
+    access = RedactingAccessLogger(logger, '%a "%r" %s')
+    request = make_mocked_request("GET", "/api/tasks/abc/events?token=s3cret-token&x=1")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        access.log(request, web.Response(status=200), 0.01)
+        access.log(make_mocked_request("GET", "/api/tasks"), web.Response(status=200), 0.01)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert "s3cret" not in lines[0] and "token=REDACTED" in lines[0] and "x=1" in lines[0]
+    assert "GET /api/tasks HTTP" in lines[1]
