@@ -54,6 +54,13 @@ class UnknownTask(AgentError):
     code = "unknown_task"
 
 
+class UnreadableProgress(AgentError):
+    """The task's progress document exists but does not parse."""
+
+    exit_code = ExitCode.UNREADABLE_PROGRESS
+    code = "unreadable_progress"
+
+
 class Cancelled(Exception):
     """Raised inside the worker when the install is being cancelled."""
 

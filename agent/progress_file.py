@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
-from protocol import Progress, utc_now
+from protocol import Progress, ProtocolError, utc_now
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -50,13 +50,18 @@ def _fsync_dir(directory: Path) -> None:
 def read_progress(path: Path) -> Optional[Progress]:
     """The document at ``path``, or None when there is none yet.
 
-    A document that does not parse raises :class:`ProtocolError`: with atomic
-    writes that only happens when something else wrote the file.
+    A document that does not parse (not UTF-8 included) raises
+    :class:`ProtocolError`: with atomic writes that only happens when something
+    else wrote the file.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("", f"the progress document is not UTF-8: {exc}") from None
     return Progress.from_json(text)
 
 

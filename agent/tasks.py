@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from agent import git as gitmod
 from agent import liveness
-from agent.errors import UnknownTask
+from agent.errors import UnknownTask, UnreadableProgress
 from agent.progress_file import ProgressWriter, read_progress
 from agent.statedir import StateDir, TaskPaths
 from agent.worker import sweep_temp_dirs
@@ -26,7 +26,9 @@ def load(paths: TaskPaths) -> Progress:
     try:
         progress = read_progress(paths.progress)
     except ProtocolError as exc:
-        raise UnknownTask(
+        # Unreadable is not missing: the task is there, a reader should keep
+        # its last good document and look again, not call the task lost.
+        raise UnreadableProgress(
             f"task {paths.task_id} has an unreadable progress document: {exc}"
         ) from None
     if progress is None:

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from controller.core.apitoken import discover_token
+
 Document = dict[str, Any]
 ProgressCallback = Callable[[Document], Awaitable[None] | None]
 NodeRef = str | dict[str, Any]
@@ -225,7 +227,9 @@ class AsyncClient:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token
+        # None: NODEFERRY_TOKEN, else (for a controller on this machine) the token
+        # in its data dir (NODEFERRY_DATA_DIR or the default). "" sends none.
+        self.token = discover_token(self.base_url) if token is None else token
         self.request_timeout = request_timeout
         self.retries = retries
         self.retry_delay = retry_delay

@@ -17,3 +17,6 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 5
     #: The install was cancelled.
     CANCELLED = 6
+    #: ``status``/``cancel``: the task exists but its progress document does not
+    #: parse (not UTF-8, not JSON, not a document): unreadable, not missing.
+    UNREADABLE_PROGRESS = 7

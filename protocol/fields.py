@@ -7,7 +7,7 @@ on purpose: whatever passes here ends up in an argv list on a machine we do not 
 import re
 import uuid
 from typing import List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from protocol.errors import ProtocolError
 
@@ -117,6 +117,10 @@ def git_url(value: object, field: str = "url", allow_file: bool = False) -> str:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
             raise ProtocolError(field, "has an invalid port") from None
+        user = unquote(parts.username or "")
+        if user.startswith("-") or _CONTROL.search(user):
+            # ssh would read a user like "-oProxyCommand=…" as an option.
+            raise ProtocolError(field, "has a user name that starts with '-'")
     if parts.query or parts.fragment:
         raise ProtocolError(field, "must not have a query or fragment")
     return url
@@ -154,7 +158,11 @@ def name_from_url(url: str) -> str:
 
 
 def remote_path(value: object, field: str, *, allow_home: bool = True) -> str:
-    """An absolute path on the instance (``~/…`` allowed), without ``..`` segments."""
+    """An absolute path on the instance (``~/…`` allowed), without ``..`` segments.
+
+    Returned in canonical form (no empty or ``.`` segments, no trailing ``/``), so
+    ``//workspace/ComfyUI`` and ``/./workspace/ComfyUI/`` are one ComfyUI home.
+    """
     path = _plain_text(value, field, MAX_PATH)
     if not _PATH.match(path):
         raise ProtocolError(
@@ -170,9 +178,11 @@ def remote_path(value: object, field: str, *, allow_home: bool = True) -> str:
         )
     if "~" in path[1:]:
         raise ProtocolError(field, "may use '~' only as its first character")
-    if ".." in path.split("/"):
+    segments = path.split("/")
+    if ".." in segments:
         raise ProtocolError(field, "must not contain '..' segments")
-    return path
+    kept = [part for part in segments[1:] if part not in ("", ".")]
+    return "/".join([segments[0], *kept]) if kept else (segments[0] or "/")
 
 
 def python_command(value: object, field: str = "python") -> str:

@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTINGS, STATS
+from controller.api.guard import guard_middleware
 from controller.api.middleware import auth_middleware, error_middleware
 from controller.api.routes import setup_routes
+from controller.core.apitoken import ensure_token
 from controller.core.config import Settings
 from controller.core.registry import Registry
 from controller.core.service import TaskService
@@ -35,9 +37,13 @@ def create_app(settings: Settings) -> web.Application:
 
     settings.validate()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.no_auth:
+        settings.token = None
+    elif settings.token is None:
+        settings.token = ensure_token(settings.data_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[error_middleware, guard_middleware, auth_middleware],
     )
     stats = Stats()
     known_hosts = KnownHosts(settings.known_hosts_path, settings.host_key_policy)

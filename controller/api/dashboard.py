@@ -1,9 +1,9 @@
 """The dashboard: one page at ``GET /``, plain HTML, CSS and JavaScript.
 
 The files live in ``controller/api/static`` (package data; no build step). The page is
-served with its stylesheet and script inlined, so it is a single request: on a
-controller with an API token, ``/?token=…`` opens it (the script keeps the token
-for its API calls and removes it from the address bar). The files are also
+served with its stylesheet and script inlined, so it is a single request:
+``/#token=…`` opens it (the script keeps the token for the tab's API calls and
+removes it from the address bar; a fragment never reaches the server). The files are also
 served as they are under ``/static/``.
 """
 

@@ -31,6 +31,14 @@ async def read_json(request: web.Request) -> Any:
 
 def progress_answer(view: TaskView) -> web.Response:
     body = view.response()
+    if view.stale and view.problem_code == "unreadable_progress":
+        body.update(
+            success=False,
+            error="unreadable_progress",
+            message=f"the progress document on {view.target} cannot be read; this is the "
+            f"last good progress ({view.problem})",
+        )
+        return web.json_response(body, status=502, headers={"Retry-After": "2"})
     if view.stale:
         body.update(
             success=False,
@@ -89,12 +97,18 @@ async def cancel_task(request: web.Request) -> web.Response:
     return progress_answer(view)
 
 
+MAX_QUERY_DIGITS = 18
+
+
 def _query_int(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise InvalidRequest(name, "must be a whole number of bytes, 0 or more")
+    # isdigit() also takes "²" and other digits int() refuses; 18 digits fit any file.
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_QUERY_DIGITS):
+        raise InvalidRequest(
+            name, f"must be a whole number of bytes, 0 or more (at most {MAX_QUERY_DIGITS} digits)"
+        )
     return int(text)
 
 

@@ -17,12 +17,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Paths anyone may fetch without the token. The dashboard page holds no data: it
-#: asks for the token itself when the API answers 401.
+#: reads the token from its URL fragment, or asks for it when the API answers 401.
 PUBLIC_PATHS = frozenset({"/healthz", "/"})
 #: Paths that check the token themselves: the WebSocket also takes it in its first
 #: message (``controller.api.ws.authorized``).
 SELF_AUTH_PATHS = frozenset({"/api/ws"})
 PUBLIC_PREFIXES = ("/static/",)
+#: Paths where the token may come as ``?token=`` (besides each task's event stream).
+QUERY_TOKEN_PREFIXES = ("/api/ws",)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -32,6 +34,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "too_large",
     415: "unsupported_media_type",
+    421: "wrong_host",
 }
 
 
@@ -67,19 +70,38 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def token_in_query_allowed(path: str) -> bool:
+    """Only where a browser cannot send a header: the event stream and WebSockets."""
+    return path.startswith(QUERY_TOKEN_PREFIXES) or (
+        path.startswith("/api/tasks/") and path.endswith("/events")
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].token
-    public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
-    public = public or request.path in SELF_AUTH_PATHS
-    if token and not public:
+    # /api/ws checks its own token (first message or ?token=): see controller.api.ws.
+    if token and not is_public(request.path) and request.path not in SELF_AUTH_PATHS:
         given = ""
         header = request.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
+        if header[:7].lower() == "bearer ":
             given = header[7:].strip()
-        else:
-            # EventSource cannot set headers; the dashboard passes the token in the URL.
-            given = request.query.get("token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+        elif "token" in request.query:
+            if not token_in_query_allowed(request.path):
+                raise Unauthorized(
+                    "?token= is accepted only on the event stream; "
+                    "send 'Authorization: Bearer <token>' instead"
+                )
+            given = request.query["token"]
+        # Header bytes that are not UTF-8 arrive as surrogates: "replace" keeps
+        # them comparable (and wrong) instead of raising.
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
+            raise Unauthorized(
+                "missing or wrong API token: send 'Authorization: Bearer <token>' "
+                "(`nodeferry token` prints it on the controller's machine)"
+            )
     return await handler(request)

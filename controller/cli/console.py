@@ -102,8 +102,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="TARGET",
         help="'root@host -p 22', 'root@host:22', the ssh command VastAI shows, or 'local' "
-        "for the controller's own machine (default: local); repeat it to install on many "
-        "instances at once (one fleet, one live view)",
+        "for the controller's own machine (default: local; needs the allow_local setting, "
+        "e.g. NODEFERRY_ALLOW_LOCAL=1); repeat it to install on many instances at once "
+        "(one fleet, one live view)",
     )
     install.add_argument("--ui-home", required=True, help="the ComfyUI folder on the instance")
     install.add_argument("--python", help="ComfyUI's interpreter (default: discovered)")
@@ -282,7 +283,13 @@ def run(args: argparse.Namespace, command: Callable[..., Any]) -> int:
         err.print(Text(f"error: {exc.message}", style="red"))
         return ExitCode.UNKNOWN_TASK
     except Unauthorized as exc:
-        err.print(Text(f"error: {exc.message} (set --token or NODEFERRY_TOKEN)", style="red"))
+        err.print(
+            Text(
+                f"error: {exc.message} (set --token or NODEFERRY_TOKEN; `nodeferry token` "
+                "prints it on the controller's machine)",
+                style="red",
+            )
+        )
         return ExitCode.INVALID
     except ControllerUnreachable as exc:
         err.print(Text(f"error: {exc}", style="red"))

@@ -68,6 +68,8 @@ def demo_settings(sandbox: sandboxes.Sandbox) -> Settings:
             "data_dir": sandbox.data_dir,
             "local_state_dir": sandbox.state_dir,
             "refresh_interval": 0.25,
+            # The demo installs into its sandbox on this machine.
+            "allow_local": True,
         },
     )
 
@@ -126,7 +128,7 @@ async def run_demo(
     settings = demo_settings(sandbox)
     async with commands.in_process_controller(settings, port) as url:
         out.print(f"controller on {url} (local transport)", style="dim")
-        async with AsyncClient(url) as client:
+        async with AsyncClient(url, token=settings.token) as client:
             task_id = await client.start(
                 "local",
                 str(sandbox.ui_home),
@@ -154,7 +156,12 @@ async def run_demo(
         importable = await asyncio.get_running_loop().run_in_executor(None, _check_imports, sandbox)
         out.print(f"ComfyUI's venv imports: {', '.join(importable) or '(nothing)'}")
         if serve:  # with --exit nothing would serve the address: don't print it
-            out.print(Text.assemble(("dashboard: ", "bold"), (f"{url}/", "bold cyan")))
+            out.print(
+                Text.assemble(
+                    ("dashboard: ", "bold"), (f"{url}/#token={settings.token}", "bold cyan")
+                ),
+                soft_wrap=True,  # one line, so the address can be copied whole
+            )
             out.print("serving the dashboard; press Ctrl-C to stop", style="dim")
             await _serve_until_interrupted()
         return status

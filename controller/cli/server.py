@@ -1,4 +1,4 @@
-"""``nodeferry serve`` and ``nodeferry hosts forget HOST:PORT``."""
+"""``nodeferry serve``, ``nodeferry token`` and ``nodeferry hosts forget HOST:PORT``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controller.core.apitoken import ensure_token
 from controller.core.config import load_settings
 from controller.core.errors import ControllerError
 from controller.core.target import parse_host_port
@@ -28,7 +29,24 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--config", type=Path, default=None, help="INI config file")
     serve.add_argument("--data-dir", type=Path, default=None, help="task registry directory")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--no-auth",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve without an API token (loopback only): any local user and program "
+        "could then run installs",
+    )
     serve.set_defaults(func=serve_command)
+
+    token = subparsers.add_parser(
+        "token",
+        help="print the controller's API token (made on first use)",
+        description="Print the API token of the controller that uses this data dir.",
+    )
+    token.add_argument("--config", type=Path, default=None, help="INI config file")
+    token.add_argument("--data-dir", type=Path, default=None, help="the controller's data dir")
+    token.set_defaults(func=token_command)
 
     hosts = subparsers.add_parser("hosts", help="manage the controller's known host keys")
     hosts_sub = hosts.add_subparsers(dest="hosts_command", required=True, metavar="ACTION")
@@ -41,6 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from controller.api.accesslog import RedactingAccessLogger
     from controller.api.app import create_app
 
     logging.basicConfig(
@@ -52,18 +71,51 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
             args.config,
-            overrides={"host": args.host, "port": args.port, "data_dir": args.data_dir},
+            overrides={
+                "host": args.host,
+                "port": args.port,
+                "data_dir": args.data_dir,
+                "no_auth": args.no_auth,
+            },
         )
         app = create_app(settings)
     except ControllerError as exc:
         print(f"nodeferry serve: {exc.message}", file=sys.stderr)
         return 2
-    print(
-        f"nodeferry controller on http://{settings.host}:{settings.port} "
-        f"(data in {settings.data_dir})",
-        flush=True,
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}/"
+    print(f"nodeferry controller on {url} (data in {settings.data_dir})", flush=True)
+    if settings.token:
+        # Once, here: a URL fragment never reaches a server or its access log.
+        print(f"dashboard: {url}#token={settings.token}", flush=True)
+    else:
+        print(
+            "WARNING: serving without an API token (--no-auth): every local user and "
+            "program can start installs, including on this machine if allow_local is on",
+            file=sys.stderr,
+            flush=True,
+        )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log_class=RedactingAccessLogger,
     )
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+def token_command(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, overrides={"data_dir": args.data_dir})
+        token = settings.token or ensure_token(settings.data_dir)
+    except ControllerError as exc:
+        print(f"nodeferry token: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"nodeferry token: cannot read or write the token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 

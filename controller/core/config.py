@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.core.apitoken import check_token, default_data_dir
 from controller.core.errors import ConfigError
 from protocol import fields as checks
 from protocol.errors import ProtocolError
@@ -27,24 +28,27 @@ HOST_KEY_POLICIES = ("tofu", "strict", "insecure")
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
-def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "nodeferry"
-
-
 @dataclass
 class Settings:
     # -- HTTP -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8765
-    #: Required when binding anything but loopback. Clients send
-    #: ``Authorization: Bearer <token>`` (or ``?token=`` where headers can't be set).
+    #: The API token. Unset: the one in ``<data_dir>/token``, made on first start
+    #: (``nodeferry token`` prints it). Clients send ``Authorization: Bearer <token>``
+    #: (``?token=`` only on the event stream and WebSocket, where browsers can't).
     token: str | None = None
+    #: Serve without a token (``--no-auth``): loopback only.
+    no_auth: bool = False
+    #: Host names besides loopback and the bound address that requests may be
+    #: addressed to (a reverse proxy's name). Others are refused: DNS rebinding.
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Let requests install with ``ssh_connection: "local"`` on this machine.
+    allow_local: bool = False
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1024 * 1024
 
     # -- state ----------------------------------------------------------------
-    data_dir: Path = field(default_factory=_default_data_dir)
+    data_dir: Path = field(default_factory=default_data_dir)
     #: Finished tasks older than this many seconds are removed (with their files on
     #: the instance) by a periodic job.
     retention: float = 2 * 3600.0
@@ -73,6 +77,11 @@ class Settings:
     #: The only folder a request's ``-i KEY`` may name a key file in (by name, or a
     #: path inside it). Unset: ``-i`` is refused.
     keys_dir: Path | None = None
+    #: Threads for SSH work, apart from the executor for files and SQLite: a host
+    #: that never answers holds one for up to connect_timeout.
+    ssh_threads: int = 64
+    #: SSH jobs one host may run at once once it has answered (before, one).
+    ssh_jobs_per_host: int = 8
 
     # -- the agent on the instance --------------------------------------------
     #: The agent's state dir on instances (``--state-dir``); ``~/`` is the SSH
@@ -122,12 +131,14 @@ class Settings:
             raise ConfigError("host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES))
         if not 1 <= self.port <= 65535:
             raise ConfigError("port must be from 1 to 65535")
-        if not _is_loopback(self.host) and not self.token:
+        if self.no_auth and not _is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without an API token: anyone who can "
-                "reach it could run installs on your instances. Set NODEFERRY_TOKEN (or "
-                "token = … in the config file), or bind to 127.0.0.1."
+                "reach it could run installs on your instances. Drop --no-auth "
+                "(no_auth) or bind to 127.0.0.1."
             )
+        if self.token is not None:
+            check_token(self.token, "token")
         for name in (
             "retention",
             "cleanup_interval",
@@ -139,6 +150,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.ssh_threads < 2 or self.ssh_jobs_per_host < 1:
+            raise ConfigError("ssh_threads must be at least 2 and ssh_jobs_per_host at least 1")
         if self.max_channels_per_connection < 2 or self.max_connections_per_host < 1:
             raise ConfigError(
                 "max_channels_per_connection must be at least 2 and "
@@ -204,6 +217,9 @@ _KINDS: dict[str, Any] = {
     "host": str,
     "port": int,
     "token": "optional_str",
+    "no_auth": bool,
+    "allowed_hosts": "str_list",
+    "allow_local": bool,
     "max_body_bytes": int,
     "data_dir": "path",
     "retention": float,
@@ -219,6 +235,8 @@ _KINDS: dict[str, Any] = {
     "max_connections_per_host": int,
     "ssh_config": "optional_path",
     "keys_dir": "optional_path",
+    "ssh_threads": int,
+    "ssh_jobs_per_host": int,
     "remote_state_dir": str,
     "remote_python": str,
     "local_state_dir": "path",

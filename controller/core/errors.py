@@ -42,12 +42,31 @@ class Unauthorized(ControllerError):
     code = "unauthorized"
 
 
+class Forbidden(ControllerError):
+    """A request from another site (CSRF) or another origin."""
+
+    status = 403
+    code = "forbidden"
+
+
+class MisdirectedRequest(ControllerError):
+    """A ``Host`` that does not name this controller (DNS rebinding)."""
+
+    status = 421
+    code = "wrong_host"
+
+
+class UnsupportedMediaType(ControllerError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class UnknownTask(ControllerError):
     status = 404
     code = "unknown_task"
 
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"no task {task_id} is known to this controller")
+    def __init__(self, task_id: str, detail: str = "") -> None:
+        super().__init__(f"no task {task_id} is known to this controller{detail}")
         self.task_id = task_id
 
     def body(self) -> dict[str, Any]:
@@ -100,6 +119,12 @@ class Unreachable(RemoteError):
 
     status = 503
     code = "unreachable"
+
+
+class UnreadableProgress(RemoteError):
+    """The instance is up, but the task's progress document does not parse."""
+
+    code = "unreadable_progress"
 
 
 class AuthFailed(RemoteError):

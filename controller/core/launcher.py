@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from controller.core.access import check_start
 from controller.core.errors import (
     Conflict,
     ControllerError,
@@ -47,6 +48,7 @@ class Launcher:
         a bad request is an :class:`InvalidRequest` that changed nothing."""
         tasks = self.tasks
         target = parse_target(request.ssh_connection, tasks.settings)
+        check_start(tasks.settings, target)
         task_id = checks.new_task_id()
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
@@ -123,7 +125,8 @@ class Launcher:
         record = live.record
         transport = tasks.transports.get(record.target)
         try:
-            reply = await tasks.run(
+            reply = await tasks.run_on(
+                record.target,
                 transport.run_agent,
                 ["start", "--spec", "-"],
                 stdin=spec.to_json().encode(),
@@ -176,7 +179,8 @@ class Launcher:
             return live.view
         record = live.record
         transport = tasks.transports.get(record.target)
-        reply = await tasks.run(
+        reply = await tasks.run_on(
+            record.target,
             transport.run_agent,
             ["cancel", "--task-id", record.task_id],
             timeout=tasks.settings.command_timeout,

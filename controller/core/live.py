@@ -18,6 +18,7 @@ from controller.core.errors import InvalidRequest, UnknownTask
 from controller.core.registry import Registry, TaskRecord
 from controller.core.stats import Stats
 from controller.core.target import Target
+from controller.ssh.executor import HostLimitedExecutor
 from controller.transports import FileStat, Transports
 from protocol import InstallSpec, NodeProgress, Progress, ProtocolError, utc_now
 from protocol import fields as checks
@@ -46,6 +47,9 @@ class TaskView:
     problem: str | None = None
     #: How the node list was resolved (workflow, snapshot, registry ids), if it was.
     resolution: dict[str, Any] | None = None
+    #: The error code a stale view is answered with: ``unreachable``, or
+    #: ``unreadable_progress`` when the instance answered with a broken document.
+    problem_code: str = "unreachable"
 
     def response(self) -> dict[str, Any]:
         """The seed-compatible progress body."""
@@ -131,6 +135,8 @@ class Tasks:
         self.stats = stats
         self.live: dict[str, Live] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: SSH work runs apart, so unresponsive hosts cannot starve the rest.
+        self.ssh = HostLimitedExecutor(settings.ssh_threads, settings.ssh_jobs_per_host)
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function`` in the executor: everything blocking (SSH, SFTP, SQLite)."""
@@ -138,6 +144,14 @@ class Tasks:
         return await loop.run_in_executor(
             self.executor, functools.partial(function, *args, **kwargs)
         )
+
+    async def run_on(
+        self, target: Target, function: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """``function`` that reaches ``target``: SSH targets on the SSH executor."""
+        if target.kind == "ssh":
+            return await self.ssh.run(target.key, function, *args, **kwargs)
+        return await self.run(function, *args, **kwargs)
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coroutine)
@@ -150,6 +164,7 @@ class Tasks:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self.ssh.shutdown()
 
     def remember(self, record: TaskRecord) -> Live:
         live = self.live.get(record.task_id)
@@ -177,7 +192,13 @@ class Tasks:
         return live
 
     async def publish(
-        self, live: Live, progress: Progress, *, stale: bool = False, problem: str | None = None
+        self,
+        live: Live,
+        progress: Progress,
+        *,
+        stale: bool = False,
+        problem: str | None = None,
+        problem_code: str = "unreachable",
     ) -> TaskView:
         """Install a new view; persist and wake watchers when the document changed."""
         previous = live.view
@@ -190,6 +211,7 @@ class Tasks:
             version,
             live.record.target,
             problem,
+            problem_code=problem_code,
             resolution=live.record.resolution,
         )
         live.read_mono = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from controller.core.access import check_start
 from controller.core.errors import InvalidRequest, NoLock, RemoteError, Unreachable
 from controller.core.live import Tasks
 from controller.core.reader import Reader
@@ -96,6 +97,7 @@ class Locks:
     async def diff(self, request: DiffRequest) -> dict[str, Any]:
         """``{"equal", "nodes": {…}, "packages": {…}}`` for the instance against the lock."""
         target = parse_target(request.ssh_connection, self.tasks.settings)
+        check_start(self.tasks.settings, target)  # 'local' runs the agent here: opt-in
         try:
             ui_home = checks.remote_path(request.ui_home, "ui_home")
             python = (

@@ -20,7 +20,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from controller.core.errors import InvalidRequest, RemoteError, UnknownTask, Unreachable
+from controller.core.access import check_lookup
+from controller.core.errors import (
+    InvalidRequest,
+    RemoteError,
+    UnknownTask,
+    Unreachable,
+    UnreadableProgress,
+)
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import TaskRecord
 from controller.core.target import Target
@@ -87,6 +94,8 @@ class Reader:
         return await asyncio.shield(refresh)
 
     async def _adopt(self, task_id: str, target: Target) -> Live:
+        known_hosts = self.tasks.transports.pool.known_hosts
+        await self.tasks.run(check_lookup, self.tasks.settings, known_hosts, task_id, target)
         transport = self.tasks.transports.get(target)
         path = self._progress_path(task_id)
 
@@ -98,17 +107,12 @@ class Reader:
             return data
 
         try:
-            data = await self.tasks.run(read)
+            data = await self.tasks.run_on(target, read)
         except OSError as exc:
             raise Unreachable(f"cannot look for task {task_id} on {target}: {exc}") from None
         if data is None:
             raise UnknownTask(task_id)
-        try:
-            progress = Progress.from_json(data.decode("utf-8"))
-        except (ProtocolError, UnicodeDecodeError) as exc:
-            raise RemoteError(
-                f"task {task_id} on {target} has an unreadable document: {exc}"
-            ) from None
+        progress = parse_document(data)
         if progress.task_id != task_id:
             raise UnknownTask(task_id)
         now = time.time()
@@ -146,20 +150,23 @@ class Reader:
         ):
             return signature
         started = time.monotonic()
-        text = transport.read(path)
+        data = transport.read(path)
         self.tasks.stats.add("remote_reads")
+        progress = parse_document(data)
+        # Only a document that parsed may be skipped as unchanged next time: a
+        # broken one is read again until it is replaced.
         live.read_signature, live.read_signature_mono = signature, started
-        return Progress.from_json(text.decode("utf-8"))
+        return progress
 
     async def _refresh(self, live: Live) -> TaskView:
         record = live.record
         transport = self.tasks.transports.get(record.target)
         try:
-            result = await self.tasks.run(self._read_document, transport, live)
-        except ProtocolError as exc:
-            return await self.tasks.publish(
-                live, live.view.progress, stale=True, problem=f"unreadable progress: {exc}"
-            )
+            result = await self.tasks.run_on(record.target, self._read_document, transport, live)
+        except UnreadableProgress as exc:
+            # The instance answered: not unreachable, and not lost either. Keep the
+            # last good document; a later valid one replaces it.
+            return await self._unreadable(live, exc.message)
         except RemoteError as exc:
             return await self.tasks.publish(
                 live, live.view.progress, stale=True, problem=exc.message
@@ -198,7 +205,8 @@ class Reader:
         live.liveness_mono = time.monotonic()
         task_id = live.record.task_id
         try:
-            reply = await self.tasks.run(
+            reply = await self.tasks.run_on(
+                live.record.target,
                 transport.run_agent,
                 ["status", "--task-id", task_id],
                 timeout=self.tasks.settings.command_timeout,
@@ -207,6 +215,8 @@ class Reader:
             return await self.tasks.publish(
                 live, live.view.progress, stale=True, problem=exc.message
             )
+        if reply.exit_status == ExitCode.UNREADABLE_PROGRESS:
+            return await self._unreadable(live, str(reply.document.get("message", "")))
         if reply.exit_status == ExitCode.UNKNOWN_TASK:
             lost = failed_document(
                 live.view.progress,
@@ -221,12 +231,20 @@ class Reader:
         try:
             progress = Progress.from_dict(reply.document)
         except ProtocolError as exc:
-            return await self.tasks.publish(
-                live, live.view.progress, stale=True, problem=f"unreadable status: {exc}"
-            )
+            return await self._unreadable(live, f"unreadable status: {exc}")
         if missing and not progress.is_final:
             return live.view
         return await self.tasks.publish(live, progress)
+
+    async def _unreadable(self, live: Live, problem: str) -> TaskView:
+        self.tasks.stats.add("unreadable_progress")
+        return await self.tasks.publish(
+            live,
+            live.view.progress,
+            stale=True,
+            problem=problem,
+            problem_code=UnreadableProgress.code,
+        )
 
     async def watch(
         self, task_id: object, *, heartbeat: float | None = None
@@ -285,7 +303,7 @@ class Reader:
             return transport.read(path, offset, min(limit, info.size - offset)), info.size
 
         try:
-            data, size = await self.tasks.run(read)
+            data, size = await self.tasks.run_on(live.record.target, read)
         except RemoteError:
             raise
         except OSError as exc:
@@ -312,6 +330,18 @@ class Reader:
             progress = live.view.progress if live else record.progress
             summaries.append(_summary(record, progress))
         return summaries
+
+
+def parse_document(data: bytes) -> Progress:
+    """The agent's progress document, or :class:`UnreadableProgress` saying why not."""
+    try:
+        return Progress.from_json(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableProgress(f"the progress document is not UTF-8: {exc}") from None
+    except ProtocolError as exc:
+        raise UnreadableProgress(f"the progress document does not parse: {exc}") from None
+    except RecursionError:
+        raise UnreadableProgress("the progress document is nested too deeply") from None
 
 
 def _whole_utf8(data: bytes) -> bytes:

@@ -82,7 +82,8 @@ class Retention:
             remote_done = True
             if any(r.launched for r in records):
                 try:
-                    reply = await self.tasks.run(
+                    reply = await self.tasks.run_on(
+                        target,
                         self.tasks.transports.get(target).run_agent,
                         ["cleanup", "--older-than", str(int(retention))],
                         timeout=self.tasks.settings.command_timeout,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Any
 
+from controller.core.access import check_start
 from controller.core.config import Settings
 from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
@@ -81,6 +82,9 @@ class TaskService:
             if request.ssh_connection
             else None
         )
+        if target is not None:
+            # Reading 'local' files at a path the request names is opt-in too.
+            check_start(self.tasks.settings, target)
         sources = Sources(request.nodes, request.workflow, request.snapshot)
         return await self.sources.plan(sources, target, request.ui_home if target else None)
 

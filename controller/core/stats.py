@@ -23,6 +23,11 @@ class Stats:
     uploads: int = 0
     #: SSH connections opened.
     connections: int = 0
+    #: Progress documents (or status answers) that did not parse.
+    unreadable_progress: int = 0
+    #: Requests refused before the token was looked at: a foreign Host, Origin or
+    #: site, or a body that is not JSON (see controller.api.guard).
+    refused_requests: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: int = 1) -> None:

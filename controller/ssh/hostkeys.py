@@ -62,6 +62,11 @@ class KnownHosts:
             keys.add(entry, key.get_name(), key)
             self._save(keys)
 
+    def knows(self, host: str, port: int) -> bool:
+        """Whether a key for ``host:port`` is recorded (whatever the policy)."""
+        with self._lock:
+            return self._load().lookup(host_entry(host, port)) is not None
+
     def forget(self, host: str, port: int) -> bool:
         """Remove ``host:port``'s keys; True if there were any."""
         entry = host_entry(host, port)

@@ -41,6 +41,11 @@ class ControllerProcess:
             raise RuntimeError("the controller is not running")
         return self.proc.pid
 
+    def auth(self) -> dict[str, str]:
+        """The header its API wants: the token it made in its data dir on start."""
+        token = (Path(self.settings["data_dir"]) / "token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def start(self, timeout: float = 30.0) -> ControllerProcess:
         lines = ["[nodeferry]", *(f"{k} = {v}" for k, v in self.settings.items()), ""]
         self.config_path.write_text("\n".join(lines))

@@ -21,6 +21,8 @@ class BenchSize:
     warm_starts: int
     cold_starts: int
     unreachable_starts: int
+    #: Silent hosts connecting at once while a healthy host is started.
+    blackhole_hosts: int
     # progress polls
     http_polls: int
     ssh_polls: int
@@ -56,6 +58,7 @@ FULL = BenchSize(
     warm_starts=40,
     cold_starts=5,
     unreachable_starts=5,
+    blackhole_hosts=40,
     http_polls=400,
     ssh_polls=30,
     paramiko_polls=30,
@@ -84,6 +87,7 @@ SMOKE = BenchSize(
     warm_starts=3,
     cold_starts=1,
     unreachable_starts=1,
+    blackhole_hosts=4,
     http_polls=20,
     ssh_polls=2,
     paramiko_polls=2,

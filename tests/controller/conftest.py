@@ -142,21 +142,32 @@ def make_settings(tmp_path: Path, client_key: Path, **overrides: Any) -> Setting
         "cleanup_interval": 3600.0,
         # Never the machine's own ~/.ssh/config: tests that need one write their own.
         "ssh_config": None,
+        # Most tests install with "local" (no sshd needed); test_local_and_auth
+        # shows it is refused without this.
+        "allow_local": True,
     }
     values.update(overrides)
     return Settings(**values).validate()
 
 
-AppFactory = Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]
+AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[AppFactory]:
-    """Start a controller app for ``settings``; all are closed at the end of the test."""
+    """Start a controller app for ``settings``; all are closed at the end of the test.
+
+    The client sends the controller's token (made in its data dir on start)
+    unless ``authenticated=False``.
+    """
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(settings: Settings) -> TestClient[web.Request, web.Application]:
-        client = TestClient(TestServer(create_app(settings)))
+    async def start(
+        settings: Settings, *, authenticated: bool = True
+    ) -> TestClient[web.Request, web.Application]:
+        app = create_app(settings)
+        headers = {"Authorization": f"Bearer {settings.token}"} if authenticated else {}
+        client = TestClient(TestServer(app), headers=headers)
         await client.start_server()
         clients.append(client)
         return client

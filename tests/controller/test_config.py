@@ -27,6 +27,9 @@ ENV_VALUES = {
     "host": ("127.0.0.2", "127.0.0.2"),
     "port": ("7001", 7001),
     "token": ("tok", "tok"),
+    "no_auth": ("yes", True),
+    "allowed_hosts": ("proxy.example nf.internal", ["proxy.example", "nf.internal"]),
+    "allow_local": ("1", True),
     "max_body_bytes": ("4096", 4096),
     "data_dir": ("/srv/nf", Path("/srv/nf")),
     "retention": ("7.5", 7.5),
@@ -42,6 +45,8 @@ ENV_VALUES = {
     "max_connections_per_host": ("2", 2),
     "ssh_config": ("/srv/ssh_config", Path("/srv/ssh_config")),
     "keys_dir": ("/srv/keys", Path("/srv/keys")),
+    "ssh_threads": ("16", 16),
+    "ssh_jobs_per_host": ("3", 3),
     "remote_state_dir": ("/var/lib/nf", "/var/lib/nf"),
     "remote_python": ("python3.12", "python3.12"),
     "local_state_dir": ("/srv/local", Path("/srv/local")),
@@ -66,13 +71,26 @@ def test_every_setting_has_an_environment_variable() -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::", "example.com"])
 def test_refuses_public_bind_without_token(host: str) -> None:
     with pytest.raises(ConfigError, match="without an API token"):
-        load_settings(environ={"NODEFERRY_HOST": host})
-    assert load_settings(environ={"NODEFERRY_HOST": host, "NODEFERRY_TOKEN": "s3cret"}).token
+        load_settings(environ={"NODEFERRY_HOST": host, "NODEFERRY_NO_AUTH": "1"})
+    # Without --no-auth the controller makes its token on start.
+    assert load_settings(environ={"NODEFERRY_HOST": host}).no_auth is False
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
-def test_loopback_needs_no_token(host: str) -> None:
-    assert load_settings(environ={"NODEFERRY_HOST": host}).host == host
+def test_no_auth_is_for_loopback_only(host: str) -> None:
+    assert load_settings(environ={"NODEFERRY_HOST": host, "NODEFERRY_NO_AUTH": "1"}).no_auth
+
+
+def test_closed_by_default() -> None:
+    settings = Settings()
+    assert settings.token is None and not settings.no_auth  # made in the data dir on start
+    assert settings.allow_local is False and settings.allowed_hosts == []
+
+
+@pytest.mark.parametrize("token", ["with space", "tök", "a\nb", ""])
+def test_a_token_must_be_plain_ascii(token: str) -> None:
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        Settings(token=token).validate()
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,16 @@ not one session)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.sandbox.comfy import ComfyHome
-from tests.controller.conftest import NodeRepos, install_body
+from tests.controller.conftest import NodeRepos, install_body, make_settings
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,6 +51,14 @@ def _hostile_bodies(ssh: str, home: str) -> list[tuple[str, dict[str, Any], str]
         "https://github.com/a/b\n",
         {"url": GOOD_URL, "name": "../../evil"},
         {"url": GOOD_URL, "ref": "--output=/etc/x"},
+        # ssh would read a user that starts with '-' as an option.
+        f"ssh://-oProxyCommand=touch%20{MARKER}@github.com/a/b",
+        "ssh://%2DoProxyCommand=x@github.com/a/b",
+        "ssh://-x:pw@github.com/a/b",
+        "ssh://git@-oProxyCommand=x/a/b",
+        "-oProxyCommand=x@github.com:a/b",
+        "ssh://git@github.com:\u00b2/a/b",
+        "https://github.com:99999999999999999999/a/b",
     ):
         cases.append(("node " + repr(node), {**base, "nodes": [node]}, "nodes.0"))
     cases += [
@@ -157,7 +167,11 @@ async def test_malformed_and_huge_bodies(client: Any, sshd: SshServer) -> None:
         assert payload["success"] is False
         assert fragment in payload["message"], payload
     deep = b"[" * 100000 + b"]" * 100000
-    response = await client.post("/ssh/install-custom-nodes/progress", data=deep)
+    response = await client.post(
+        "/ssh/install-custom-nodes/progress",
+        data=deep,
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status == 400
     assert sshd.accepted_count() == 0
 
@@ -183,3 +197,101 @@ async def test_error_bodies_for_routing(client: Any) -> None:
     wrong_method = await client.get("/ssh/install-custom-nodes")
     assert wrong_method.status == 405
     assert (await wrong_method.json())["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "offset=%C2%B2",  # '²' passes isdigit(), int() refuses it
+        "offset=" + "9" * 5000,  # past int()'s digit limit
+        "offset=%D9%A3",  # an Arabic-Indic three
+        "offset=-1",
+        "offset=1e3",
+        "offset=",
+        "limit=%C2%B2",
+        "limit=" + "1" * 40,
+    ],
+)
+async def test_hostile_log_queries(client: Any, query: str) -> None:
+    response = await client.get(f"/api/tasks/{uuid.uuid4()}/log?{query}")
+    payload = await response.json()
+    assert response.status == 400, payload
+    assert payload["field"] in ("offset", "limit")
+    assert "whole number" in payload["message"]
+
+
+async def _raw_request(client: Any, head: bytes) -> tuple[int, dict[str, Any]]:
+    """Send bytes no HTTP client library would (say, a non-UTF-8 header)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    body = rest.split(b"\r\n\r\n", 1)[1]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer \xff\xfe", b"Bearer \xc3\xa9t\xc3\xa9", b"bEaReR \x80", b"\xff", b"Bearer"],
+)
+async def test_undecodable_authorization_is_401(client: Any, authorization: bytes) -> None:
+    head = (
+        b"GET /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Authorization: " + authorization + b"\r\n\r\n"
+    )
+    status, payload = await _raw_request(client, head)
+    assert status == 401, payload
+    assert "Authorization: Bearer" in payload["message"]
+
+
+async def test_requests_from_other_sites_are_refused(
+    client: Any, sshd: SshServer, home: ComfyHome
+) -> None:
+    body = json.dumps(
+        {"ssh_connection": sshd.connection_string(), "ui_home": str(home.root), "nodes": [GOOD_URL]}
+    )
+    cases = [
+        ({"Host": "rebind.attacker.example"}, 421, "allowed_hosts"),
+        ({"Host": "rebind.attacker.example:8765"}, 421, "allowed_hosts"),
+        ({"Host": "127.0.0.1.attacker.example"}, 421, "allowed_hosts"),
+        ({"Origin": "http://attacker.example"}, 403, "web page"),
+        ({"Origin": "null"}, 403, "web page"),
+        ({"Origin": "http://127.0.0.1:1"}, 403, "web page"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "other web sites"),
+        ({"Sec-Fetch-Site": "same-site"}, 403, "other web sites"),
+        ({"Content-Type": "text/plain"}, 415, "application/json"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, 415, "application/json"),
+    ]
+    for headers, status, fragment in cases:
+        sent = {"Content-Type": "application/json", **headers}
+        response = await client.post("/ssh/install-custom-nodes", data=body, headers=sent)
+        payload = await response.json()
+        assert response.status == status, (headers, payload)
+        assert payload["success"] is False and fragment in payload["message"], (headers, payload)
+    for headers, status, _ in cases[:3]:
+        response = await client.get("/api/tasks", headers=headers)
+        assert response.status == status, headers
+    # The same request from the controller's own origin goes through the guard.
+    own = await client.get("/api/tasks", headers={"Origin": str(client.make_url("")).rstrip("/")})
+    assert own.status == 200
+    assert (await (await client.get("/api/tasks")).json())["tasks"] == []
+    assert sshd.accepted_count() == 0
+
+
+async def test_allowed_hosts_admit_a_reverse_proxy_name(
+    make_client: Any, tmp_path: Path, client_key: Path
+) -> None:
+    client = await make_client(
+        make_settings(tmp_path, client_key, allowed_hosts=["nodeferry.internal"])
+    )
+    ok = await client.get(
+        "/api/tasks",
+        headers={"Host": "nodeferry.internal", "Origin": "https://nodeferry.internal"},
+    )
+    assert ok.status == 200
+    assert (await client.get("/api/tasks", headers={"Host": "other.internal"})).status == 421

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.core.apitoken import discover_token
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
@@ -48,7 +51,9 @@ async def test_local_transport_installs_and_cancels(
 async def test_token_is_required_except_for_healthz_and_the_page(
     make_client: AppFactory, tmp_path: Path, client_key: Path
 ) -> None:
-    client = await make_client(make_settings(tmp_path, client_key, token="s3cret"))
+    client = await make_client(
+        make_settings(tmp_path, client_key, token="s3cret"), authenticated=False
+    )
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/")).status == 200
     assert (await client.get("/static/app.js")).status == 200
@@ -61,8 +66,97 @@ async def test_token_is_required_except_for_healthz_and_the_page(
     assert wrong.status == 401
     ok = await client.get("/api/tasks", headers={"Authorization": "Bearer s3cret"})
     assert ok.status == 200
+    # ?token= only where a browser cannot send a header: the event stream.
     via_query = await client.get("/api/tasks?token=s3cret")
-    assert via_query.status == 200
+    assert via_query.status == 401
+    assert "event stream" in (await via_query.json())["message"]
+    stream = await client.get(f"/api/tasks/{uuid.uuid4()}/events?token=s3cret")
+    assert stream.status == 404  # past the token check: the task is unknown
     # A refused request starts nothing.
     start = await client.post("/ssh/install-custom-nodes", json={"ssh_connection": "local"})
     assert start.status == 401
+
+
+async def test_a_token_is_made_on_first_start_and_kept(
+    make_client: AppFactory, tmp_path: Path, client_key: Path
+) -> None:
+    settings = make_settings(tmp_path, client_key)
+    assert settings.token is None
+    client = await make_client(settings, authenticated=False)
+    token_file = settings.data_dir / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert settings.token == token and len(token) >= 40
+    assert (await client.get("/api/tasks")).status == 401
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/tasks", headers=headers)).status == 200
+    # The next start keeps it; a client on this machine finds it in the data dir.
+    again = make_settings(tmp_path, client_key)
+    await make_client(again)
+    assert again.token == token
+    assert discover_token("http://127.0.0.1:8765", settings.data_dir) == token
+    assert discover_token("http://nf.example:8765", settings.data_dir) is None
+
+
+async def test_no_auth_serves_without_a_token(
+    make_client: AppFactory, tmp_path: Path, client_key: Path
+) -> None:
+    settings = make_settings(tmp_path, client_key, no_auth=True)
+    client = await make_client(settings, authenticated=False)
+    assert settings.token is None and not (settings.data_dir / "token").exists()
+    assert (await client.get("/api/tasks")).status == 200
+
+
+async def test_local_is_refused_unless_allowed(
+    make_client: AppFactory, tmp_path: Path, client_key: Path, home: ComfyHome
+) -> None:
+    client = await make_client(make_settings(tmp_path, client_key, allow_local=False))
+    body = install_body("local", home, ["https://github.com/a/b"])
+    response = await client.post("/ssh/install-custom-nodes", json=body)
+    payload = await response.json()
+    assert response.status == 400, payload
+    assert payload["field"] == "ssh_connection" and "allow_local" in payload["message"]
+    # Nor is an unknown task looked for there.
+    looked = await client.post(
+        "/ssh/install-custom-nodes/progress",
+        json={"task_id": str(uuid.uuid4()), "ssh_connection": "local"},
+    )
+    assert looked.status == 404 and "allow_local" in (await looked.json())["message"]
+    assert (await (await client.get("/api/tasks")).json())["tasks"] == []
+    assert home.node_dirs() == []
+
+
+async def test_one_home_under_any_spelling_is_one_home(
+    client: Any, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    running = await start_install(client, install_body("local", home, [node_repos.gated.url]))
+    await wait_for(client, running, lambda s, b: b["state"] == "running_install_scripts")
+    plain = str(home.root)
+    for spelling in ("/" + plain, f"/.{plain}/", plain.replace("/", "//"), plain + "/./"):
+        body = install_body("local", home, [node_repos.plain.url])
+        body["ui_home"] = spelling
+        response = await client.post("/ssh/install-custom-nodes", json=body)
+        payload = await response.json()
+        assert response.status == 409, (spelling, payload)
+        assert payload["task_id"] == running
+    (home.root / "release").touch()
+    final = await wait_final(client, running)
+    assert final["state"] == "completed" and final["ui_home"] == plain
+
+
+def test_the_access_log_never_shows_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from controller.api.accesslog import RedactingAccessLogger
+
+    logger = logging.getLogger("test.access")
+    access = RedactingAccessLogger(logger, '%a "%r" %s')
+    request = make_mocked_request("GET", "/api/tasks/abc/events?token=s3cret-token&x=1")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        access.log(request, web.Response(status=200), 0.01)
+        access.log(make_mocked_request("GET", "/api/tasks"), web.Response(status=200), 0.01)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert "s3cret" not in lines[0] and "token=REDACTED" in lines[0] and "x=1" in lines[0]
+    assert "GET /api/tasks HTTP" in lines[1]

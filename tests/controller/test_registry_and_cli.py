@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -73,7 +74,17 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controller", "serve", "--host", "0.0.0.0", "--port", "1"],
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1",
+            "--no-auth",
+        ],
         capture_output=True,
         text=True,
         env=_env(tmp_path),
@@ -106,6 +117,30 @@ def test_serve_answers_http(tmp_path: Path) -> None:
                 time.sleep(0.1)
         assert body["success"] is True and body["status"] == "ok"
         assert (tmp_path / "data" / "tasks.sqlite3").exists()
+        # A token was made on first start, readable by its owner only ...
+        token_file = tmp_path / "data" / "token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        printed = subprocess.run(
+            [sys.executable, "-m", "controller", "token"],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert printed.stdout.strip() == token
+        # ... without which the API answers 401, with it 200.
+        url = f"http://127.0.0.1:{port}/api/tasks"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(url, timeout=10)
+        assert denied.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert json.loads(answer.read())["success"] is True
     finally:
         process.terminate()
         process.wait(10)
+    output = process.stdout.read().decode() if process.stdout else ""
+    # The dashboard address is printed once, the token in its fragment.
+    assert f"http://127.0.0.1:{port}/#token={token}" in output

@@ -297,6 +297,20 @@ async def test_a_task_started_elsewhere_is_found_through_ssh_connection(
     await wait_for(one, task_id, _running)
     status, _ = await poll(two, task_id)
     assert status == 404
+    # Controller two does not have the instance's host key yet: a read does not
+    # reach out to it (nor record the key).
+    accepted = sshd.accepted_count()
+    unknown_host = await two.post(
+        "/ssh/install-custom-nodes/progress",
+        json={"task_id": task_id, "ssh_connection": sshd.connection_string()},
+    )
+    assert unknown_host.status == 404
+    assert "host's key" in (await unknown_host.json())["message"]
+    assert sshd.accepted_count() == accepted
+    known_two = tmp_path / "two" / "controller-data" / "known_hosts"
+    assert not known_two.exists()
+    # Once it has (the operator added it), it looks there.
+    known_two.write_text(sshd.known_hosts_line())
     found = await two.post(
         "/ssh/install-custom-nodes/progress",
         json={"task_id": task_id, "ssh_connection": sshd.connection_string()},

@@ -99,6 +99,11 @@ class RunningController:
     def stats(self) -> Stats:
         return self.app[STATS]
 
+    @property
+    def token(self) -> str:
+        assert self.settings.token, "create_app makes a token"
+        return self.settings.token
+
 
 def controller_settings(base: Path) -> Settings:
     return load_settings(
@@ -107,6 +112,8 @@ def controller_settings(base: Path) -> Settings:
             "data_dir": base / "data",
             "local_state_dir": base / "agent-state",
             "refresh_interval": REFRESH_INTERVAL,
+            # The sandbox installs on this machine.
+            "allow_local": True,
         },
     )
 
@@ -148,12 +155,12 @@ def controller(
         try:
             yield running
         finally:
-            cancel_unfinished(running.url)
+            cancel_unfinished(running.url, running.token)
 
 
-def cancel_unfinished(url: str) -> None:
+def cancel_unfinished(url: str, token: str) -> None:
     """No agent worker outlives the tests (slow installs run for minutes)."""
-    with Client(url) as client:
+    with Client(url, token=token) as client:
         for task in client.tasks():
             if task["state"] not in FINAL_STATES:
                 with contextlib.suppress(ClientError):

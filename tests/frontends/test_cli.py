@@ -30,8 +30,20 @@ ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
+#: The session controller's data dir: a command given its URL finds the token
+#: there, as a command on the controller's machine does.
+_controller_data_dir: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _commands_find_the_token(controller: RunningController) -> None:
+    _controller_data_dir[:] = [str(controller.settings.data_dir)]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODEFERRY_")}
+    if _controller_data_dir:
+        env["NODEFERRY_DATA_DIR"] = _controller_data_dir[0]
     env.update(PYTHONPATH=str(ROOT), TERM="xterm-256color", **extra)
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
@@ -161,7 +173,7 @@ def test_ctrl_c_asks_and_cancels(
     term.expect("cancelling the install", 10)
     assert term.wait(30) == 6, term.text
     assert "✗ cancelled" in term.text
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         assert client.progress(task_id)["state"] == "cancelled"
 
 
@@ -181,7 +193,7 @@ def test_ctrl_c_can_detach_and_the_install_keeps_running(
     term.send("\x03")  # a second Ctrl-C detaches
     assert term.wait(30) == 130, term.text
     assert f"nodeferry status -f {task_id}" in term.text
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         assert client.progress(task_id)["state"] == "running_install_scripts"
         assert client.cancel(task_id)["state"] == "cancelled"
 
@@ -255,6 +267,7 @@ def test_without_controller_an_in_process_one_serves_every_command(
     env = cli_env(
         NODEFERRY_DATA_DIR=str(tmp_path / "data"),
         NODEFERRY_LOCAL_STATE_DIR=str(tmp_path / "agent-state"),
+        NODEFERRY_ALLOW_LOCAL="1",
     )
     home = world.new_ui_home(tmp_path)
     tiles = next(n for n in world.nodes() if "Tiles" in n)

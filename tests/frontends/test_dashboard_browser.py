@@ -6,9 +6,13 @@ a fleet among them, through one WebSocket."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +31,12 @@ from tests.frontends.conftest import (
     cancel_unfinished,
     controller_settings,
     serve_in_thread,
+    wait_until,
 )
 from tests.support.sshd import SshServer, make_key
 
 CHROMIUM = "/usr/bin/chromium"
+REBIND_HOST = "rebind.attacker.example"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -39,6 +45,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    # A DNS-rebinding attacker's name that resolves to loopback, without DNS.
+    f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1",
 ]
 
 pytestmark = [
@@ -69,8 +77,9 @@ def test_dashboard_starts_follows_and_cancels(
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(controller.url + "/")
+    page.goto(f"{controller.url}/#token={controller.token}")
     expect(page).to_have_title("nodeferry")
+    assert "token" not in page.url  # taken out of the address bar
     expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
 
     # Start an install from the page's form.
@@ -103,7 +112,7 @@ def test_dashboard_starts_follows_and_cancels(
 
     # Another install, started elsewhere, shows up by itself; cancel it from the page.
     slow_home = world.new_ui_home(tmp_path / "slow")
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         slow_id = client.start(
             "local", str(slow_home), [world.slow_node()], python=str(world.sandbox.python)
         )
@@ -114,7 +123,7 @@ def test_dashboard_starts_follows_and_cancels(
     slow.locator("button.cancel").click()
     expect(slow).to_have_attribute("data-state", "cancelled", timeout=15_000)
     expect(slow.locator(".badge.s-cancelled").first).to_be_visible()
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         assert client.progress(slow_id)["state"] == "cancelled"
 
     shot = Path(tempfile.gettempdir()) / "nodeferry-dashboard.png"
@@ -136,9 +145,14 @@ def test_dashboard_with_a_token(browser: Any, tmp_path: Path, world: DemoWorld) 
         opened = page.goto(guarded.url + "/")
         assert opened is not None and opened.status == 200
         expect(page.locator("#token-panel")).to_be_visible(timeout=10_000)
-        page.goto(guarded.url + "/?token=s3cret-token")
+        page.close()
+        page = browser.new_page()
+        page.goto(guarded.url + "/#token=s3cret-token")
         expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
         assert "token" not in page.url  # taken out of the address bar
+        # Kept for the tab: a reload still works.
+        page.reload()
+        expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
         # The token goes stale (a controller restarted with a new one): the page asks.
         expect(page.locator("#token-panel")).to_be_hidden()
         # The socket drops and comes back with the stale token: refused, so it asks.
@@ -304,3 +318,60 @@ def test_dashboard_follows_more_installs_than_connections_per_host(
         assert not [u for u in requests if "/events" in u or "/progress" in u], requests
         assert not errors, errors
         page.close()
+
+
+@contextlib.contextmanager
+def hostile_site(root: Path) -> Iterator[str]:
+    """A plain web page on another origin (``localhost``, another port)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "index.html").write_text("<!doctype html><title>a page elsewhere</title>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+ATTACK = """async ([url, body]) => {
+  await fetch(url, {method: "POST", mode: "no-cors", body: JSON.stringify(body)});
+  return "sent";
+}"""
+
+
+@pytest.mark.timeout(90)
+def test_other_sites_and_rebinding_start_nothing(
+    browser: Any, controller: RunningController, world: DemoWorld, tmp_path: Path
+) -> None:
+    home = world.new_ui_home(tmp_path)
+    body = {"ssh_connection": "local", "ui_home": str(home), "nodes": world.nodes()[:1]}
+    with Client(controller.url, token=controller.token) as client:
+        before = {task["task_id"] for task in client.tasks()}
+    refused = controller.stats.snapshot()["refused_requests"]
+    page = browser.new_page()
+    with hostile_site(tmp_path / "site") as site:
+        page.goto(site)
+        # A "simple" cross-origin POST (text/plain, no preflight): the browser sends
+        # it and shows the page nothing; the controller must not act on it.
+        assert page.evaluate(ATTACK, [controller.url + "/ssh/install-custom-nodes", body]) == "sent"
+        wait_until(
+            lambda: controller.stats.snapshot()["refused_requests"] > refused, 10, "the refusal"
+        )
+    # DNS rebinding: the attacker's name now points at 127.0.0.1, so its page is
+    # "same-origin" with the controller. The Host header gives it away.
+    port = controller.url.rsplit(":", 1)[1]
+    rebound = f"http://{REBIND_HOST}:{port}"
+    opened = page.goto(rebound + "/")
+    assert opened is not None and opened.status == 421
+    listing = page.evaluate("async (url) => (await fetch(url)).status", rebound + "/api/tasks")
+    assert listing == 421
+    assert page.evaluate(ATTACK, [rebound + "/ssh/install-custom-nodes", body]) == "sent"
+    page.close()
+    assert controller.stats.snapshot()["refused_requests"] >= refused + 4
+    with Client(controller.url, token=controller.token) as client:
+        assert {task["task_id"] for task in client.tasks()} == before
+    assert not list((home / "custom_nodes").iterdir())

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -77,12 +78,18 @@ def test_demo_installs_and_exits(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
     term = Terminal(["demo", "--port", "0"], cli_env(TMPDIR=str(tmp_path)))
-    url = term.expect(r"dashboard: (http://127\.0\.0\.1:\d+/)", 120).group(1)
+    shown = term.expect(r"dashboard: (http://127\.0\.0\.1:\d+/)#token=([A-Za-z0-9_-]+)", 120)
+    url, token = shown.group(1), shown.group(2)
     term.expect("press Ctrl-C to stop", 10)
     assert "✓ done: 4 installed" in term.text
     with urllib.request.urlopen(url, timeout=10) as page:
         assert page.status == 200 and "<title>nodeferry</title>" in page.read().decode()
-    with urllib.request.urlopen(url + "api/tasks", timeout=10) as answer:
+    with pytest.raises(urllib.error.HTTPError):  # the API wants the token
+        urllib.request.urlopen(url + "api/tasks", timeout=10)
+    authorized = urllib.request.Request(
+        url + "api/tasks", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(authorized, timeout=10) as answer:
         tasks = json.load(answer)["tasks"]
     assert [t["state"] for t in tasks] == ["completed"]
     started = time.monotonic()

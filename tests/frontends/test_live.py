@@ -40,7 +40,7 @@ def test_wait_follows_an_install_to_completion(
 ) -> None:
     home = world.new_ui_home(tmp_path)
     seen: list[dict[str, Any]] = []
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         task_id = start(client, world, home, world.nodes())
         final = client.wait(task_id, on_progress=seen.append, timeout=60)
         assert client._async.events_supported  # it followed the stream
@@ -70,7 +70,7 @@ def test_wait_times_out_and_cancels(
     controller: RunningController, world: DemoWorld, tmp_path: Path
 ) -> None:
     home = world.new_ui_home(tmp_path)
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         task_id = start(client, world, home, [world.slow_node()])
         with pytest.raises(Exception) as caught:
             client.wait(task_id, timeout=3, cancel_on_timeout=True)
@@ -109,7 +109,7 @@ def test_many_watchers_share_one_remote_read_per_interval(
     home = world.new_ui_home(tmp_path)
     watchers = 25
     window = 4.0
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         task_id = start(client, world, home, [world.slow_node()])
         wait_until(
             lambda: client.progress(task_id)["state"] == "running_install_scripts",
@@ -121,7 +121,9 @@ def test_many_watchers_share_one_remote_read_per_interval(
         comments: list[list[str]] = [[] for _ in range(watchers)]
 
         async def watch_all() -> tuple[dict[str, int], dict[str, int]]:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {controller.token}"}
+            ) as session:
                 before = controller.stats.snapshot()
                 until = time.monotonic() + window
                 await asyncio.gather(
@@ -151,13 +153,15 @@ def test_stream_ends_with_a_final_event_and_errors_are_json(
     controller: RunningController, world: DemoWorld, tmp_path: Path
 ) -> None:
     home = world.new_ui_home(tmp_path)
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         task_id = start(client, world, home, world.nodes()[:1])
         client.wait(task_id, timeout=60)
 
     async def read_stream(path: str) -> tuple[int, str, list[tuple[str, str]]]:
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {controller.token}"}
+            ) as session,
             session.get(controller.url + path) as response,
         ):
             if response.status != 200:
@@ -187,7 +191,7 @@ def test_log_follow_reads_the_agent_log_live(
     tiles = next(n for n in world.nodes() if "Tiles" in n)
 
     async def follow() -> tuple[str, list[str], dict[str, Any]]:
-        async with AsyncClient(controller.url) as client:
+        async with AsyncClient(controller.url, token=controller.token) as client:
             task_id = await client.start(
                 "local",
                 str(home),

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 class Waiter(threading.Thread):
-    def __init__(self, url: str, task_id: str, *, stream: bool) -> None:
+    def __init__(self, url: str, token: str, task_id: str, *, stream: bool) -> None:
         super().__init__(daemon=True)
-        self.client = Client(url, retries=2, retry_delay=0.1)
+        self.client = Client(url, token=token, retries=2, retry_delay=0.1)
         self.client._async.events_supported = stream
         self.task_id = task_id
         self.docs: list[dict[str, Any]] = []
@@ -59,7 +59,7 @@ def test_wait_survives_the_instance_going_away(world: DemoWorld, tmp_path: Path)
             monitor_interval=1.0,
         ).validate()
         with serve_in_thread(create_app(settings), settings) as controller:
-            with Client(controller.url) as client:
+            with Client(controller.url, token=controller.token) as client:
                 task_id = client.start(
                     sshd.connection_string(),
                     str(world.new_ui_home(tmp_path)),
@@ -67,8 +67,8 @@ def test_wait_survives_the_instance_going_away(world: DemoWorld, tmp_path: Path)
                     python=str(world.sandbox.python),
                 )
             waiters = [
-                Waiter(controller.url, task_id, stream=True),
-                Waiter(controller.url, task_id, stream=False),
+                Waiter(controller.url, controller.token, task_id, stream=True),
+                Waiter(controller.url, controller.token, task_id, stream=False),
             ]
             for waiter in waiters:
                 waiter.start()
@@ -83,7 +83,7 @@ def test_wait_survives_the_instance_going_away(world: DemoWorld, tmp_path: Path)
                 wait_until(lambda w=waiter: w.saw(lambda d: d.get("stale")), 30, "a stale view")
                 assert waiter.is_alive() and waiter.error is None
             sshd.start()
-            with Client(controller.url) as client:
+            with Client(controller.url, token=controller.token) as client:
                 wait_until(
                     lambda: not client.progress(task_id, allow_stale=True)["stale"],
                     30,

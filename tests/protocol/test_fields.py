@@ -192,3 +192,34 @@ def test_pip_args_rejects_the_rest_naming_the_item(args: object, field: str) -> 
     with pytest.raises(ProtocolError) as info:
         fields.pip_args(args)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("//workspace/ComfyUI", "/workspace/ComfyUI"),
+        ("/./workspace/ComfyUI/", "/workspace/ComfyUI"),
+        ("/workspace//ComfyUI/.", "/workspace/ComfyUI"),
+        ("/workspace/ComfyUI", "/workspace/ComfyUI"),
+        ("/", "/"),
+        ("///", "/"),
+        ("~/", "~"),
+        ("~/./ComfyUI//", "~/ComfyUI"),
+    ],
+)
+def test_remote_paths_are_canonical(given: str, canonical: str) -> None:
+    assert fields.remote_path(given, "ui_home") == canonical
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ssh://-oProxyCommand=touch%20x@github.com/a/b",
+        "ssh://%2DoProxyCommand=x@github.com/a/b",
+        "ssh://-u:pw@github.com/a/b",
+        "git://-x@github.com/a/b",
+    ],
+)
+def test_url_users_never_start_with_a_dash(url: str) -> None:
+    with pytest.raises(ProtocolError, match="user name"):
+        fields.git_url(url)

@@ -19,17 +19,19 @@ let socketReady = false;
 let reconnectMs = RECONNECT_FIRST_MS;
 const fleets = new Map(); // fleet_id -> fleet entry (see ensureFleet)
 const tasks = new Map(); // task_id -> entry (see ensureEntry)
-let token = takeTokenFromUrl() || localStorage.getItem("nodeferry.token") || "";
+let token = takeTokenFromUrl() || sessionStorage.getItem("nodeferry.token") || "";
 
-// `/?token=…` opens the page on a controller with a token; keep the token for
-// API calls and take it out of the address bar (and so out of history).
+// `nodeferry serve` prints `/#token=…`: a fragment never reaches a server (or its
+// log). Keep the token for this tab only and take it out of the address bar
+// (and so out of history).
 function takeTokenFromUrl() {
-  const url = new URL(window.location.href);
-  const given = url.searchParams.get("token");
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  const given = fragment.get("token");
   if (!given) return "";
-  localStorage.setItem("nodeferry.token", given);
-  url.searchParams.delete("token");
-  history.replaceState(null, "", url.pathname + url.search + url.hash);
+  sessionStorage.setItem("nodeferry.token", given);
+  fragment.delete("token");
+  const rest = fragment.toString();
+  history.replaceState(null, "", window.location.pathname + window.location.search + (rest ? `#${rest}` : ""));
   return given;
 }
 
@@ -643,7 +645,7 @@ function init() {
   document.getElementById("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     token = event.target.token.value.trim();
-    localStorage.setItem("nodeferry.token", token);
+    sessionStorage.setItem("nodeferry.token", token);
     document.getElementById("token-panel").hidden = true;
     reconnectMs = RECONNECT_FIRST_MS;
     if (socket) socket.close();
