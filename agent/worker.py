@@ -20,8 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import List, Optional
 
+from agent import failures, liveness, priority, procs, requirements
 from agent import git as gitmod
-from agent import liveness, procs, requirements
 from agent.errors import Cancelled, StepFailed
 from agent.progress_file import ProgressWriter
 from agent.statedir import TaskPaths
@@ -158,9 +158,9 @@ class Installer:
             doc.current_node = node.name
             doc.current_status = status
 
-    def _fail(self, index: int, message: str) -> None:
+    def _fail(self, index: int, message: str, step: str = "other") -> None:
         self.log.line(self._node(index).name, "FAILED: " + message)
-        self._set(index, "failed", error=message)
+        self._set(index, "failed", error=message, error_code=failures.classify(step, message))
 
     # clone ----------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class Installer:
             self._set(index, "cloned", commit=sha)
             self.fresh.append(index)
         except StepFailed as exc:
-            self._fail(index, str(exc))
+            self._fail(index, str(exc), "clone")
         except OSError as exc:  # e.g. custom_nodes not writable: this node fails, not all
             self._fail(index, f"{type(exc).__name__}: {exc}")
 
@@ -313,7 +313,7 @@ class Installer:
     def _requirements_failed(self, index: int, message: str) -> None:
         with self.writer.change() as doc:
             doc.nodes[index].requirements_status = "failed"
-        self._fail(index, message)
+        self._fail(index, message, "requirements")
 
     def _finish_requirements(self) -> None:
         with self.writer.change() as doc:
@@ -350,7 +350,7 @@ class Installer:
                     env=requirements.pip_env(),
                 )
                 if not result.ok:
-                    self._fail(i, result.describe("install.py"))
+                    self._fail(i, result.describe("install.py"), "install_script")
                     continue
             self._set(i, "installed")
             self.log.line(name, "installed")
@@ -422,6 +422,10 @@ def run_worker(spec: InstallSpec, paths: TaskPaths) -> int:
     installer = Installer(spec, paths, writer, log)
     _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")
+    if spec.low_priority:
+        # Before any child or clone thread starts: they all inherit it (on Linux
+        # niceness is per thread, so the heartbeat thread keeps its priority).
+        log.line(None, "lower priority: " + ", ".join(priority.lower()))
     try:
         return installer.run()
     finally:

@@ -8,11 +8,13 @@ from protocol.errors import ProtocolError
 from protocol.exit_codes import ExitCode
 from protocol.progress import (
     FINAL_STATES,
+    NODE_ERROR_CODES,
     NODE_FINAL_STATUSES,
     NODE_STATUSES,
     REQUIREMENTS_STATUSES,
     SCHEMA_VERSION,
     STATES,
+    TRANSIENT_NODE_ERROR_CODES,
     NodeProgress,
     Progress,
     utc_now,
@@ -23,11 +25,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FINAL_STATES",
+    "NODE_ERROR_CODES",
     "NODE_FINAL_STATUSES",
     "NODE_STATUSES",
     "REQUIREMENTS_STATUSES",
     "SCHEMA_VERSION",
     "STATES",
+    "TRANSIENT_NODE_ERROR_CODES",
     "ExitCode",
     "InstallSpec",
     "NodeProgress",

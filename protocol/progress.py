@@ -16,7 +16,10 @@ SCHEMA_VERSION = 1
 
 #: Task states in the order they happen. ``lost`` is never written by the agent:
 #: a status reader derives it when the worker died without a final document.
+#: ``queued`` neither: the controller holds a task there until its ComfyUI home is
+#: free and its limits allow it to start.
 STATES = (
+    "queued",
     "starting",
     "cloning",
     "installing_requirements",
@@ -27,7 +30,7 @@ STATES = (
     "lost",
 )
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "lost"})
-_STATE_RANK = {state: i for i, state in enumerate(STATES[:4])}
+_STATE_RANK = {state: i for i, state in enumerate(STATES[:5])}
 
 NODE_STATUSES = (
     "pending",
@@ -45,6 +48,23 @@ REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
+
+#: Why one node failed, in the node's ``error_code``. Only the transient ones are
+#: worth an automatic retry; the others fail the same way every time.
+NODE_ERROR_CODES = (
+    "network",
+    "timeout",
+    "repo_not_found",
+    "unknown_ref",
+    "auth_failed",
+    "node_dir_conflict",
+    "requirements_failed",
+    "resolver_conflict",
+    "install_script_failed",
+    "cancelled",
+    "failed",
+)
+TRANSIENT_NODE_ERROR_CODES = frozenset({"network", "timeout"})
 
 
 def utc_now() -> str:
@@ -106,6 +126,8 @@ class NodeProgress:
     error: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    #: One of ``NODE_ERROR_CODES`` when the node failed (absent from older agents).
+    error_code: Optional[str] = None
 
     @property
     def is_final(self) -> bool:
@@ -133,6 +155,11 @@ class NodeProgress:
             error=_check(data.get("error"), where + ".error", (str,), optional=True),
             started_at=_check_time(data.get("started_at"), where + ".started_at", True),
             finished_at=_check_time(data.get("finished_at"), where + ".finished_at", True),
+            error_code=(
+                None
+                if data.get("error_code") is None
+                else _check_choice(data["error_code"], where + ".error_code", NODE_ERROR_CODES)
+            ),
         )
 
 

@@ -96,6 +96,9 @@ class InstallSpec:
     update: bool = False
     #: Allow ``file://`` URLs; only a person on the instance (or a test) sets this.
     allow_file_urls: bool = False
+    #: Run git, pip/uv and install.py at a lower CPU and I/O priority, so a ComfyUI
+    #: serving on the same machine stays responsive.
+    low_priority: bool = True
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -110,6 +113,7 @@ class InstallSpec:
             "jobs",
             "update",
             "allow_file_urls",
+            "low_priority",
         }
         unknown = set(data) - known
         if unknown:
@@ -152,6 +156,9 @@ class InstallSpec:
         update = data.get("update", False)
         if not isinstance(update, bool):
             raise ProtocolError("update", "must be true or false")
+        low_priority = data.get("low_priority", True)
+        if not isinstance(low_priority, bool):
+            raise ProtocolError("low_priority", "must be true or false")
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -161,6 +168,7 @@ class InstallSpec:
             jobs=jobs,
             update=update,
             allow_file_urls=allow_file,
+            low_priority=low_priority,
         )
 
     @classmethod
@@ -181,6 +189,7 @@ class InstallSpec:
             "jobs": self.jobs,
             "update": self.update,
             "allow_file_urls": self.allow_file_urls,
+            "low_priority": self.low_priority,
         }
 
     def to_json(self) -> str:

@@ -16,6 +16,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks/{task_id}", handlers.get_task)
     app.router.add_post("/api/tasks/{task_id}/cancel", handlers.cancel_task)
     app.router.add_get("/api/tasks/{task_id}/log", handlers.task_log)
+    # Queueing, retry and history (issue 12).
+    app.router.add_post("/api/tasks/{task_id}/retry", handlers.retry_task)
+    app.router.add_get("/api/history", handlers.history)
     app.router.add_get("/healthz", handlers.healthz)
     # Live views (issue 4) register here: the event stream and the dashboard.
     events.add_routes(app)

@@ -8,16 +8,16 @@ import logging
 import time
 
 from controller.core.errors import (
-    Conflict,
     ControllerError,
     InvalidRequest,
     RemoteError,
     UnknownTask,
 )
-from controller.core.live import Live, Tasks, TaskView, starting_document
+from controller.core.live import Live, Tasks, TaskView
 from controller.core.registry import TaskRecord
+from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import InstallRequest
-from controller.core.target import parse_target
+from controller.core.target import Target, parse_target
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
 
@@ -27,11 +27,23 @@ log = logging.getLogger(__name__)
 class Launcher:
     def __init__(self, tasks: Tasks) -> None:
         self.tasks = tasks
+        self.scheduler = Scheduler(tasks, self._launch_live)
 
-    async def start(self, request: InstallRequest) -> str:
-        """Register a task and launch it in the background; returns its id at once."""
+    async def start(
+        self,
+        request: InstallRequest,
+        *,
+        queue: bool | None = None,
+        auto_retry: int | None = None,
+        retry_of: TaskRecord | None = None,
+        not_before: float | None = None,
+        target: Target | None = None,
+    ) -> Admission:
+        """Register a task and launch it in the background, or queue it; answers at
+        once. ``queue``/``auto_retry`` default to the request's; ``retry_of`` links
+        the new task to the one it retries (the caller links the other way)."""
         tasks = self.tasks
-        target = parse_target(request.ssh_connection)
+        target = target or parse_target(request.ssh_connection)
         task_id = checks.new_task_id()
         pip_args = (
             request.pip_args if request.pip_args is not None else tasks.settings.default_pip_args
@@ -46,6 +58,7 @@ class Launcher:
                     "pip_args": pip_args,
                     "jobs": request.jobs,
                     "update": request.update,
+                    "low_priority": request.low_priority,
                 }
             )
         except ProtocolError as exc:
@@ -56,18 +69,15 @@ class Launcher:
             ui_home=spec.ui_home,
             spec=spec.to_dict(),
             created_at=time.time(),
+            not_before=not_before,
+            retry_of=retry_of.task_id if retry_of else None,
+            attempt=retry_of.attempt + 1 if retry_of else 1,
+            auto_retry=request.auto_retry if auto_retry is None else auto_retry,
         )
-        record.progress = starting_document(record)
-        running = await tasks.run(tasks.registry.add_if_free, record)
-        if running is not None:
-            raise Conflict(
-                f"an install into {spec.ui_home} on {target} is already running "
-                f"(task {running}); wait for it or cancel it",
-                task_id=running,
-            )
-        live = tasks.remember(record)
-        live.launch = tasks.spawn(self._launch(live, spec))
-        return task_id
+        return await self.scheduler.admit(record, queue=request.queue if queue is None else queue)
+
+    async def _launch_live(self, live: Live) -> None:
+        await self._launch(live, InstallSpec.from_dict(live.record.spec))
 
     async def _launch(self, live: Live, spec: InstallSpec) -> None:
         tasks = self.tasks
@@ -121,6 +131,10 @@ class Launcher:
     async def cancel(self, task_id: object) -> TaskView:
         tasks = self.tasks
         live = await tasks.get(task_id)
+        if live.record.state == "queued":
+            view = await self.scheduler.cancel_queued(live)
+            if view is not None:
+                return view
         if live.launch is not None and not live.launch.done():
             await asyncio.shield(live.launch)
         if live.view.progress.is_final:

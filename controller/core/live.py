@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controller.core.config import Settings
-from controller.core.errors import InvalidRequest, UnknownTask
+from controller.core.errors import ExpiredTask, InvalidRequest, UnknownTask
 from controller.core.registry import Registry, TaskRecord
 from controller.core.stats import Stats
 from controller.core.target import Target
@@ -44,12 +44,16 @@ class TaskView:
     target: Target
     #: Why the view is stale.
     problem: str | None = None
+    #: What the controller adds to the agent's document: the queue position of a
+    #: queued task, retry links. Shared with the task's ``Live``, so it is current.
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def response(self) -> dict[str, Any]:
         """The seed-compatible progress body."""
         body = progress_response(self.progress, stale=self.stale)
         body["target"] = str(self.target)
         body["read_at"] = self.read_at
+        body.update(self.annotations)
         return body
 
 
@@ -75,6 +79,8 @@ class Live:
     persisted_milestone: tuple[Any, ...] = ()
     persisted_mono: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: See ``TaskView.annotations``.
+    annotations: dict[str, Any] = field(default_factory=dict)
 
 
 def starting_document(record: TaskRecord) -> Progress:
@@ -85,6 +91,22 @@ def starting_document(record: TaskRecord) -> Progress:
     ]
     progress.recount()
     return progress
+
+
+def queued_document(record: TaskRecord) -> Progress:
+    """What a queued task reads as: in progress, ``current_status`` ``queued``."""
+    progress = starting_document(record)
+    progress.state = progress.current_status = "queued"
+    return progress
+
+
+def retry_annotations(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "attempt": record.attempt,
+        "retry_of": record.retry_of,
+        "retried_by": record.retried_by,
+        "auto_retry": record.auto_retry,
+    }
 
 
 def _milestone(progress: Progress) -> tuple[Any, ...]:
@@ -127,6 +149,9 @@ class Tasks:
         self.stats = stats
         self.live: dict[str, Live] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: Called (synchronously, so they may only schedule work) when a task
+        #: reaches a final state: the queue starts the next one, retries follow.
+        self.on_final: list[Callable[[Live], None]] = []
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function`` in the executor: everything blocking (SSH, SFTP, SQLite)."""
@@ -151,10 +176,42 @@ class Tasks:
         live = self.live.get(record.task_id)
         if live is None:
             progress = record.progress or starting_document(record)
-            view = TaskView(progress, False, utc_now(), 0, record.target)
-            live = Live(record=record, view=view)
+            annotations = retry_annotations(record)
+            view = TaskView(progress, False, utc_now(), 0, record.target, None, annotations)
+            live = Live(record=record, view=view, annotations=annotations)
             self.live[record.task_id] = live
         return live
+
+    def annotate(self, live: Live, **values: Any) -> None:
+        """Change what the controller adds to the task's view; wakes its watchers."""
+        if all(live.annotations.get(k, object()) == v for k, v in values.items()):
+            return
+        live.annotations.update(values)
+        previous = live.view
+        live.view = TaskView(
+            previous.progress,
+            previous.stale,
+            previous.read_at,
+            previous.version + 1,
+            previous.target,
+            previous.problem,
+            live.annotations,
+        )
+        event, live.changed = live.changed, asyncio.Event()
+        event.set()
+
+    def forget_finished(self, older_than: float) -> None:
+        """Drop final tasks nobody read for ``older_than`` seconds from memory: the
+        registry has them, and memory must not grow with every task ever read."""
+        now = time.monotonic()
+        for task_id, live in list(self.live.items()):
+            if (
+                live.view.progress.is_final
+                and now - max(live.read_mono, live.changed_mono) > older_than
+                and (live.launch is None or live.launch.done())
+                and live.inflight is None
+            ):
+                del self.live[task_id]
 
     async def get(self, task_id: object) -> Live:
         """The task, validated and loaded from the registry when not in memory."""
@@ -166,6 +223,8 @@ class Tasks:
         if live is None:
             record = await self.run(self.registry.get, task_id)
             if record is None:
+                if await self.run(self.registry.is_pruned, task_id):
+                    raise ExpiredTask(task_id)
                 raise UnknownTask(task_id)
             live = self.remember(record)
         return live
@@ -177,7 +236,9 @@ class Tasks:
         previous = live.view
         changed = progress.to_dict() != previous.progress.to_dict()
         version = previous.version + 1 if changed or stale != previous.stale else previous.version
-        live.view = TaskView(progress, stale, utc_now(), version, live.record.target, problem)
+        live.view = TaskView(
+            progress, stale, utc_now(), version, live.record.target, problem, live.annotations
+        )
         live.read_mono = time.monotonic()
         if changed:
             live.changed_mono = live.read_mono
@@ -204,6 +265,12 @@ class Tasks:
         if version != previous.version:
             event, live.changed = live.changed, asyncio.Event()
             event.set()
+        if progress.is_final and not previous.progress.is_final:
+            for hook in self.on_final:
+                try:
+                    hook(live)
+                except Exception:
+                    log.exception("a final-state hook failed for task %s", live.record.task_id)
         return live.view
 
     async def fail(self, live: Live, error_code: str, message: str) -> None:

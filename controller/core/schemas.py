@@ -36,6 +36,22 @@ class InstallRequest(BaseModel):
     pip_args: list[str] | None = Field(default=None, max_length=64)
     jobs: int = Field(default=4, ge=1, le=32)
     update: bool = False
+    #: Run git, pip/uv and install.py at a lower CPU and I/O priority on the instance.
+    low_priority: bool = True
+    #: When the ComfyUI home is busy or a limit is reached: wait in the queue (202,
+    #: state ``queued``) instead of answering 409 or 429.
+    queue: bool = False
+    #: Retry transient failures (network, timeouts, a killed agent) up to this many times.
+    auto_retry: int = Field(default=0, ge=0, le=10)
+
+
+class RetryRequest(BaseModel):
+    """``POST /api/tasks/{id}/retry`` (the body is optional)."""
+
+    model_config = _STRICT
+
+    queue: bool = False
+    auto_retry: int | None = Field(default=None, ge=0, le=10)
 
 
 class ProgressRequest(BaseModel):
@@ -88,6 +104,7 @@ def _timestamp(value: str) -> str:
 Timestamp = Annotated[str, AfterValidator(_timestamp)]
 Count = Annotated[int, Field(ge=0)]
 State = Literal[
+    "queued",
     "starting",
     "cloning",
     "installing_requirements",
@@ -109,6 +126,19 @@ NodeStatus = Literal[
     "cancelled",
 ]
 RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
+NodeErrorCode = Literal[
+    "network",
+    "timeout",
+    "repo_not_found",
+    "unknown_ref",
+    "auth_failed",
+    "node_dir_conflict",
+    "requirements_failed",
+    "resolver_conflict",
+    "install_script_failed",
+    "cancelled",
+    "failed",
+]
 ErrorCode = Literal[
     "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
 ]
@@ -126,6 +156,7 @@ class NodeProgressModel(BaseModel):
     error: str | None = None
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
+    error_code: NodeErrorCode | None = None
 
 
 class ProgressModel(BaseModel):

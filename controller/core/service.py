@@ -13,18 +13,21 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Any
 
+from controller.core import history
 from controller.core.config import Settings
 from controller.core.launcher import Launcher
 from controller.core.live import Tasks, TaskView
-from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
+from controller.core.reader import DEFAULT_PAGE, LOG_DEFAULT_LIMIT, Reader
 from controller.core.registry import Registry
 from controller.core.retention import Retention
+from controller.core.retry import Retrier
+from controller.core.scheduler import Admission
 from controller.core.schemas import InstallRequest
 from controller.core.stats import Stats
 from controller.core.target import Target
 from controller.transports import Transports
 
-__all__ = ["LOG_DEFAULT_LIMIT", "TaskService", "TaskView"]
+__all__ = ["LOG_DEFAULT_LIMIT", "Admission", "TaskService", "TaskView"]
 
 
 class TaskService:
@@ -41,22 +44,58 @@ class TaskService:
         # The in-memory tasks by id; tests look at one task's state through it.
         self._live = self.tasks.live
         self.launcher = Launcher(self.tasks)
+        self.scheduler = self.launcher.scheduler
         self.reader = Reader(self.tasks)
         self.retention = Retention(self.tasks, self.reader)
+        self.retrier = Retrier(self.tasks, self.launcher)
 
     async def start_jobs(self) -> None:
         """Resume tasks a previous run left unfinished, then start the periodic jobs."""
         for record in await self.tasks.run(self.registry.unfinished):
             self.tasks.remember(record)
+        # Queued tasks wait in the registry across restarts: start those whose turn it is.
+        await self.scheduler.pump()
         self.retention.start_jobs()
 
     async def close(self) -> None:
+        self.scheduler.close()
         await self.retention.close()
         await self.tasks.close()
 
     async def start(self, request: InstallRequest) -> str:
-        """Register a task and launch it in the background; returns its id at once."""
-        return await self.launcher.start(request)
+        """Register a task and launch (or queue) it in the background; returns its id."""
+        return (await self.launcher.start(request)).task_id
+
+    async def admit(
+        self,
+        request: InstallRequest,
+        *,
+        queue: bool | None = None,
+        auto_retry: int | None = None,
+    ) -> Admission:
+        """Start an install now or queue it, at once: ``Admission.state`` says which
+        (``starting`` or ``queued``, with ``queue_position``). ``queue`` and
+        ``auto_retry`` default to the request's. Raises ``Conflict`` (a busy home)
+        or ``TooManyTasks`` (a limit) when it neither starts nor may queue."""
+        return await self.launcher.start(request, queue=queue, auto_retry=auto_retry)
+
+    async def retry(
+        self, task_id: object, *, queue: bool = False, auto_retry: int | None = None
+    ) -> Admission:
+        """A new task with the nodes of ``task_id`` that failed or were cancelled."""
+        return await self.retrier.retry(task_id, queue=queue, auto_retry=auto_retry)
+
+    async def history(
+        self,
+        *,
+        target: str | None = None,
+        ui_home: str | None = None,
+        limit: int = history.DEFAULT_LIMIT,
+        before: str | None = None,
+    ) -> dict[str, Any]:
+        return await history.history(
+            self.tasks, target=target, ui_home=ui_home, limit=limit, before=before
+        )
 
     async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
         """The task's current view: shared, cached, single-flight (see ``reader``)."""
@@ -76,8 +115,11 @@ class TaskService:
     ) -> dict[str, Any]:
         return await self.reader.read_log(task_id, offset, limit)
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
-        return await self.reader.list_tasks()
+    async def list_tasks(
+        self, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """``{"tasks": [summary, …], "next_cursor"}``, newest first."""
+        return await self.reader.list_tasks(limit, cursor)
 
     async def refresh_running(self) -> None:
         await self.retention.refresh_running()
