@@ -120,12 +120,13 @@ class Scheduler:
 
     def _limit_reached(self, slot: _Slot, active: list[_Slot]) -> str | None:
         settings = self.tasks.settings
-        if settings.max_running and len(active) >= settings.max_running:
-            return MAX_RUNNING
+        # The narrower limit first: it says what frees this task's slot.
         if settings.max_running_per_host:
             on_host = sum(1 for s in active if s.host == slot.host)
             if on_host >= settings.max_running_per_host:
                 return MAX_RUNNING_PER_HOST
+        if settings.max_running and len(active) >= settings.max_running:
+            return MAX_RUNNING
         return None
 
     def _limit_text(self, reason: str, slot: _Slot) -> str:
