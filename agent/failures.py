@@ -10,7 +10,7 @@ _NOT_FOUND = re.compile(
     re.IGNORECASE,
 )
 _UNKNOWN_REF = re.compile(
-    r"Could not find remote branch|couldn't find remote ref|not our ref|"
+    r"Could not find remote branch|Remote branch .* not found|couldn't find remote ref|not our ref|"
     r"not the pinned commit|did not match any|unknown revision|pathspec",
     re.IGNORECASE,
 )
