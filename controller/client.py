@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +33,13 @@ TRANSIENT_STATUSES = frozenset({502, 503, 504})
 
 
 # -- errors --------------------------------------------------------------------
+
+
+def _entries(body: Document) -> list[Document]:
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise ApiError(200, "bad_response", "the answer has no 'tasks'", body)
+    return [task for task in tasks if isinstance(task, dict)]
 
 
 class ClientError(Exception):
@@ -292,14 +300,26 @@ class AsyncClient:
         pip_args: Sequence[str] | None = None,
         jobs: int | None = None,
         update: bool = False,
+        queue: bool = False,
+        auto_retry: int = 0,
+        low_priority: bool = True,
     ) -> str:
-        """Start an install; returns its task id. Raises :class:`Conflict` when one runs."""
+        """Start an install; returns its task id. Raises :class:`Conflict` when one
+        runs in that ComfyUI home, unless ``queue`` (then the install waits its turn,
+        state ``queued``). ``auto_retry`` retries transient failures that often."""
         payload: Document = {
             "ssh_connection": ssh_connection,
             "ui_home": ui_home,
             "nodes": list(nodes),
             "update": update,
         }
+        # Only what differs from the defaults, so older controllers still accept it.
+        if queue:
+            payload["queue"] = True
+        if auto_retry:
+            payload["auto_retry"] = auto_retry
+        if not low_priority:
+            payload["low_priority"] = False
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -336,11 +356,34 @@ class AsyncClient:
         return await self._request("GET", f"/api/tasks/{task_id}")
 
     async def tasks(self) -> list[Document]:
-        body = await self._request("GET", "/api/tasks")
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list):
-            raise ApiError(200, "bad_response", "the task list has no 'tasks'", body)
-        return [task for task in tasks if isinstance(task, dict)]
+        """The newest page of tasks (see :meth:`tasks_page` for the others)."""
+        return _entries(await self._request("GET", "/api/tasks"))
+
+    async def tasks_page(self, limit: int = 100, cursor: str | None = None) -> Document:
+        """``{"tasks": [...], "next_cursor"}``: pass ``next_cursor`` for the next page."""
+        query = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        return await self._request("GET", "/api/tasks?" + urllib.parse.urlencode(query))
+
+    async def retry(self, task_id: str, *, queue: bool = False, auto_retry: int = 0) -> Document:
+        """Start a new task with the nodes of ``task_id`` that failed or were cancelled;
+        returns ``{"task_id", "state", …}`` (202)."""
+        payload: Document = {"queue": queue, **({"auto_retry": auto_retry} if auto_retry else {})}
+        return await self._request_once("POST", f"/api/tasks/{task_id}/retry", payload)
+
+    async def history(
+        self,
+        *,
+        target: str | None = None,
+        ui_home: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> Document:
+        """``{"tasks": [...], "next_before"}``: what was installed where, newest first."""
+        query = {"limit": str(limit)}
+        for name, value in (("target", target), ("ui_home", ui_home), ("before", before)):
+            if value:
+                query[name] = value
+        return await self._request("GET", "/api/history?" + urllib.parse.urlencode(query))
 
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
@@ -560,6 +603,15 @@ class Client:
 
     def tasks(self) -> list[Document]:
         return self._run(self._async.tasks())
+
+    def tasks_page(self, limit: int = 100, cursor: str | None = None) -> Document:
+        return self._run(self._async.tasks_page(limit, cursor))
+
+    def retry(self, task_id: str, **kw: Any) -> Document:
+        return self._run(self._async.retry(task_id, **kw))
+
+    def history(self, **kw: Any) -> Document:
+        return self._run(self._async.history(**kw))
 
     def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         return self._run(self._async.logs(task_id, offset))

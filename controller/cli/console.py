@@ -103,6 +103,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument("--jobs", type=int, help="parallel clones (default 4)")
     install.add_argument("--update", action="store_true", help="update nodes already present")
     install.add_argument(
+        "--queue",
+        action="store_true",
+        help="when the ComfyUI home is busy or a limit is reached, wait in the queue",
+    )
+    install.add_argument(
+        "--auto-retry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retry transient failures (network, timeouts) up to N times",
+    )
+    install.add_argument(
+        "--no-low-priority",
+        dest="low_priority",
+        action="store_false",
+        help="run git, pip and install.py at normal priority on the instance",
+    )
+    install.add_argument(
         "--nodes-file", type=Path, help="a file with one URL[@REF] per line ('#' comments)"
     )
     install.add_argument("nodes", nargs="*", metavar="NODE", help="URL or URL@REF")
@@ -458,6 +476,9 @@ async def _install(args: argparse.Namespace) -> int:
             pip_args=args.pip_args,
             jobs=args.jobs,
             update=args.update,
+            queue=args.queue,
+            auto_retry=args.auto_retry,
+            low_priority=args.low_priority,
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")

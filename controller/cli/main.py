@@ -11,8 +11,13 @@ from collections.abc import Sequence
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
-#: client side (install, status, cancel, logs, tasks) and the demo.
-COMMAND_MODULES = ("controller.cli.server", "controller.cli.console", "controller.cli.demo")
+#: client side (install, status, cancel, logs, tasks; retry, history) and the demo.
+COMMAND_MODULES = (
+    "controller.cli.server",
+    "controller.cli.console",
+    "controller.cli.history",
+    "controller.cli.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,11 @@ end to end against a real sshd, the real agent and real git daemons."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -162,6 +166,26 @@ async def test_history_outlives_the_retention_of_full_documents(
     assert entry["nodes"][0]["commit"] == node_repos.plain.head
     other = await client.get("/api/history", params={"ui_home": "/elsewhere/ComfyUI"})
     assert (await other.json())["tasks"] == []
+
+    # `nodeferry history` shows the same, from a separate process.
+    command = [sys.executable, "-m", "controller.cli.main", "history"]
+    command += ["--controller", str(client.make_url("")), "--ssh", conn]
+    proc = await asyncio.create_subprocess_exec(
+        *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert [t["task_id"] for t in json.loads(out)["tasks"]] == [task_id]
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        "--nodes",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "ComfyUI-Plain" in out.decode() and "completed" in out.decode()
 
     await service.cleanup(now=time.time() + settings.history_days * 86400 + 60)
     assert (await (await client.get("/api/history")).json())["tasks"] == []
