@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,73 @@ def test_dashboard_with_a_token(browser: Any, tmp_path: Path, world: DemoWorld) 
         page.locator("#token-form button").click()
         expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
         page.close()
+
+
+#: Delays every task listing by 4 s (longer than the page's 3 s listing timer) and
+#: records how many were in flight at once.
+SLOW_LISTINGS = """
+(() => {
+  const original = window.fetch.bind(window);
+  window.__listings = {started: 0, inFlight: 0, maxInFlight: 0};
+  window.fetch = async (input, init) => {
+    const url = String(input && input.url ? input.url : input);
+    if (!/api\\/tasks(\\?|$)/.test(url)) return original(input, init);
+    const stats = window.__listings;
+    stats.started += 1;
+    stats.inFlight += 1;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 4000));
+      return await original(input, init);
+    } finally {
+      stats.inFlight -= 1;
+    }
+  };
+})();
+"""
+
+
+@pytest.mark.timeout(150)
+def test_dashboard_queue_history_and_one_listing_at_a_time(
+    browser: Any, controller: RunningController, world: DemoWorld, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    home = world.new_ui_home(tmp_path / "queued")
+    python = str(world.sandbox.python)
+    with Client(controller.url) as client:
+        holder = client.start("local", str(home), [world.slow_node()], python=python)
+        queued = client.start("local", str(home), world.nodes()[:1], python=python, queue=True)
+
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.add_init_script(SLOW_LISTINGS)
+    page.goto(controller.url + "/")
+    card = page.locator(f"article.task[data-task-id='{queued}']")
+    expect(card).to_have_attribute("data-state", "queued", timeout=30_000)
+    expect(card.locator(".queue")).to_contain_text("#1 in line")
+
+    with Client(controller.url) as client:
+        client.cancel(holder)
+    expect(card).to_have_attribute("data-state", "completed", timeout=60_000)
+
+    # The folder's history: the cancelled install and the one that waited for it.
+    card.locator("button.history-link").click()
+    panel = page.locator("#history-panel")
+    expect(panel).to_be_visible()
+    expect(panel.locator("tbody tr")).to_have_count(2, timeout=10_000)
+    expect(panel.locator("tbody tr").first).to_contain_text(queued[:8])
+    expect(panel.locator("tbody tr").nth(1)).to_contain_text("cancelled")
+
+    # Listings slower than the timer never overlap.
+    # (Polled from here: the page's CSP forbids wait_for_function's eval.)
+    deadline = time.monotonic() + 60
+    stats = page.evaluate("window.__listings")
+    while stats["started"] < 3:
+        assert time.monotonic() < deadline, stats
+        page.wait_for_timeout(250)
+        stats = page.evaluate("window.__listings")
+    assert stats["maxInFlight"] == 1, stats
+    assert not errors, errors
+    page.close()
