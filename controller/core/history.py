@@ -53,6 +53,7 @@ async def history(
         target_key=target_key,
         ui_home=ui_home,
         before_time=before_time,
+        with_nodes=True,
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -54,12 +54,11 @@ _ALL_COLUMNS = _COLUMNS + ", " + ", ".join(_SUMMARY_COLUMNS)
 _PLACEHOLDERS = ",".join("?" * (18 + len(_SUMMARY_COLUMNS)))
 _INSERT = f"INSERT INTO tasks ({_ALL_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 _RUNNING = "SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? AND " + _NOT_FINAL  # noqa: S608
-#: What a listing or the history shows of a task, without its document.
+#: What a listing shows of a task, without its document (nor its nodes).
 _SUMMARY_SELECT = (
-    "SELECT task_id, target_kind, target_user, target_host, target_port, ui_home, "  # noqa: S608
+    "SELECT task_id, target_kind, target_user, target_host, target_port, ui_home, "
     "created_at, finished_at, state, retry_of, retried_by, attempt, auto_retry, "
-    + ", ".join(_SUMMARY_COLUMNS)
-    + " FROM tasks "
+    + ", ".join(_SUMMARY_COLUMNS[:-1])
 )
 
 
@@ -327,9 +326,11 @@ class Registry:
         target_key: str | None = None,
         ui_home: str | None = None,
         before_time: float | None = None,
+        with_nodes: bool = False,
     ) -> list[dict[str, Any]]:
         """Summaries newest first, from the summary columns only; ``before`` is the
-        ``(created_at, task_id)`` of the last row of the previous page."""
+        ``(created_at, task_id)`` of the last row of the previous page. With
+        ``with_nodes``, each row has ``node_summary`` too (the history's)."""
         where: list[str] = []
         params: list[Any] = []
         if pruned is not None:
@@ -347,7 +348,8 @@ class Registry:
         if before_time is not None:
             where.append("created_at < ?")
             params.append(before_time)
-        sql = _SUMMARY_SELECT + ("WHERE " + " AND ".join(where) + " " if where else "")
+        sql = _SUMMARY_SELECT + (", node_summary" if with_nodes else "") + " FROM tasks "
+        sql += ("WHERE " + " AND ".join(where) + " ") if where else ""
         sql += "ORDER BY created_at DESC, task_id DESC LIMIT ?"
         with self._lock:
             cursor = self._db.execute(sql, (*params, limit))

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import install_bench
+from tests.bench import install_bench, storage_bench
 from tests.bench.lab import Lab
 from tests.bench.report import Report, _now
 from tests.bench.sizes import SIZES, BenchSize
@@ -36,10 +36,11 @@ def _sections() -> dict[str, Section]:
         "poll": controller_bench.run_poll,
         "freshness": controller_bench.run_freshness,
         "scale": controller_bench.run_scale,
+        "storage": storage_bench.run,
     }
 
 
-SECTION_NAMES = ("install", "start", "poll", "freshness", "scale")
+SECTION_NAMES = ("install", "start", "poll", "freshness", "scale", "storage")
 
 
 def build_parser() -> argparse.ArgumentParser:
