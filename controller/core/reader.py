@@ -20,7 +20,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from controller.core.errors import InvalidRequest, RemoteError, UnknownTask, Unreachable
+from controller.core.errors import (
+    ExpiredTask,
+    InvalidRequest,
+    RemoteError,
+    UnknownTask,
+    Unreachable,
+)
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import TaskRecord
 from controller.core.registry_schema import SUMMARY_ERROR_CHARS
@@ -60,7 +66,7 @@ class Reader:
         try:
             live = await self.tasks.get(task_id)
         except UnknownTask as exc:
-            if target is None:
+            if target is None or isinstance(exc, ExpiredTask):
                 raise
             live = await self._adopt(exc.task_id, target)
         if (

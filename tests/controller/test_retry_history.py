@@ -288,3 +288,30 @@ def test_a_version_1_registry_is_migrated_in_place(tmp_path: Path) -> None:
     registry.close()
     version = sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0]
     assert version == 2
+
+
+def test_what_one_task_stores_is_capped() -> None:
+    from controller.core.registry import MAX_STORED_DOCUMENT, stored_document
+
+    task_id = str(uuid.uuid4())
+    progress = Progress(task_id=task_id, ui_home="/w/ComfyUI", state="completed")
+    progress.error = "E" * 50_000
+    progress.nodes = [
+        NodeProgress(
+            name=f"N{i:03d}",
+            url=f"https://example.invalid/N{i:03d}",
+            status="failed",
+            error="head\n" + "x" * 5000 + f"\nfatal: the cause of N{i:03d}",
+            error_code="network",
+        )
+        for i in range(500)
+    ]
+    progress.recount()
+    assert len(progress.to_json()) > 2_000_000  # what the agent may write
+    text = stored_document(progress)
+    assert len(text) <= MAX_STORED_DOCUMENT
+    stored = Progress.from_json(text)
+    assert stored.failed == 500 and len(stored.nodes) == 500
+    # The tail, where a failed command says why, is what stays.
+    assert stored.nodes[7].error is not None and stored.nodes[7].error.endswith("cause of N007")
+    assert stored.nodes[7].error_code == "network"
