@@ -21,7 +21,7 @@ from tests.bench.latency_proxy import LatencyProxy
 from tests.bench.stats import Summary, percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"install", "start", "poll", "freshness", "scale", "footprint"}
+SECTIONS = {"install", "start", "poll", "freshness", "scale", "footprint", "storage"}
 
 
 @pytest.fixture(scope="module")

@@ -190,13 +190,17 @@ def test_dashboard_queue_history_and_one_listing_at_a_time(
         client.cancel(holder)
     expect(card).to_have_attribute("data-state", "completed", timeout=60_000)
 
-    # The folder's history: the cancelled install and the one that waited for it.
+    # The instance's history: newest first, the install that waited, then the
+    # cancelled one it waited for (then whatever else ran on "local").
     card.locator("button.history-link").click()
     panel = page.locator("#history-panel")
     expect(panel).to_be_visible()
-    expect(panel.locator("tbody tr")).to_have_count(2, timeout=10_000)
-    expect(panel.locator("tbody tr").first).to_contain_text(queued[:8])
-    expect(panel.locator("tbody tr").nth(1)).to_contain_text("cancelled")
+    expect(panel.locator("#history-title")).to_have_text("History of local")
+    rows = panel.locator("tbody tr")
+    expect(rows.first).to_contain_text(queued[:8], timeout=10_000)
+    expect(rows.first).to_contain_text(str(home))
+    expect(rows.nth(1)).to_contain_text(holder[:8])
+    expect(rows.nth(1)).to_contain_text("cancelled")
 
     # Listings slower than the timer never overlap.
     # (Polled from here: the page's CSP forbids wait_for_function's eval.)

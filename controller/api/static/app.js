@@ -195,7 +195,7 @@ function renderCard(entry) {
       clock("elapsed", doc.started_at || summary.created_at, doc.finished_at),
       final ? null : cancel,
       final && retryable(doc) ? h("button", {class: "retry", type: "button", onclick: () => retryTask(entry)}, "Retry failed") : null,
-      h("button", {class: "history-link", type: "button", title: "what was installed in this ComfyUI folder", onclick: () => showHistory(target, uiHome)}, "History"),
+      h("button", {class: "history-link", type: "button", title: "what was installed on this instance", onclick: () => showHistory(target)}, "History"),
     ),
   );
 
@@ -435,18 +435,19 @@ async function retryTask(entry) {
   }
 }
 
-async function showHistory(target, uiHome) {
+async function showHistory(target) {
   const panel = document.getElementById("history-panel");
   const title = document.getElementById("history-title");
   const list = document.getElementById("history-list");
   panel.hidden = false;
-  title.textContent = `History of ${uiHome} on ${target}`;
+  title.textContent = `History of ${target}`;
   list.replaceChildren(h("p", {class: "waiting"}, "loading…"));
   try {
-    const query = new URLSearchParams({target, ui_home: uiHome, limit: "50"});
+    const query = new URLSearchParams({target, limit: "50"});
     const page = await api("GET", `api/history?${query}`);
     const rows = (page.tasks || []).map((t) => h("tr", {class: `s-${t.state}`},
       h("td", null, (t.finished_at || t.created_at || "").slice(0, 19).replace("T", " ")),
+      h("td", {class: "ui-home"}, t.ui_home),
       h("td", null, badge(t.state)),
       h("td", null, `${t.successful || 0} installed, ${t.failed || 0} failed, ${t.skipped || 0} skipped`),
       h("td", {class: "history-nodes"}, (t.nodes || []).map((n) => `${n.name}${n.commit ? "@" + n.commit.slice(0, 7) : ""} ${n.status}${n.error_code ? " (" + n.error_code + ")" : ""}`).join(", ")),
@@ -455,7 +456,7 @@ async function showHistory(target, uiHome) {
     ));
     list.replaceChildren(rows.length
       ? h("table", {class: "nodes history"},
-          h("thead", null, h("tr", null, ...["when", "result", "nodes", "installed", "retry chain", "task"].map((c) => h("th", null, c)))),
+          h("thead", null, h("tr", null, ...["when", "ComfyUI folder", "result", "counts", "nodes", "retry chain", "task"].map((c) => h("th", null, c)))),
           h("tbody", null, rows))
       : h("p", {class: "empty"}, "Nothing installed here yet."));
   } catch (error) {
