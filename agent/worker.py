@@ -19,8 +19,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Dict, List, Optional
 
+from agent import (
+    failures,
+    install_script,
+    inventory,
+    liveness,
+    priority,
+    procs,
+    reqfile,
+    reqstage,
+    requirements,
+)
 from agent import git as gitmod
-from agent import install_script, inventory, liveness, procs, reqfile, reqstage, requirements
 from agent import verify as verifymod
 from agent.completion import Completion, records_path
 from agent.errors import Cancelled, StepFailed
@@ -179,9 +189,9 @@ class Installer:
             doc.current_node = node.name
             doc.current_status = status
 
-    def _fail(self, index: int, message: str) -> None:
+    def _fail(self, index: int, message: str, step: str = "other") -> None:
         self.log.line(self._node(index).name, "FAILED: " + message)
-        self._set(index, "failed", error=message)
+        self._set(index, "failed", error=message, error_code=failures.classify(step, message))
 
     # clone ----------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class Installer:
             self._set(index, "cloned", commit=sha)
             self.fresh.append(index)
         except StepFailed as exc:
-            self._fail(index, str(exc))
+            self._fail(index, str(exc), "clone")
         except OSError as exc:  # e.g. custom_nodes not writable: this node fails, not all
             self._fail(index, f"{type(exc).__name__}: {exc}")
 
@@ -371,7 +381,7 @@ class Installer:
     def _requirements_failed(self, index: int, message: str) -> None:
         with self.writer.change() as doc:
             doc.nodes[index].requirements_status = "failed"
-        self._fail(index, message)
+        self._fail(index, message, "requirements")
 
     def _finish_requirements(self) -> None:
         with self.writer.change() as doc:
@@ -411,7 +421,7 @@ class Installer:
                     self._node_warning(i, text)
                 if not result.ok:
                     self._set(i, "running_install_script", install_script_status="failed")
-                    self._fail(i, result.describe("install.py"))
+                    self._fail(i, result.describe("install.py"), "install_script")
                     continue
                 self._set(i, "running_install_script", install_script_status="done")
                 self.completion.record(node.name, node.url, "install_script", node.commit or "")
@@ -497,7 +507,7 @@ class Installer:
         else:
             message = f"ComfyUI cannot import it: {result.error}"
         self.log.line(name, "FAILED: " + message)
-        self._set(index, "failed", error=message, import_result=result)
+        self._set(index, "failed", error=message, import_result=result, error_code="import_failed")
 
     def _warn(self, message: str) -> None:
         self.log.line(None, "warning: " + message)
@@ -595,6 +605,10 @@ def run_worker(spec: InstallSpec, paths: TaskPaths) -> int:
     installer = Installer(spec, paths, writer, log)
     _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")
+    if spec.low_priority:
+        # Before any child or clone thread starts: they all inherit it (on Linux
+        # niceness is per thread, so the heartbeat thread keeps its priority).
+        log.line(None, "lower priority: " + ", ".join(priority.lower()))
     try:
         return installer.run()
     finally:

@@ -55,6 +55,13 @@ def unreachable_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _entries(body: Document) -> list[Document]:
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise ApiError(200, "bad_response", "the answer has no 'tasks'", body)
+    return [task for task in tasks if isinstance(task, dict)]
+
+
 class ClientError(Exception):
     """Anything that went wrong talking to the controller."""
 
@@ -324,8 +331,13 @@ class AsyncClient:
         verify: bool | str | None = None,
         verify_timeout: float | None = None,
         lock: Document | None = None,
+        queue: bool = False,
+        auto_retry: int = 0,
+        low_priority: bool = True,
     ) -> str:
-        """Start an install; returns its task id. Raises :class:`Conflict` when one runs.
+        """Start an install; returns its task id. Raises :class:`Conflict` when one
+        runs in that ComfyUI home, unless ``queue`` (then the install waits its turn,
+        state ``queued``). ``auto_retry`` retries transient failures that often.
 
         ``nodes`` (URLs or Comfy Registry ids), ``workflow`` and ``snapshot`` say what
         to install, in any combination; none of them installs the controller's
@@ -352,6 +364,13 @@ class AsyncClient:
             payload["verify_timeout"] = verify_timeout
         if lock is not None:
             payload["lock"] = lock
+        # Only what differs from the defaults, so older controllers still accept it.
+        if queue:
+            payload["queue"] = True
+        if auto_retry:
+            payload["auto_retry"] = auto_retry
+        if not low_priority:
+            payload["low_priority"] = False
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -408,13 +427,36 @@ class AsyncClient:
         return await self._request("GET", f"/api/tasks/{task_id}")
 
     async def tasks(self, prefix: str | None = None) -> list[Document]:
-        """The controller's tasks, newest first; with ``prefix``, those whose id starts so."""
+        """The newest page of tasks (see :meth:`tasks_page` for the others); with
+        ``prefix``, those whose id starts so."""
         query = f"?prefix={urllib.parse.quote(prefix, safe='')}" if prefix is not None else ""
-        body = await self._request("GET", "/api/tasks" + query)
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list):
-            raise ApiError(200, "bad_response", "the task list has no 'tasks'", body)
-        return [task for task in tasks if isinstance(task, dict)]
+        return _entries(await self._request("GET", "/api/tasks" + query))
+
+    async def tasks_page(self, limit: int = 100, cursor: str | None = None) -> Document:
+        """``{"tasks": [...], "next_cursor"}``: pass ``next_cursor`` for the next page."""
+        query = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        return await self._request("GET", "/api/tasks?" + urllib.parse.urlencode(query))
+
+    async def retry(self, task_id: str, *, queue: bool = False, auto_retry: int = 0) -> Document:
+        """Start a new task with the nodes of ``task_id`` that failed or were cancelled;
+        returns ``{"task_id", "state", …}`` (202)."""
+        payload: Document = {"queue": queue, **({"auto_retry": auto_retry} if auto_retry else {})}
+        return await self._request_once("POST", f"/api/tasks/{task_id}/retry", payload)
+
+    async def history(
+        self,
+        *,
+        target: str | None = None,
+        ui_home: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> Document:
+        """``{"tasks": [...], "next_before"}``: what was installed where, newest first."""
+        query = {"limit": str(limit)}
+        for name, value in (("target", target), ("ui_home", ui_home), ("before", before)):
+            if value:
+                query[name] = value
+        return await self._request("GET", "/api/history?" + urllib.parse.urlencode(query))
 
     async def start_fleet(
         self,
@@ -715,6 +757,15 @@ class Client:
 
     def cancel_fleet(self, fleet_id: str) -> Document:
         return self._run(self._async.cancel_fleet(fleet_id))
+
+    def tasks_page(self, limit: int = 100, cursor: str | None = None) -> Document:
+        return self._run(self._async.tasks_page(limit, cursor))
+
+    def retry(self, task_id: str, **kw: Any) -> Document:
+        return self._run(self._async.retry(task_id, **kw))
+
+    def history(self, **kw: Any) -> Document:
+        return self._run(self._async.history(**kw))
 
     def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         return self._run(self._async.logs(task_id, offset))

@@ -16,7 +16,10 @@ SCHEMA_VERSION = 1
 
 #: Task states in the order they happen. ``lost`` is never written by the agent:
 #: a status reader derives it when the worker died without a final document.
+#: ``queued`` neither: the controller holds a task there until its ComfyUI home is
+#: free and its limits allow it to start.
 STATES = (
+    "queued",
     "starting",
     "cloning",
     "installing_requirements",
@@ -52,6 +55,24 @@ PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
 ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
+
+#: Why one node failed, in the node's ``error_code``. Only the transient ones are
+#: worth an automatic retry; the others fail the same way every time.
+NODE_ERROR_CODES = (
+    "network",
+    "timeout",
+    "repo_not_found",
+    "unknown_ref",
+    "auth_failed",
+    "node_dir_conflict",
+    "requirements_failed",
+    "resolver_conflict",
+    "install_script_failed",
+    "import_failed",
+    "cancelled",
+    "failed",
+)
+TRANSIENT_NODE_ERROR_CODES = frozenset({"network", "timeout"})
 
 
 def utc_now() -> str:
@@ -186,6 +207,8 @@ class NodeProgress:
     #: What the node's steps reported without failing (install.py errors that
     #: exited 0, requirements installed alone), quoting the lines.
     warnings: List[str] = field(default_factory=list)
+    #: One of ``NODE_ERROR_CODES`` when the node failed (absent from older agents).
+    error_code: Optional[str] = None
 
     @property
     def is_final(self) -> bool:
@@ -226,6 +249,11 @@ class NodeProgress:
                 INSTALL_SCRIPT_STATUSES,
             ),
             warnings=_check_warnings(data.get("warnings", []), where + ".warnings"),
+            error_code=(
+                None
+                if data.get("error_code") is None
+                else _check_choice(data["error_code"], where + ".error_code", NODE_ERROR_CODES)
+            ),
         )
 
 

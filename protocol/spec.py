@@ -119,6 +119,9 @@ class InstallSpec:
     #: Reproduce this lock: its nodes at its commits, its package versions.
     lock: Optional[Lock] = None
     installer: str = "auto"
+    #: Run git, pip/uv and install.py at a lower CPU and I/O priority, so a ComfyUI
+    #: serving on the same machine stays responsive.
+    low_priority: bool = True
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -138,6 +141,7 @@ class InstallSpec:
             "verify_timeout",
             "lock",
             "installer",
+            "low_priority",
         }
         unknown = set(data) - known
         if unknown:
@@ -216,6 +220,9 @@ class InstallSpec:
         installer = data.get("installer", "auto")
         if installer not in INSTALLERS:
             raise ProtocolError("installer", "must be one of: {}".format(", ".join(INSTALLERS)))
+        low_priority = data.get("low_priority", True)
+        if not isinstance(low_priority, bool):
+            raise ProtocolError("low_priority", "must be true or false")
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -231,6 +238,7 @@ class InstallSpec:
             verify_timeout=float(verify_timeout),
             lock=lock,
             installer=str(installer),
+            low_priority=low_priority,
         )
 
     @classmethod
@@ -254,6 +262,7 @@ class InstallSpec:
             "verify": self.verify,
             "verify_timeout": self.verify_timeout,
             "installer": self.installer,
+            "low_priority": self.low_priority,
         }
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it

@@ -9,8 +9,16 @@ from aiohttp import web
 
 from controller.api.appkeys import SERVICE, SETTINGS, STATS
 from controller.core.errors import InvalidRequest
-from controller.core.schemas import InstallRequest, ProgressRequest, ResolveRequest, parse_body
-from controller.core.service import LOG_DEFAULT_LIMIT, TaskView
+from controller.core.history import DEFAULT_LIMIT as HISTORY_DEFAULT_LIMIT
+from controller.core.reader import DEFAULT_PAGE
+from controller.core.schemas import (
+    InstallRequest,
+    ProgressRequest,
+    ResolveRequest,
+    RetryRequest,
+    parse_body,
+)
+from controller.core.service import LOG_DEFAULT_LIMIT, Admission, TaskView
 from controller.core.target import parse_target
 from protocol import __version__
 
@@ -50,11 +58,17 @@ def progress_answer(view: TaskView) -> web.Response:
     return web.json_response(body)
 
 
-async def install(request: web.Request) -> web.Response:
-    body = parse_body(InstallRequest, await read_json(request))
-    task_id = await request.app[SERVICE].start(body)
+def admission_answer(admission: Admission) -> web.Response:
+    """202 for a started or queued install; ``state`` says which."""
+    if admission.state == "queued":
+        message = (
+            f"Installation queued (position {admission.queue_position}: "
+            f"{admission.queued_reason}); it starts when its turn comes"
+        )
+    else:
+        message = "Installation started in background"
     return web.json_response(
-        {"success": True, "task_id": task_id, "message": "Installation started in background"},
+        {"success": True, **admission.body(), "message": message},
         status=202,
     )
 
@@ -64,6 +78,32 @@ async def resolve(request: web.Request) -> web.Response:
     body = parse_body(ResolveRequest, await read_json(request))
     plan = await request.app[SERVICE].resolve(body)
     return web.json_response({"success": True, **plan.to_dict()})
+
+
+async def install(request: web.Request) -> web.Response:
+    body = parse_body(InstallRequest, await read_json(request))
+    return admission_answer(await request.app[SERVICE].admit(body))
+
+
+async def retry_task(request: web.Request) -> web.Response:
+    raw = await request.read()
+    data = await read_json(request) if raw.strip() else {}
+    body = parse_body(RetryRequest, data)
+    admission = await request.app[SERVICE].retry(
+        request.match_info["task_id"], queue=body.queue, auto_retry=body.auto_retry
+    )
+    return admission_answer(admission)
+
+
+async def history(request: web.Request) -> web.Response:
+    query = request.query
+    page = await request.app[SERVICE].history(
+        target=query.get("target") or None,
+        ui_home=query.get("ui_home") or None,
+        limit=_query_count(request, "limit", HISTORY_DEFAULT_LIMIT),
+        before=query.get("before") or None,
+    )
+    return web.json_response({"success": True, **page})
 
 
 async def install_progress(request: web.Request) -> web.Response:
@@ -83,9 +123,22 @@ async def install_progress(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    # ?prefix= lets a command line accept a short task id, as git does with commits.
-    tasks = await request.app[SERVICE].list_tasks(request.query.get("prefix"))
-    return web.json_response({"success": True, "tasks": tasks})
+    page = await request.app[SERVICE].list_tasks(
+        _query_count(request, "limit", DEFAULT_PAGE),
+        request.query.get("cursor") or None,
+        request.query.get("prefix"),
+    )
+    return web.json_response({"success": True, **page})
+
+
+def _query_count(request: web.Request, name: str, default: int) -> int:
+    """A small whole number from the query string (a listing's ``limit``)."""
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:
+        raise InvalidRequest(name, "must be a whole number, like 50")
+    return int(text)
 
 
 async def get_task(request: web.Request) -> web.Response:

@@ -16,6 +16,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks/{task_id}", handlers.get_task)
     app.router.add_post("/api/tasks/{task_id}/cancel", handlers.cancel_task)
     app.router.add_get("/api/tasks/{task_id}/log", handlers.task_log)
+    # Queueing, retry and history (issue 12).
+    app.router.add_post("/api/tasks/{task_id}/retry", handlers.retry_task)
+    app.router.add_get("/api/history", handlers.history)
     app.router.add_get("/healthz", handlers.healthz)
     # What a workflow, snapshot or registry ids would install (issue 10).
     app.router.add_post("/api/resolve", handlers.resolve)

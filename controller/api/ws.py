@@ -102,7 +102,9 @@ class TaskListFeed:
         self._runner: asyncio.Task[None] | None = None
 
     async def current(self) -> list[dict[str, Any]]:
-        summaries = await self.service.list_tasks()
+        # The newest page, from the registry's summary columns (no stored document
+        # is parsed); the runner below computes one listing at a time.
+        summaries: list[dict[str, Any]] = (await self.service.list_tasks())["tasks"]
         fleet_of = await self.fleets.task_fleets()
         for summary in summaries:
             summary["fleet_id"] = fleet_of.get(summary["task_id"])

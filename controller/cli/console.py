@@ -174,6 +174,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--verify-timeout", type=float, metavar="SECONDS", help="per node import (default 120)"
     )
     install.add_argument(
+        "--queue",
+        action="store_true",
+        help="when the ComfyUI home is busy or a limit is reached, wait in the queue",
+    )
+    install.add_argument(
+        "--auto-retry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retry transient failures (network, timeouts) up to N times",
+    )
+    install.add_argument(
+        "--no-low-priority",
+        dest="low_priority",
+        action="store_false",
+        help="run git, pip and install.py at normal priority on the instance",
+    )
+    install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
     install.add_argument(
@@ -611,6 +629,9 @@ async def _install(args: argparse.Namespace) -> int:
             verify=getattr(args, "verify", None),
             verify_timeout=getattr(args, "verify_timeout", None),
             lock=lock,
+            queue=args.queue,
+            auto_retry=args.auto_retry,
+            low_priority=args.low_priority,
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")

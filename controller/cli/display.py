@@ -34,6 +34,7 @@ STATUS_STYLES = {
     "failed": "bold red",
     "cancelled": "red",
     "starting": "dim",
+    "queued": "dim",
     "installing": "magenta",
     "running_install_scripts": "magenta",
     "completed": "green",

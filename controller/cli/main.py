@@ -13,11 +13,12 @@ from controller.cli.exits import EXIT_CODES_HELP
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
-#: client side (install, status, cancel, logs, tasks), resolve and node-db, the locks
-#: (lock, snapshot, diff), the demo and agent-bundle.
+#: client side (install, status, cancel, logs, tasks; retry, history), resolve and
+#: node-db, the locks (lock, snapshot, diff), the demo and agent-bundle.
 COMMAND_MODULES = (
     "controller.cli.server",
     "controller.cli.console",
+    "controller.cli.history",
     "controller.cli.resolve",
     "controller.cli.locks",
     "controller.cli.demo",

@@ -54,6 +54,17 @@ class Settings:
     retention: float = 2 * 3600.0
     #: How often the retention job runs, in seconds.
     cleanup_interval: float = 300.0
+    #: Past the retention a task's summary stays this many days (``/api/history``).
+    history_days: float = 30.0
+
+    # -- limits and the queue ----------------------------------------------------
+    #: Installs running at once, controller-wide (0: no limit). Beyond it a start
+    #: with ``queue`` waits in the queue; without, it gets 429.
+    max_running: int = 0
+    #: Installs running at once on one host (0: no limit).
+    max_running_per_host: int = 0
+    #: Seconds before the first automatic retry; each further one waits twice as long.
+    auto_retry_backoff: float = 10.0
 
     # -- SSH ------------------------------------------------------------------
     #: Private keys to offer, in order. Empty: ~/.ssh/id_ed25519, id_ecdsa, id_rsa
@@ -139,9 +150,13 @@ class Settings:
             )
         if self.token is not None:
             check_token(self.token, "token")
+        if self.max_running < 0 or self.max_running_per_host < 0:
+            raise ConfigError("max_running and max_running_per_host must be 0 (no limit) or more")
         for name in (
             "retention",
             "cleanup_interval",
+            "history_days",
+            "auto_retry_backoff",
             "connect_timeout",
             "command_timeout",
             "refresh_interval",
@@ -224,6 +239,10 @@ _KINDS: dict[str, Any] = {
     "data_dir": "path",
     "retention": float,
     "cleanup_interval": float,
+    "history_days": float,
+    "max_running": int,
+    "max_running_per_host": int,
+    "auto_retry_backoff": float,
     "ssh_keys": "path_list",
     "use_ssh_agent": bool,
     "known_hosts": "optional_path",

@@ -18,6 +18,10 @@ class ControllerError(Exception):
     def body(self) -> dict[str, Any]:
         return {"success": False, "error": self.code, "message": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After`` of a 429)."""
+        return {}
+
 
 class ConfigError(ControllerError):
     code = "config"
@@ -105,6 +109,35 @@ class Conflict(ControllerError):
 
     def body(self) -> dict[str, Any]:
         return {**super().body(), "task_id": self.task_id}
+
+
+class TooManyTasks(ControllerError):
+    """A limit on running installs is reached and the start did not ask to queue."""
+
+    status = 429
+    code = "too_many_tasks"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ExpiredTask(UnknownTask):
+    """Finished longer ago than the retention: only its summary is left."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.message = (
+            f"task {task_id} finished longer ago than the retention; only its summary "
+            "is left: see GET /api/history"
+        )
+        self.args = (self.message,)
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "expired": True}
 
 
 class RemoteError(ControllerError):

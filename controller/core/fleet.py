@@ -131,16 +131,18 @@ class Fleets:
         prepared = []
         for index, install in enumerate(installs):
             try:
-                prepared.append(await self.service.prepare(install))
+                prepared.append((await self.service.prepare(install), install))
             except InvalidRequest as exc:
                 if len(installs) > 1 and exc.field in ("ui_home", "python"):
                     raise _prefixed(f"targets.{index}", exc) from None
                 raise
         record = FleetRecord(str(uuid.uuid4()), time.time(), request.model_dump(mode="json"))
-        for start in prepared:
+        for start, install in prepared:
             member = Member(target=str(start.target), ui_home=start.spec.ui_home)
             try:
-                member.task_id = await self.service.launch(start)
+                # Queued when the request says so and its home is busy or a limit
+                # is reached; the member's task then starts in its turn.
+                member.task_id = (await self.service.admit_prepared(start, install)).task_id
             except ControllerError as exc:
                 member.error_code, member.error = exc.code, exc.message
             record.members.append(member)

@@ -11,14 +11,14 @@ from typing import Any
 
 from controller.core.access import check_start
 from controller.core.errors import (
-    Conflict,
     ControllerError,
     InvalidRequest,
     RemoteError,
     UnknownTask,
 )
-from controller.core.live import Live, Tasks, TaskView, starting_document
+from controller.core.live import Live, Tasks, TaskView
 from controller.core.registry import TaskRecord
+from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import InstallRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.service import SourceService
@@ -42,12 +42,14 @@ class Launcher:
     def __init__(self, tasks: Tasks, sources: SourceService) -> None:
         self.tasks = tasks
         self.sources = sources
+        self.scheduler = Scheduler(tasks, self._launch_live)
 
-    async def prepare(self, request: InstallRequest) -> Prepared:
+    async def prepare(self, request: InstallRequest, target: Target | None = None) -> Prepared:
         """Everything a start checks and resolves, with nothing registered or run yet:
-        a bad request is an :class:`InvalidRequest` that changed nothing."""
+        a bad request is an :class:`InvalidRequest` that changed nothing. ``target``
+        (a retry's) stands for the request's ``ssh_connection`` when given."""
         tasks = self.tasks
-        target = parse_target(request.ssh_connection, tasks.settings)
+        target = target or parse_target(request.ssh_connection, tasks.settings)
         check_start(tasks.settings, target)
         task_id = checks.new_task_id()
         pip_args = (
@@ -82,19 +84,47 @@ class Launcher:
                     "verify_timeout": request.verify_timeout,
                     "installer": request.installer,
                     "lock": request.lock,
+                    "low_priority": request.low_priority,
                 }
             )
         except ProtocolError as exc:
             raise InvalidRequest(exc.field, exc.message) from None
         return Prepared(target, spec, resolution)
 
-    async def start(self, request: InstallRequest) -> str:
-        """Register a task and launch it in the background; returns its id at once."""
-        return await self.launch(await self.prepare(request))
+    async def start(
+        self,
+        request: InstallRequest,
+        *,
+        queue: bool | None = None,
+        auto_retry: int | None = None,
+        retry_of: TaskRecord | None = None,
+        not_before: float | None = None,
+        target: Target | None = None,
+    ) -> Admission:
+        """Register a task and launch it in the background, or queue it; answers at
+        once. ``queue``/``auto_retry`` default to the request's; ``retry_of`` links
+        the new task to the one it retries (the caller links the other way)."""
+        prepared = await self.prepare(request, target)
+        return await self.admit(
+            prepared,
+            request,
+            queue=queue,
+            auto_retry=auto_retry,
+            retry_of=retry_of,
+            not_before=not_before,
+        )
 
-    async def launch(self, prepared: Prepared) -> str:
-        """Register a prepared task (409 when its ComfyUI is busy) and launch it."""
-        tasks = self.tasks
+    async def admit(
+        self,
+        prepared: Prepared,
+        request: InstallRequest,
+        *,
+        queue: bool | None = None,
+        auto_retry: int | None = None,
+        retry_of: TaskRecord | None = None,
+        not_before: float | None = None,
+    ) -> Admission:
+        """Register a prepared task: launched now, queued, or refused (409/429)."""
         target, spec = prepared.target, prepared.spec
         record = TaskRecord(
             task_id=spec.task_id,
@@ -107,18 +137,15 @@ class Launcher:
                 for option in target.ignored
             ],
             resolution=prepared.resolution,
+            not_before=not_before,
+            retry_of=retry_of.task_id if retry_of else None,
+            attempt=retry_of.attempt + 1 if retry_of else 1,
+            auto_retry=request.auto_retry if auto_retry is None else auto_retry,
         )
-        record.progress = starting_document(record)
-        running = await tasks.run(tasks.registry.add_if_free, record)
-        if running is not None:
-            raise Conflict(
-                f"an install into {spec.ui_home} on {target} is already running "
-                f"(task {running}); wait for it or cancel it",
-                task_id=running,
-            )
-        live = tasks.remember(record)
-        live.launch = tasks.spawn(self._launch(live, spec))
-        return spec.task_id
+        return await self.scheduler.admit(record, queue=request.queue if queue is None else queue)
+
+    async def _launch_live(self, live: Live) -> None:
+        await self._launch(live, InstallSpec.from_dict(live.record.spec))
 
     async def _launch(self, live: Live, spec: InstallSpec) -> None:
         tasks = self.tasks
@@ -173,6 +200,10 @@ class Launcher:
     async def cancel(self, task_id: object) -> TaskView:
         tasks = self.tasks
         live = await tasks.get(task_id)
+        if live.record.state == "queued":
+            view = await self.scheduler.cancel_queued(live)
+            if view is not None:
+                return view
         if live.launch is not None and not live.launch.done():
             await asyncio.shield(live.launch)
         if live.view.progress.is_final:

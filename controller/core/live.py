@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controller.core.config import Settings
-from controller.core.errors import InvalidRequest, UnknownTask
+from controller.core.errors import ExpiredTask, InvalidRequest, UnknownTask
 from controller.core.registry import Registry, TaskRecord
 from controller.core.stats import Stats
 from controller.core.target import Target
@@ -45,19 +45,20 @@ class TaskView:
     target: Target
     #: Why the view is stale.
     problem: str | None = None
-    #: How the node list was resolved (workflow, snapshot, registry ids), if it was.
-    resolution: dict[str, Any] | None = None
     #: The error code a stale view is answered with: ``unreachable``, or
     #: ``unreadable_progress`` when the instance answered with a broken document.
     problem_code: str = "unreachable"
+    #: What the controller adds to the agent's document: the queue position of a
+    #: queued task, retry links, the resolution plan. Shared with the task's
+    #: ``Live``, so it is current.
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def response(self) -> dict[str, Any]:
         """The seed-compatible progress body."""
         body = progress_response(self.progress, stale=self.stale)
         body["target"] = str(self.target)
         body["read_at"] = self.read_at
-        if self.resolution is not None:
-            body["resolution"] = self.resolution
+        body.update(self.annotations)
         return body
 
 
@@ -83,6 +84,8 @@ class Live:
     persisted_milestone: tuple[Any, ...] = ()
     persisted_mono: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: See ``TaskView.annotations``.
+    annotations: dict[str, Any] = field(default_factory=dict)
 
 
 def starting_document(record: TaskRecord) -> Progress:
@@ -93,6 +96,22 @@ def starting_document(record: TaskRecord) -> Progress:
     ]
     progress.recount()
     return progress
+
+
+def queued_document(record: TaskRecord) -> Progress:
+    """What a queued task reads as: in progress, ``current_status`` ``queued``."""
+    progress = starting_document(record)
+    progress.state = progress.current_status = "queued"
+    return progress
+
+
+def retry_annotations(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "attempt": record.attempt,
+        "retry_of": record.retry_of,
+        "retried_by": record.retried_by,
+        "auto_retry": record.auto_retry,
+    }
 
 
 def _milestone(progress: Progress) -> tuple[Any, ...]:
@@ -137,6 +156,9 @@ class Tasks:
         self._background: set[asyncio.Task[Any]] = set()
         #: SSH work runs apart, so unresponsive hosts cannot starve the rest.
         self.ssh = HostLimitedExecutor(settings.ssh_threads, settings.ssh_jobs_per_host)
+        #: Called (synchronously, so they may only schedule work) when a task
+        #: reaches a final state: the queue starts the next one, retries follow.
+        self.on_final: list[Callable[[Live], None]] = []
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function`` in the executor: everything blocking (SSH, SFTP, SQLite)."""
@@ -170,12 +192,46 @@ class Tasks:
         live = self.live.get(record.task_id)
         if live is None:
             progress = record.progress or starting_document(record)
-            view = TaskView(
-                progress, False, utc_now(), 0, record.target, resolution=record.resolution
-            )
-            live = Live(record=record, view=view)
+            annotations = retry_annotations(record)
+            if record.resolution is not None:
+                # How a workflow, snapshot or registry ids became the node list.
+                annotations["resolution"] = record.resolution
+            view = TaskView(progress, False, utc_now(), 0, record.target, annotations=annotations)
+            live = Live(record=record, view=view, annotations=annotations)
             self.live[record.task_id] = live
         return live
+
+    def annotate(self, live: Live, **values: Any) -> None:
+        """Change what the controller adds to the task's view; wakes its watchers."""
+        if all(live.annotations.get(k, object()) == v for k, v in values.items()):
+            return
+        live.annotations.update(values)
+        previous = live.view
+        live.view = TaskView(
+            previous.progress,
+            previous.stale,
+            previous.read_at,
+            previous.version + 1,
+            previous.target,
+            previous.problem,
+            problem_code=previous.problem_code,
+            annotations=live.annotations,
+        )
+        event, live.changed = live.changed, asyncio.Event()
+        event.set()
+
+    def forget_finished(self, older_than: float) -> None:
+        """Drop final tasks nobody read for ``older_than`` seconds from memory: the
+        registry has them, and memory must not grow with every task ever read."""
+        now = time.monotonic()
+        for task_id, live in list(self.live.items()):
+            if (
+                live.view.progress.is_final
+                and now - max(live.read_mono, live.changed_mono) > older_than
+                and (live.launch is None or live.launch.done())
+                and live.inflight is None
+            ):
+                del self.live[task_id]
 
     async def get(self, task_id: object) -> Live:
         """The task, validated and loaded from the registry when not in memory."""
@@ -187,6 +243,8 @@ class Tasks:
         if live is None:
             record = await self.run(self.registry.get, task_id)
             if record is None:
+                if await self.run(self.registry.is_pruned, task_id):
+                    raise ExpiredTask(task_id)
                 raise UnknownTask(task_id)
             live = self.remember(record)
         return live
@@ -212,7 +270,7 @@ class Tasks:
             live.record.target,
             problem,
             problem_code=problem_code,
-            resolution=live.record.resolution,
+            annotations=live.annotations,
         )
         live.read_mono = time.monotonic()
         if changed:
@@ -240,6 +298,12 @@ class Tasks:
         if version != previous.version:
             event, live.changed = live.changed, asyncio.Event()
             event.set()
+        if progress.is_final and not previous.progress.is_final:
+            for hook in self.on_final:
+                try:
+                    hook(live)
+                except Exception:
+                    log.exception("a final-state hook failed for task %s", live.record.task_id)
         return live.view
 
     async def fail(self, live: Live, error_code: str, message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from typing import Any
 
 from controller.core.access import check_lookup
 from controller.core.errors import (
+    ExpiredTask,
     InvalidRequest,
     RemoteError,
     UnknownTask,
@@ -30,9 +32,11 @@ from controller.core.errors import (
 )
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import TaskRecord
+from controller.core.registry_schema import SUMMARY_ERROR_CHARS
 from controller.core.target import Target
 from controller.transports import FileStat, Transport
 from protocol import ExitCode, Progress, ProtocolError
+from protocol import fields as checks
 
 #: A ``stat`` reports whole seconds over SFTP, so an unchanged (mtime, size) only
 #: proves an unchanged file once a full read happened this long after the signature
@@ -47,6 +51,9 @@ LOG_DEFAULT_LIMIT = 64 * 1024
 #: interval, which is the freshness promise.
 STALE_SERVE_INTERVALS = 2.0
 _ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
+#: Task listings are pages of this many summaries by default, at most MAX_PAGE.
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
 
 
 class Reader:
@@ -63,10 +70,14 @@ class Reader:
         try:
             live = await self.tasks.get(task_id)
         except UnknownTask as exc:
-            if target is None:
+            if target is None or isinstance(exc, ExpiredTask):
                 raise
             live = await self._adopt(exc.task_id, target)
-        if live.view.progress.is_final or (live.launch is not None and not live.launch.done()):
+        if (
+            live.view.progress.is_final
+            or live.record.state == "queued"  # nothing on the machine yet
+            or (live.launch is not None and not live.launch.done())
+        ):
             self.tasks.stats.add("cache_hits")
             return live.view
         age = time.monotonic() - live.read_mono
@@ -317,19 +328,31 @@ class Reader:
             "notes": notes,
         }
 
-    async def list_tasks(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        """Every task, newest first; with ``prefix``, those whose id starts with it."""
+    async def list_tasks(
+        self, limit: int = DEFAULT_PAGE, cursor: str | None = None, prefix: str | None = None
+    ) -> dict[str, Any]:
+        """One page of summaries, newest first, from the registry's summary columns
+        (a task in memory shows its current view); ``next_cursor`` fetches the next.
+        With ``prefix``, only the tasks whose id starts with it (short ids)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("limit", f"must be from 1 to {MAX_PAGE}")
         if prefix is not None and not _ID_PREFIX.fullmatch(prefix):
             raise InvalidRequest("prefix", "must be the start of a task id (hex digits and '-')")
-        records = await self.tasks.run(self.tasks.registry.all)
+        before = parse_cursor(cursor) if cursor else None
+        rows = await self.tasks.run(
+            self.tasks.registry.page,
+            limit + 1,
+            before,
+            id_prefix=prefix.lower() if prefix is not None else None,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
         summaries = []
-        for record in records:
-            if prefix is not None and not record.task_id.startswith(prefix.lower()):
-                continue
-            live = self.tasks.live.get(record.task_id)
-            progress = live.view.progress if live else record.progress
-            summaries.append(_summary(record, progress))
-        return summaries
+        for row in rows:
+            live = self.tasks.live.get(row["task_id"])
+            summaries.append(summary(row, live.view.progress if live else None))
+        next_cursor = make_cursor(rows[-1]) if more and rows else None
+        return {"tasks": summaries, "next_cursor": next_cursor}
 
 
 def parse_document(data: bytes) -> Progress:
@@ -356,30 +379,62 @@ def _whole_utf8(data: bytes) -> bytes:
     return data
 
 
-def _summary(record: TaskRecord, progress: Progress | None) -> dict[str, Any]:
-    doc = progress.to_dict() if progress else {}
-    return {
-        "task_id": record.task_id,
-        "target": str(record.target),
-        "ui_home": record.ui_home,
-        "state": progress.state if progress else record.state,
-        "created_at": _iso(record.created_at),
-        "finished_at": _iso(record.finished_at) if record.finished_at else None,
-        **{
-            name: doc.get(name)
-            for name in (
-                "total_nodes",
-                "processed",
-                "successful",
-                "failed",
-                "skipped",
-                "current_node",
-                "error",
-                "error_code",
-                "updated_at",
-            )
-        },
+def summary(row: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+    """A listing entry from a registry summary row; ``progress`` (the live view's
+    document) overrides the stored counters. Never parses a stored document."""
+    body = {
+        "task_id": row["task_id"],
+        "target": str(
+            Target(row["target_kind"], row["target_user"], row["target_host"], row["target_port"])
+        ),
+        "ui_home": row["ui_home"],
+        "state": row["state"],
+        "created_at": _iso(row["created_at"]),
+        "finished_at": _iso(row["finished_at"]) if row["finished_at"] else None,
+        **{name: row[name] for name in _SUMMARY_FIELDS},
+        "attempt": row["attempt"],
+        "retry_of": row["retry_of"],
+        "retried_by": row["retried_by"],
     }
+    if progress is not None:
+        body["state"] = progress.state
+        for name in _SUMMARY_FIELDS:
+            value = getattr(progress, name)
+            body[name] = value[-SUMMARY_ERROR_CHARS:] if name == "error" and value else value
+    return body
+
+
+_SUMMARY_FIELDS = (
+    "total_nodes",
+    "processed",
+    "successful",
+    "failed",
+    "skipped",
+    "current_node",
+    "error",
+    "error_code",
+    "updated_at",
+)
+
+
+def make_cursor(row: dict[str, Any]) -> str:
+    """An opaque position after ``row``: its creation time and id."""
+    return f"{row['created_at']!r}_{row['task_id']}"
+
+
+def parse_cursor(text: str) -> tuple[float, str]:
+    created, _, task_id = text.partition("_")
+    bad = InvalidRequest(
+        "cursor", "is not a cursor this controller gave out; use next_cursor as it is"
+    )
+    try:
+        moment = float(created)
+        checked = checks.task_id(task_id)
+    except (ValueError, ProtocolError):
+        raise bad from None
+    if not math.isfinite(moment):
+        raise bad
+    return moment, checked
 
 
 def _iso(epoch: float) -> str:

@@ -1,5 +1,6 @@
-"""Retention: keep unfinished tasks current when nobody asks, and remove finished
-ones (with their files on the machine) once they are older than the retention."""
+"""Retention: keep unfinished tasks current when nobody asks, and prune finished
+ones (their files on the machine and their full document) once they are older
+than the retention; their summary stays in the history for ``history_days``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from controller.core.registry import TaskRecord
 from protocol import ExitCode
 
 log = logging.getLogger(__name__)
+
+#: Seconds a finished task stays in memory after it was last read.
+FORGET_AFTER = 60.0
 
 
 class Retention:
@@ -59,6 +63,9 @@ class Retention:
             if not live.view.progress.is_final and (live.launch is None or live.launch.done())
         ]
 
+        # Finished tasks nobody read for a while leave memory (the registry has them).
+        self.tasks.forget_finished(FORGET_AFTER)
+
         async def refresh(task_id: str) -> None:
             with contextlib.suppress(ControllerError):
                 await self.reader.progress(task_id)
@@ -97,7 +104,9 @@ class Retention:
                 if remote_done or not record.launched or too_old:
                     removed.append(record.task_id)
         if removed:
-            await self.tasks.run(self.tasks.registry.delete, removed)
+            await self.tasks.run(self.tasks.registry.prune, removed)
             for task_id in removed:
                 self.tasks.live.pop(task_id, None)
+        history_cutoff = now - self.tasks.settings.history_days * 86400.0
+        await self.tasks.run(self.tasks.registry.forget_before, history_cutoff)
         return removed

@@ -56,6 +56,13 @@ class InstallRequest(BaseModel):
     lock: dict[str, Any] | None = None
     #: What installs requirements: uv when found or installable (auto), uv, pip.
     installer: Literal["auto", "uv", "pip"] = "auto"
+    #: Run git, pip/uv and install.py at a lower CPU and I/O priority on the instance.
+    low_priority: bool = True
+    #: When the ComfyUI home is busy or a limit is reached: wait in the queue (202,
+    #: state ``queued``) instead of answering 409 or 429.
+    queue: bool = False
+    #: Retry transient failures (network, timeouts, a killed agent) up to this many times.
+    auto_retry: int = Field(default=0, ge=0, le=10)
 
 
 class DiffRequest(BaseModel):
@@ -82,6 +89,15 @@ class ResolveRequest(BaseModel):
     snapshot: dict[str, Any] | str | None = Field(default=None)
     ssh_connection: str | None = Field(default=None, max_length=512)
     ui_home: str | None = Field(default=None, max_length=4096)
+
+
+class RetryRequest(BaseModel):
+    """``POST /api/tasks/{id}/retry`` (the body is optional)."""
+
+    model_config = _STRICT
+
+    queue: bool = False
+    auto_retry: int | None = Field(default=None, ge=0, le=10)
 
 
 class ProgressRequest(BaseModel):
@@ -134,6 +150,7 @@ def _timestamp(value: str) -> str:
 Timestamp = Annotated[str, AfterValidator(_timestamp)]
 Count = Annotated[int, Field(ge=0)]
 State = Literal[
+    "queued",
     "starting",
     "cloning",
     "installing_requirements",
@@ -157,6 +174,20 @@ NodeStatus = Literal[
     "cancelled",
 ]
 RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
+NodeErrorCode = Literal[
+    "network",
+    "timeout",
+    "repo_not_found",
+    "unknown_ref",
+    "auth_failed",
+    "node_dir_conflict",
+    "requirements_failed",
+    "resolver_conflict",
+    "install_script_failed",
+    "import_failed",
+    "cancelled",
+    "failed",
+]
 ErrorCode = Literal[
     "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
 ]
@@ -186,6 +217,7 @@ class NodeProgressModel(BaseModel):
     import_: ImportResultModel | None = Field(default=None, alias="import")
     install_script_status: RequirementsStatus = "none"
     warnings: list[str] = Field(default_factory=list)
+    error_code: NodeErrorCode | None = None
 
 
 PackageChangeKind = Literal["added", "upgraded", "downgraded", "removed"]

@@ -2,9 +2,10 @@
 serve their progress, cancel, read logs, list and clean up tasks.
 
 A thin facade: starting and cancelling live in ``launcher``, reading progress
-and logs in ``reader``, the periodic jobs and cleanup in ``retention``, locks,
-snapshots and diffs in ``locks``; they
-share the in-memory tasks of ``live``. Everything blocking (SSH, SFTP, SQLite)
+and logs in ``reader``, the periodic jobs and cleanup in ``retention``, the queue
+and limits in ``scheduler``, retries in ``retry``, locks, snapshots and diffs in
+``locks``, what to install in ``sources``; they share the in-memory tasks of
+``live``. Everything blocking (SSH, SFTP, SQLite)
 runs in the executor the app owns.
 """
 
@@ -14,14 +15,17 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Any
 
+from controller.core import history
 from controller.core.access import check_start
 from controller.core.config import Settings
 from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
 from controller.core.locks import Locks
-from controller.core.reader import LOG_DEFAULT_LIMIT, Reader
+from controller.core.reader import DEFAULT_PAGE, LOG_DEFAULT_LIMIT, Reader
 from controller.core.registry import Registry
 from controller.core.retention import Retention
+from controller.core.retry import Retrier
+from controller.core.scheduler import Admission
 from controller.core.schemas import DiffRequest, InstallRequest, ResolveRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.resolver import Plan
@@ -31,7 +35,7 @@ from controller.core.target import Target, parse_target
 from controller.transports import Transports
 from protocol.lock import Lock
 
-__all__ = ["LOG_DEFAULT_LIMIT", "TaskService", "TaskView"]
+__all__ = ["LOG_DEFAULT_LIMIT", "Admission", "TaskService", "TaskView"]
 
 
 class TaskService:
@@ -49,31 +53,68 @@ class TaskService:
         self._live = self.tasks.live
         self.sources = SourceService(settings, transports, self.tasks.run)
         self.launcher = Launcher(self.tasks, self.sources)
+        self.scheduler = self.launcher.scheduler
         self.reader = Reader(self.tasks)
         self.retention = Retention(self.tasks, self.reader)
+        self.retrier = Retrier(self.tasks, self.launcher)
         self.locks = Locks(self.tasks, self.reader)
 
     async def start_jobs(self) -> None:
         """Resume tasks a previous run left unfinished, then start the periodic jobs."""
         for record in await self.tasks.run(self.registry.unfinished):
             self.tasks.remember(record)
+        # Queued tasks wait in the registry across restarts: start those whose turn it is.
+        await self.scheduler.pump()
         self.retention.start_jobs()
 
     async def close(self) -> None:
+        self.scheduler.close()
         await self.retention.close()
         await self.tasks.close()
 
     async def start(self, request: InstallRequest) -> str:
-        """Register a task and launch it in the background; returns its id at once."""
-        return await self.launcher.start(request)
+        """Register a task and launch (or queue) it in the background; returns its id."""
+        return (await self.launcher.start(request)).task_id
+
+    async def admit(
+        self,
+        request: InstallRequest,
+        *,
+        queue: bool | None = None,
+        auto_retry: int | None = None,
+    ) -> Admission:
+        """Start an install now or queue it, at once: ``Admission.state`` says which
+        (``starting`` or ``queued``, with ``queue_position``). ``queue`` and
+        ``auto_retry`` default to the request's. Raises ``Conflict`` (a busy home)
+        or ``TooManyTasks`` (a limit) when it neither starts nor may queue."""
+        return await self.launcher.start(request, queue=queue, auto_retry=auto_retry)
+
+    async def retry(
+        self, task_id: object, *, queue: bool = False, auto_retry: int | None = None
+    ) -> Admission:
+        """A new task with the nodes of ``task_id`` that failed or were cancelled."""
+        return await self.retrier.retry(task_id, queue=queue, auto_retry=auto_retry)
+
+    async def history(
+        self,
+        *,
+        target: str | None = None,
+        ui_home: str | None = None,
+        limit: int = history.DEFAULT_LIMIT,
+        before: str | None = None,
+    ) -> dict[str, Any]:
+        return await history.history(
+            self.tasks, target=target, ui_home=ui_home, limit=limit, before=before
+        )
 
     async def prepare(self, request: InstallRequest) -> Prepared:
         """Check and resolve a start without registering it (for many at once)."""
         return await self.launcher.prepare(request)
 
-    async def launch(self, prepared: Prepared) -> str:
-        """Register and launch what :meth:`prepare` checked."""
-        return await self.launcher.launch(prepared)
+    async def admit_prepared(self, prepared: Prepared, request: InstallRequest) -> Admission:
+        """Register what :meth:`prepare` checked: started, queued or refused, as
+        :meth:`admit` (the queue and the limits apply)."""
+        return await self.launcher.admit(prepared, request)
 
     async def resolve(self, request: ResolveRequest) -> Plan:
         """The dry run: what a start with these sources would install, and why."""
@@ -106,8 +147,12 @@ class TaskService:
     ) -> dict[str, Any]:
         return await self.reader.read_log(task_id, offset, limit)
 
-    async def list_tasks(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        return await self.reader.list_tasks(prefix)
+    async def list_tasks(
+        self, limit: int = DEFAULT_PAGE, cursor: str | None = None, prefix: str | None = None
+    ) -> dict[str, Any]:
+        """``{"tasks": [summary, …], "next_cursor"}``, newest first; with ``prefix``,
+        only the tasks whose id starts with it."""
+        return await self.reader.list_tasks(limit, cursor, prefix)
 
     async def lock(self, task_id: object) -> Lock:
         """The lock a finished task wrote (see ``locks``)."""

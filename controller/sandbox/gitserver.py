@@ -160,12 +160,13 @@ class GitServer:
     def missing_url(self, name: str = "does-not-exist") -> str:
         return f"{self.base_url}/{name}"
 
-    def start(self) -> GitServer:
+    def start(self, port: int | None = None) -> GitServer:
+        """Serve on a free port, or on ``port`` (to come back where clients expect it)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _ in range(5):  # the free port may be taken between probe and bind
-            self.port = free_port()
+            self.port = port or free_port()
             with self.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
                     [
@@ -216,6 +217,10 @@ class GitServer:
             return self.log_path.read_text("utf-8", "replace")
         except OSError:
             return ""
+
+    def halt(self) -> None:
+        """Stop serving but keep the repositories: an outage; ``start(port)`` ends it."""
+        self._stop_proc()
 
     def stop(self) -> None:
         self._stop_proc()

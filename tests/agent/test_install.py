@@ -98,6 +98,14 @@ def test_log_has_commands_node_output_and_timings(
     assert "[with-install] install.py running with" in log
     assert re.search(r"\[with-install\] exit 0 after \d+\.\d\ds", log)
     assert re.search(r"done in \d+\.\ds: 1 installed, 0 skipped, 0 failed", log)
+    # git, pip and install.py ran at a lower priority (the default).
+    assert re.search(r"lower priority: nice \d+", log)
+
+
+def test_low_priority_can_be_turned_off(agent: Agent, comfy: ComfyHome, repos: Repos) -> None:
+    final = run_spec(agent, agent.spec(comfy.root, [repos.plain.url], low_priority=False))
+    assert final.nodes[0].status == "installed"
+    assert "lower priority" not in log_of(final)
 
 
 def test_failed_requirement_is_pinned_on_its_node(
@@ -114,6 +122,7 @@ def test_failed_requirement_is_pinned_on_its_node(
     assert bad.status == "failed" and bad.requirements_status == "failed"
     assert "could not be resolved together" in (bad.error or "")
     assert "no-such-package-anywhere" in (bad.error or "")  # the resolver's own words
+    assert bad.error_code == "resolver_conflict"
     assert final.requirements_status == "failed"
     assert (final.successful, final.failed) == (2, 1)
     assert comfy.installed("tinydep") == "1.0"
@@ -196,6 +205,7 @@ def test_unknown_ref_fails_that_node_only(agent: Agent, comfy: ComfyHome, repos:
     final = run_spec(agent, spec, expect=1)
     assert [n.status for n in final.nodes] == ["failed", "installed"]
     assert "no-such-branch" in (final.nodes[0].error or "")
+    assert final.nodes[0].error_code == "unknown_ref"
     assert not (comfy.custom_nodes / "plain").exists()
     assert temp_clone_dirs(comfy) == []
 
@@ -214,6 +224,7 @@ def test_directories_that_are_not_our_clone_are_never_clobbered(
     assert [n.status for n in final.nodes] == ["failed", "failed"]
     assert "is not a git clone" in (final.nodes[0].error or "")
     assert f"is a clone of {repos.with_install.url}" in (final.nodes[1].error or "")
+    assert [n.error_code for n in final.nodes] == ["node_dir_conflict"] * 2
     assert (not_git / "precious.txt").read_text() == "keep me"
     assert git("remote", "get-url", "origin", cwd=other) == repos.with_install.url
     assert comfy.installed("tinydep") is None
@@ -224,6 +235,7 @@ def test_missing_repo_fails_without_retrying(agent: Agent, comfy: ComfyHome, rep
     assert final.nodes[0].status == "failed"
     assert "git clone failed" in (final.nodes[0].error or "")
     assert "no-such-repo" in (final.nodes[0].error or "")
+    assert final.nodes[0].error_code == "repo_not_found"  # never retried automatically
     assert "retrying" not in log_of(final)
 
 
@@ -233,6 +245,7 @@ def test_install_script_timeout(agent: Agent, comfy: ComfyHome, repos: Repos) ->
     final = run_spec(agent, agent.spec(comfy.root, [repos.slow_install.url]), expect=1)
     assert final.nodes[0].status == "failed"
     assert "install.py timed out after" in (final.nodes[0].error or "")
+    assert final.nodes[0].error_code == "timeout"
 
 
 def test_no_interpreter_venv_falls_back_to_python3(

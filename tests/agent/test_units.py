@@ -645,3 +645,56 @@ def test_log_hides_credentials_in_urls(tmp_path: Path) -> None:
     text = path.read_text()
     assert "s3cret" not in text and "ghp_token" not in text
     assert "https://***@example.com/r" in text and "https://***@github.com/u/r/" in text
+
+
+@pytest.mark.parametrize(
+    ("step", "message", "code"),
+    [
+        ("clone", "git clone failed with exit code 128:\nfatal: unable to connect to "
+         "127.0.0.1:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused", "network"),
+        ("clone", "git clone failed with exit code 128:\nfatal: remote error: access denied "
+         "or repository not exported: /nope", "repo_not_found"),
+        ("clone", "git clone failed with exit code 128:\nfatal: Remote branch x not found "
+         "in upstream origin", "unknown_ref"),
+        ("clone", "git clone timed out after 300s", "timeout"),
+        ("clone", "/x/custom_nodes/a exists but is not a git clone; left it untouched",
+         "node_dir_conflict"),
+        ("requirements", "installing requirements failed with exit code 1:\nERROR: "
+         "ResolutionImpossible", "resolver_conflict"),
+        ("requirements", "installing requirements failed with exit code 1:\nConnectionError: "
+         "Max retries exceeded", "network"),
+        ("install_script", "install.py failed with exit code 1:\nboom", "install_script_failed"),
+        ("other", "PermissionError: custom_nodes", "failed"),
+    ],
+)  # fmt: skip
+def test_node_failures_are_classified_for_retries(step: str, message: str, code: str) -> None:
+    from agent import failures
+    from protocol import NODE_ERROR_CODES
+
+    assert failures.classify(step, message) == code
+    assert code in NODE_ERROR_CODES
+
+
+def test_lowering_priority_reaches_the_children() -> None:
+    script = (
+        "import os, subprocess, sys\n"
+        "from agent import priority\n"
+        "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "print(before, priority.lower(), flush=True)\n"
+        "child = subprocess.run([sys.executable, '-c', "
+        "'import os; print(os.getpriority(os.PRIO_PROCESS, 0))'], "
+        "capture_output=True, text=True, check=True)\n"
+        "print(child.stdout.strip())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=30,
+    ).stdout.splitlines()
+    before = int(out[0].split()[0])
+    assert int(out[1]) == min(19, before + 10)
+    assert "io best-effort/7" in out[0] or "io priority unchanged" in out[0]

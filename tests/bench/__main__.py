@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import install_bench, realpacks
+from tests.bench import install_bench, realpacks, storage_bench
 from tests.bench.lab import Lab
 from tests.bench.report import Report, _now
 from tests.bench.sizes import SIZES, BenchSize
@@ -37,10 +37,11 @@ def _sections() -> dict[str, Section]:
         "freshness": controller_bench.run_freshness,
         "scale": controller_bench.run_scale,
         "realpacks": realpacks.run,
+        "storage": storage_bench.run,
     }
 
 
-SECTION_NAMES = ("install", "start", "poll", "freshness", "scale", "realpacks")
+SECTION_NAMES = ("install", "start", "poll", "freshness", "scale", "storage", "realpacks")
 
 
 def build_parser() -> argparse.ArgumentParser:

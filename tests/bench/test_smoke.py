@@ -24,7 +24,7 @@ from tests.bench.stats import Summary, percentile
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The real-pack section needs shared/realworld beside the clone (CI has it); without
 # it, and without CI set, the section is skipped cleanly.
-SECTIONS = {"install", "start", "poll", "freshness", "scale", "footprint"} | (
+SECTIONS = {"install", "start", "poll", "freshness", "scale", "footprint", "storage"} | (
     {"realpacks"} if find_realworld() else set()
 )
 

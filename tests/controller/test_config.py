@@ -57,6 +57,10 @@ ENV_VALUES = {
     "refresh_interval": ("0.25", 0.25),
     "heartbeat_interval": ("1.5", 1.5),
     "monitor_interval": ("2.5", 2.5),
+    "history_days": ("7", 7.0),
+    "max_running": ("20", 20),
+    "max_running_per_host": ("2", 2),
+    "auto_retry_backoff": ("30", 30.0),
 }
 
 

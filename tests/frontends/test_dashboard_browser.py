@@ -375,3 +375,48 @@ def test_other_sites_and_rebinding_start_nothing(
     with Client(controller.url, token=controller.token) as client:
         assert {task["task_id"] for task in client.tasks()} == before
     assert not list((home / "custom_nodes").iterdir())
+
+
+@pytest.mark.timeout(150)
+def test_dashboard_queue_history_and_no_listing_polls(
+    browser: Any, controller: RunningController, world: DemoWorld, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    home = world.new_ui_home(tmp_path / "queued")
+    python = str(world.sandbox.python)
+    with Client(controller.url) as client:
+        holder = client.start("local", str(home), [world.slow_node()], python=python)
+        queued = client.start("local", str(home), world.nodes()[:1], python=python, queue=True)
+
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(controller.url + "/")
+    card = page.locator(f"article.task[data-task-id='{queued}']")
+    expect(card).to_have_attribute("data-state", "queued", timeout=30_000)
+    expect(card.locator(".queue")).to_contain_text("#1 in line")
+
+    with Client(controller.url) as client:
+        client.cancel(holder)
+    expect(card).to_have_attribute("data-state", "completed", timeout=60_000)
+
+    # The instance's history: newest first, the install that waited, then the
+    # cancelled one it waited for (then whatever else ran on "local").
+    card.locator("button.history-link").click()
+    panel = page.locator("#history-panel")
+    expect(panel).to_be_visible()
+    expect(panel.locator("#history-title")).to_have_text("History of local")
+    rows = panel.locator("tbody tr")
+    expect(rows.first).to_contain_text(queued[:8], timeout=10_000)
+    expect(rows.first).to_contain_text(str(home))
+    expect(rows.nth(1)).to_contain_text(holder[:8])
+    expect(rows.nth(1)).to_contain_text("cancelled")
+
+    # The task list comes over the WebSocket (the server computes one listing at a
+    # time for every page): the page itself never polls the listing.
+    assert not [u for u in requests if "/api/tasks?" in u or u.endswith("/api/tasks")], requests
+    assert not errors, errors
+    page.close()

@@ -171,8 +171,13 @@ function renderCard(entry) {
         ? h("span", {class: "badge s-failed"}, `completed · ${doc.failed} failed`)
         : badge(state),
       doc.stale ? h("span", {class: "stale", title: "the instance is unreachable; this is the last known progress"}, "stale") : null,
+      state === "queued" && doc.queue_position
+        ? h("span", {class: "queue", title: doc.queued_reason || ""}, `#${doc.queue_position} in line · ${(doc.queued_reason || "").replace(/_/g, " ")}`)
+        : null,
       clock("elapsed", doc.started_at || summary.created_at, doc.finished_at),
       final ? null : cancel,
+      final && retryable(doc) ? h("button", {class: "retry", type: "button", onclick: () => retryTask(entry)}, "Retry failed") : null,
+      h("button", {class: "history-link", type: "button", title: "what was installed on this instance", onclick: () => showHistory(target)}, "History"),
     ),
   );
 
@@ -212,6 +217,7 @@ function renderCard(entry) {
           `unresolved: ${doc.resolution.unresolved.join(", ")}`)
       : null,
     entry.message ? h("span", {class: "task-error"}, entry.message) : null,
+    retryLinks(doc),
     h("span", {class: "task-id", title: "task id"}, taskId),
   );
 
@@ -523,6 +529,67 @@ async function cancelTask(entry) {
   }
 }
 
+// -- retries and history ------------------------------------------------------------
+
+function retryable(doc) {
+  if (doc.retried_by) return false;
+  return (doc.nodes || []).some((n) => !["installed", "skipped"].includes(n.status));
+}
+
+function retryLinks(doc) {
+  const parts = [];
+  if (doc.attempt && doc.attempt > 1) parts.push(`attempt ${doc.attempt}`);
+  if (doc.retry_of) parts.push(`retries ${doc.retry_of.slice(0, 8)}`);
+  if (doc.retried_by) parts.push(`retried by ${doc.retried_by.slice(0, 8)}`);
+  if (doc.auto_retry) parts.push(`${doc.auto_retry} auto retries left`);
+  return parts.length ? h("span", {class: "retries"}, parts.join(" · ")) : null;
+}
+
+async function retryTask(entry) {
+  entry.message = "";
+  try {
+    const answer = await api("POST", `api/tasks/${encodeURIComponent(entry.id)}/retry`, {queue: true});
+    const next = ensureEntry(answer.task_id);
+    next.summary = {...(entry.summary || {}), task_id: answer.task_id, state: answer.state};
+    next.sortKey = new Date().toISOString();
+    renderCard(next);
+    placeCards();
+    watch(next);
+  } catch (error) {
+    entry.message = `retry failed: ${error.message}`;
+    renderCard(entry);
+  }
+}
+
+async function showHistory(target) {
+  const panel = document.getElementById("history-panel");
+  const title = document.getElementById("history-title");
+  const list = document.getElementById("history-list");
+  panel.hidden = false;
+  title.textContent = `History of ${target}`;
+  list.replaceChildren(h("p", {class: "waiting"}, "loading…"));
+  try {
+    const query = new URLSearchParams({target, limit: "50"});
+    const page = await api("GET", `api/history?${query}`);
+    const rows = (page.tasks || []).map((t) => h("tr", {class: `s-${t.state}`},
+      h("td", null, (t.finished_at || t.created_at || "").slice(0, 19).replace("T", " ")),
+      h("td", {class: "ui-home"}, t.ui_home),
+      h("td", null, badge(t.state)),
+      h("td", null, `${t.successful || 0} installed, ${t.failed || 0} failed, ${t.skipped || 0} skipped`),
+      h("td", {class: "history-nodes"}, (t.nodes || []).map((n) => `${n.name}${n.commit ? "@" + n.commit.slice(0, 7) : ""} ${n.status}${n.error_code ? " (" + n.error_code + ")" : ""}`).join(", ")),
+      h("td", null, [t.retry_of ? `retries ${t.retry_of.slice(0, 8)}` : "", t.retried_by ? `retried by ${t.retried_by.slice(0, 8)}` : ""].filter(Boolean).join(" · ")),
+      h("td", {class: "task-id"}, t.task_id.slice(0, 8)),
+    ));
+    list.replaceChildren(rows.length
+      ? h("table", {class: "nodes history"},
+          h("thead", null, h("tr", null, ...["when", "ComfyUI folder", "result", "counts", "nodes", "retry chain", "task"].map((c) => h("th", null, c)))),
+          h("tbody", null, rows))
+      : h("p", {class: "empty"}, "Nothing installed here yet."));
+  } catch (error) {
+    list.replaceChildren(h("p", {class: "task-error"}, error.message));
+  }
+}
+
 // -- forms --------------------------------------------------------------------------
 
 async function startInstall(event) {
@@ -543,11 +610,16 @@ async function startInstall(event) {
   if (python) body.python = python;
   const pipArgs = form.pip_args.value.trim();
   if (pipArgs) body.pip_args = pipArgs.split(/\s+/);
+  if (form.queue && form.queue.checked) body.queue = true;
+  const autoRetry = form.auto_retry ? parseInt(form.auto_retry.value, 10) : 0;
+  if (autoRetry > 0) body.auto_retry = autoRetry;
   message.className = "message";
   message.textContent = "starting…";
   try {
     const answer = await api("POST", "ssh/install-custom-nodes", body);
-    message.textContent = `started ${answer.task_id.slice(0, 8)}`;
+    message.textContent = answer.state === "queued"
+      ? `queued ${answer.task_id.slice(0, 8)} (#${answer.queue_position} in line)`
+      : `started ${answer.task_id.slice(0, 8)}`;
     const entry = ensureEntry(answer.task_id);
     entry.summary = {task_id: answer.task_id, target: body.ssh_connection, ui_home: body.ui_home};
     entry.sortKey = new Date().toISOString();
@@ -642,6 +714,9 @@ function askForToken() {
 function init() {
   document.getElementById("start-form").addEventListener("submit", startInstall);
   setupWorkflowDrop();
+  document.getElementById("history-close").addEventListener("click", () => {
+    document.getElementById("history-panel").hidden = true;
+  });
   document.getElementById("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     token = event.target.token.value.trim();

@@ -1,0 +1,152 @@
+"""Retrying installs: ``POST /api/tasks/{id}/retry`` starts a new task with the
+nodes that failed or were cancelled, linked both ways (``retry_of``,
+``retried_by``); ``auto_retry: N`` does that by itself for transient failures
+(network, timeouts, a killed agent), after a backoff that doubles each time, and
+never for deterministic ones (a missing repository, an unknown ref, a resolver
+conflict), which would only fail again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from controller.core.errors import Conflict, InvalidRequest
+from controller.core.launcher import Launcher
+from controller.core.live import Live, Tasks
+from controller.core.scheduler import Admission
+from controller.core.schemas import InstallRequest
+from protocol import TRANSIENT_NODE_ERROR_CODES, InstallSpec, Progress
+
+log = logging.getLogger(__name__)
+
+#: Whole-task failures another try may fix: the agent was killed or vanished, or
+#: the instance could not be reached to start it.
+TRANSIENT_TASK_ERRORS = frozenset({"lost", "agent_crashed", "start_failed"})
+_RETRIED_STATES = ("failed", "cancelled")
+
+
+class Retrier:
+    def __init__(self, tasks: Tasks, launcher: Launcher) -> None:
+        self.tasks = tasks
+        self.launcher = launcher
+        self._lock = asyncio.Lock()
+        tasks.on_final.append(self._on_final)
+
+    async def retry(
+        self, task_id: object, *, queue: bool = False, auto_retry: int | None = None
+    ) -> Admission:
+        """A new task with the nodes of ``task_id`` that did not install."""
+        live = await self.tasks.get(task_id)
+        progress = live.view.progress
+        if not progress.is_final:
+            raise Conflict(
+                f"task {live.record.task_id} is still {progress.state}; "
+                "retry it once it has finished (or cancel it first)",
+                task_id=live.record.task_id,
+            )
+        names = {n.name for n in progress.nodes if n.status in _RETRIED_STATES}
+        if progress.state in ("failed", "lost", "cancelled"):
+            names |= {n.name for n in progress.nodes if not n.is_final}
+        if not names:
+            raise InvalidRequest(
+                "",
+                f"every node of task {live.record.task_id} installed or was skipped; "
+                "nothing to retry",
+            )
+        return await self._start(live, names, queue=queue, auto_retry=auto_retry or 0)
+
+    async def _start(
+        self,
+        live: Live,
+        names: set[str],
+        *,
+        queue: bool,
+        auto_retry: int,
+        not_before: float | None = None,
+    ) -> Admission:
+        record = live.record
+        if not record.spec:
+            raise InvalidRequest("", f"task {record.task_id} has no spec left to retry")
+        spec = InstallSpec.from_dict(record.spec)
+        nodes = [node.to_dict() for node in spec.nodes if node.dir_name in names]
+        request = InstallRequest(
+            ssh_connection=str(record.target),
+            ui_home=spec.ui_home,
+            nodes=[{k: v for k, v in node.items() if v is not None} for node in nodes],
+            python=spec.python,
+            pip_args=list(spec.pip_args),
+            jobs=spec.jobs,
+            update=spec.update,
+            low_priority=spec.low_priority,
+            queue=queue,
+            auto_retry=auto_retry,
+        )
+        async with self._lock:
+            if record.retried_by is not None:
+                raise Conflict(
+                    f"task {record.task_id} was already retried by task {record.retried_by}; "
+                    "retry that one instead",
+                    task_id=record.retried_by,
+                )
+            admission = await self.launcher.start(
+                request, retry_of=record, not_before=not_before, target=record.target
+            )
+            await self.tasks.run(self.tasks.registry.link_retry, record.task_id, admission.task_id)
+            record.retried_by = admission.task_id
+            self.tasks.annotate(live, retried_by=admission.task_id)
+        return admission
+
+    # -- automatic retries --------------------------------------------------------------
+
+    def _on_final(self, live: Live) -> None:
+        record = live.record
+        if record.auto_retry <= 0 or record.retried_by is not None:
+            return
+        names = transient_failures(live.view.progress)
+        if not names:
+            return
+        delay = self.tasks.settings.auto_retry_backoff * 2 ** (record.attempt - 1)
+        self.tasks.spawn(self._auto_retry(live, names, delay))
+
+    async def _auto_retry(self, live: Live, names: set[str], delay: float) -> None:
+        record = live.record
+        try:
+            admission = await self._start(
+                live,
+                names,
+                queue=True,
+                auto_retry=record.auto_retry - 1,
+                not_before=time.time() + delay,
+            )
+        except Exception:
+            log.exception("automatic retry of task %s failed to start", record.task_id)
+            return
+        log.info(
+            "task %s retried by %s in %.0f s (%d automatic retries left)",
+            record.task_id,
+            admission.task_id,
+            delay,
+            record.auto_retry - 1,
+        )
+
+
+def transient_failures(progress: Progress) -> set[str]:
+    """The nodes worth an automatic retry: those that failed for a transient
+    reason, or every unfinished node when the whole task failed transiently."""
+    if progress.state == "cancelled" or progress.error_code == "cancelled":
+        return set()
+    names = {
+        n.name
+        for n in progress.nodes
+        if n.status == "failed" and n.error_code in TRANSIENT_NODE_ERROR_CODES
+    }
+    if progress.state in ("failed", "lost") and progress.error_code in TRANSIENT_TASK_ERRORS:
+        # The task died around its nodes: retry what it did not finish, but not a
+        # node that already failed for a deterministic reason.
+        names |= {
+            n.name
+            for n in progress.nodes
+            if not n.is_final or (n.status in ("failed", "cancelled") and n.error_code is None)
+        }
+    return names

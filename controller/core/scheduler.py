@@ -1,0 +1,260 @@
+"""Admission and the queue: whether a new install starts now, waits in the queue
+or is refused, and starting queued installs as their turn comes.
+
+An install waits when its ComfyUI home is busy (FIFO per machine and home), when
+``max_running`` or ``max_running_per_host`` is reached, or while an automatic
+retry's backoff runs. Queued tasks live in the registry (state ``queued``), so
+they survive a controller restart. Every decision runs under one lock, from the
+registry's list of unfinished tasks, so two starts never both take the last slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.core.errors import Conflict, TooManyTasks
+from controller.core.live import Live, Tasks, TaskView, queued_document, starting_document
+from controller.core.registry import TaskRecord, home_key
+from protocol import utc_now
+
+log = logging.getLogger(__name__)
+
+#: What a 429 suggests: a minute is about the shortest install; clients that
+#: want to wait for their turn should send ``queue`` instead.
+RETRY_AFTER_SECONDS = 30
+
+#: Why a queued task waits, in ``queued_reason``.
+HOME_BUSY = "home_busy"
+MAX_RUNNING = "max_running"
+MAX_RUNNING_PER_HOST = "max_running_per_host"
+BACKOFF = "backoff"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What became of a start: ``state`` is ``starting`` or ``queued``."""
+
+    task_id: str
+    state: str
+    queue_position: int | None = None
+    queued_reason: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"task_id": self.task_id, "state": self.state}
+        if self.state == "queued":
+            body.update(queue_position=self.queue_position, queued_reason=self.queued_reason)
+        return body
+
+
+@dataclass(frozen=True)
+class _Slot:
+    task_id: str
+    target_key: str
+    host: tuple[str, int]
+    home: tuple[str, str]
+    queued: bool
+
+
+class Scheduler:
+    def __init__(self, tasks: Tasks, launch: Callable[[Live], Awaitable[None]]) -> None:
+        self.tasks = tasks
+        self._launch = launch
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        tasks.on_final.append(lambda _live: self.kick())
+
+    # -- admission -------------------------------------------------------------------
+
+    async def admit(self, record: TaskRecord, *, queue: bool) -> Admission:
+        """Start ``record`` now, queue it, or refuse it (409 busy home, 429 limit)."""
+        tasks = self.tasks
+        async with self._lock:
+            slots = await self._slots()
+            active = [s for s in slots if not s.queued]
+            mine = _slot_of(record)
+            reason: str | None = None
+            holder = next((s.task_id for s in slots if s.home == mine.home), None)
+            if holder is not None:
+                reason = HOME_BUSY
+            elif record.not_before is not None and record.not_before > time.time():
+                reason = BACKOFF
+            else:
+                reason = self._limit_reached(mine, active)
+            if reason is None:
+                record.state = "starting"
+                record.progress = starting_document(record)
+                await tasks.run(tasks.registry.add, record)
+                live = tasks.remember(record)
+                live.launch = tasks.spawn(self._launch(live))
+                return Admission(record.task_id, "starting")
+            if not queue:
+                if reason == HOME_BUSY:
+                    assert holder is not None
+                    raise Conflict(
+                        f"an install into {record.ui_home} on {record.target} is already "
+                        f"running or queued (task {holder}); wait for it, cancel it, or "
+                        'send "queue": true to start this one after it',
+                        task_id=holder,
+                    )
+                raise TooManyTasks(
+                    f"{reason} is reached ({self._limit_text(reason, mine)}); try again "
+                    'later, or send "queue": true to start it as soon as a slot frees',
+                    RETRY_AFTER_SECONDS,
+                )
+            record.state = "queued"
+            record.progress = queued_document(record)
+            await tasks.run(tasks.registry.add, record)
+            tasks.remember(record)
+            slots.append(mine)
+            self._annotate(slots, {record.task_id: reason}, slots)
+            self._arm_timer()
+            live = tasks.live[record.task_id]
+            position = live.annotations.get("queue_position")
+            log.info("task %s queued (%s, position %s)", record.task_id, reason, position)
+            return Admission(record.task_id, "queued", position, reason)
+
+    def _limit_reached(self, slot: _Slot, active: list[_Slot]) -> str | None:
+        settings = self.tasks.settings
+        # The narrower limit first: it says what frees this task's slot.
+        if settings.max_running_per_host:
+            on_host = sum(1 for s in active if s.host == slot.host)
+            if on_host >= settings.max_running_per_host:
+                return MAX_RUNNING_PER_HOST
+        if settings.max_running and len(active) >= settings.max_running:
+            return MAX_RUNNING
+        return None
+
+    def _limit_text(self, reason: str, slot: _Slot) -> str:
+        settings = self.tasks.settings
+        if reason == MAX_RUNNING:
+            return f"{settings.max_running} installs running on this controller"
+        if reason == MAX_RUNNING_PER_HOST:
+            return f"{settings.max_running_per_host} installs running on {slot.host[0]}"
+        return "an automatic retry waits for its backoff"
+
+    async def _slots(self) -> list[_Slot]:
+        rows = await self.tasks.run(self.tasks.registry.unfinished_slots)
+        return [
+            _Slot(task_id, key, (host, port), (key, home_key(home)), state == "queued")
+            for task_id, key, host, port, home, state in rows
+        ]
+
+    # -- the queue -------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Start whatever queued tasks may start now, in the background."""
+        self.tasks.spawn(self.pump())
+
+    async def pump(self) -> list[str]:
+        """Start the queued tasks whose turn it is, oldest first; returns their ids."""
+        tasks = self.tasks
+        started: list[str] = []
+        async with self._lock:
+            slots = await self._slots()
+            active = [s for s in slots if not s.queued]
+            busy_homes = {s.home for s in active}
+            now = time.time()
+            reasons: dict[str, str] = {}
+            for slot in (s for s in slots if s.queued):
+                try:
+                    live = await tasks.get(slot.task_id)
+                except Exception:
+                    log.exception("cannot load queued task %s", slot.task_id)
+                    continue
+                record = live.record
+                reason: str | None = None
+                if slot.home in busy_homes:
+                    reason = HOME_BUSY
+                elif record.not_before is not None and record.not_before > now:
+                    reason = BACKOFF
+                else:
+                    reason = self._limit_reached(slot, active)
+                # FIFO per home: whatever waits blocks the ones behind it there.
+                busy_homes.add(slot.home)
+                if reason is not None:
+                    reasons[slot.task_id] = reason
+                    continue
+                progress = starting_document(record)
+                if not await tasks.run(tasks.registry.claim, record.task_id, progress):
+                    continue  # cancelled meanwhile
+                record.state = "starting"
+                live.annotations.pop("queue_position", None)
+                live.annotations.pop("queued_reason", None)
+                await tasks.publish(live, progress)
+                live.launch = tasks.spawn(self._launch(live))
+                active.append(_Slot(slot.task_id, slot.target_key, slot.host, slot.home, False))
+                started.append(slot.task_id)
+                log.info("queued task %s starts", slot.task_id)
+            still = [s for s in slots if s.queued and s.task_id not in started]
+            self._annotate(still, reasons, still)
+            self._arm_timer()
+        return started
+
+    def _annotate(self, slots: list[_Slot], reasons: dict[str, str], order: list[_Slot]) -> None:
+        """Each queued task's position in its home's line (1: next), and why it waits."""
+        seen: dict[tuple[str, str], int] = {}
+        for slot in order:
+            if not slot.queued:
+                continue
+            seen[slot.home] = seen.get(slot.home, 0) + 1
+            live = self.tasks.live.get(slot.task_id)
+            if live is None or slot.task_id not in reasons:
+                continue
+            self.tasks.annotate(
+                live, queue_position=seen[slot.home], queued_reason=reasons[slot.task_id]
+            )
+
+    def _arm_timer(self) -> None:
+        """Wake the queue when the earliest backoff ends."""
+        due = [
+            live.record.not_before
+            for live in self.tasks.live.values()
+            if live.record.state == "queued" and live.record.not_before is not None
+        ]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due:
+            delay = max(0.0, min(due) - time.time()) + 0.05
+            self._timer = asyncio.get_running_loop().call_later(delay, self.kick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- cancelling a queued task ----------------------------------------------------
+
+    async def cancel_queued(self, live: Live) -> TaskView | None:
+        """Cancel ``live`` if it is still queued (nothing runs on the machine yet);
+        ``None`` when it has started meanwhile."""
+        async with self._lock:
+            if live.record.state != "queued":
+                return None
+            cancelled = starting_document(live.record)
+            cancelled.state = "cancelled"
+            cancelled.error = "cancelled while queued; nothing was installed"
+            cancelled.error_code = "cancelled"
+            cancelled.finished_at = cancelled.updated_at = utc_now()
+            cancelled.current_node = cancelled.current_status = None
+            for node in cancelled.nodes:
+                node.status = "cancelled"
+            cancelled.recount()
+            live.annotations.pop("queue_position", None)
+            live.annotations.pop("queued_reason", None)
+            return await self.tasks.publish(live, cancelled)
+
+
+def _slot_of(record: TaskRecord) -> _Slot:
+    target = record.target
+    return _Slot(
+        record.task_id,
+        target.key,
+        (target.host, target.port),
+        (target.key, home_key(record.ui_home)),
+        True,
+    )
