@@ -145,8 +145,12 @@ class Installer:
     def _node(self, index: int) -> NodeProgress:
         return self.writer.progress.nodes[index]
 
-    def _set(self, index: int, status: str, **changes: object) -> None:
+    def _set(
+        self, index: int, status: str, *, stage: Optional[str] = None, **changes: object
+    ) -> None:
         with self.writer.change() as doc:
+            if stage is not None:
+                doc.move_to(stage)
             node = doc.nodes[index]
             node.status = status
             for key, value in changes.items():
@@ -327,31 +331,38 @@ class Installer:
         scripts = [
             i for i in todo if (self.custom_nodes / self._node(i).name / "install.py").is_file()
         ]
-        if scripts:
-            with self.writer.change() as doc:
-                doc.move_to("running_install_scripts")
-                doc.current_status = "running install scripts"
+        # Nodes without install.py are done now: settling them first means that once
+        # the task reads running_install_scripts, current_node names a script's node.
         for i in todo:
+            if i not in scripts:
+                self._set(i, "installed")
+                self.log.line(self._node(i).name, "installed")
+        for n, i in enumerate(scripts):
             self.children.check()
             name = self._node(i).name
-            if i in scripts:
-                python = self.python
-                if python is None:
-                    self._fail(i, "cannot run install.py: no Python interpreter found")
-                    continue
-                self._set(i, "running_install_script")
-                result = procs.run(
-                    [python, "install.py"],
-                    log=self.log,
-                    prefix=name,
-                    children=self.children,
-                    timeout=self.timeouts.install_script,
-                    cwd=str(self.custom_nodes / name),
-                    env=requirements.pip_env(),
-                )
-                if not result.ok:
-                    self._fail(i, result.describe("install.py"))
-                    continue
+            # The state and the node it is busy with change in one document write,
+            # so no reader sees the new state with the previous node.
+            stage = "running_install_scripts" if n == 0 else None
+            python = self.python
+            if python is None:
+                if stage is not None:
+                    with self.writer.change() as doc:
+                        doc.move_to(stage)
+                self._fail(i, "cannot run install.py: no Python interpreter found")
+                continue
+            self._set(i, "running_install_script", stage=stage)
+            result = procs.run(
+                [python, "install.py"],
+                log=self.log,
+                prefix=name,
+                children=self.children,
+                timeout=self.timeouts.install_script,
+                cwd=str(self.custom_nodes / name),
+                env=requirements.pip_env(),
+            )
+            if not result.ok:
+                self._fail(i, result.describe("install.py"))
+                continue
             self._set(i, "installed")
             self.log.line(name, "installed")
 

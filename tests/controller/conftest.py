@@ -20,6 +20,7 @@ from controller.app import create_app
 from controller.config import Settings
 from tests.support.comfy import ComfyHome, make_comfy_home
 from tests.support.gitserver import GitServer, Repo
+from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key
 
 FINAL_STATES = {"completed", "failed", "cancelled", "lost"}
@@ -142,8 +143,10 @@ AppFactory = Callable[[Settings], Awaitable[TestClient[web.Request, web.Applicat
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[AppFactory]:
-    """Start a controller app for ``settings``; all are closed at the end of the test."""
+async def make_client(tmp_path: Path) -> AsyncIterator[AppFactory]:
+    """Start a controller app for ``settings``; all are closed at the end of the test,
+    and the agent workers they started (detached: they outlive a controller by
+    design) are ended, pass or fail."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def start(settings: Settings) -> TestClient[web.Request, web.Application]:
@@ -152,9 +155,12 @@ async def make_client() -> AsyncIterator[AppFactory]:
         clients.append(client)
         return client
 
-    yield start
-    for client in clients:
-        await client.close()
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
+        await asyncio.get_running_loop().run_in_executor(None, end_processes_under, tmp_path)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from controller.registry import Registry, TaskRecord
 from controller.target import Target
 from protocol import Progress
+from tests.support.procs import end_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,5 +108,4 @@ def test_serve_answers_http(tmp_path: Path) -> None:
         assert body["success"] is True and body["status"] == "ok"
         assert (tmp_path / "data" / "tasks.sqlite3").exists()
     finally:
-        process.terminate()
-        process.wait(10)
+        end_process(process)

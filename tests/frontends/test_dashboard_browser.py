@@ -5,7 +5,6 @@ another install, read a log tail; and open it with a token on a guarded controll
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,7 @@ def test_dashboard_starts_follows_and_cancels(
     with Client(controller.url) as client:
         assert client.progress(slow_id)["state"] == "cancelled"
 
-    shot = Path(tempfile.gettempdir()) / "nodeferry-dashboard.png"
+    shot = tmp_path / "nodeferry-dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert not errors, errors
