@@ -175,7 +175,7 @@ async def test_unicode_that_is_fine_is_accepted_where_allowed(
     )
     payload = await refused.json()
     assert refused.status == 400
-    assert payload["field"] == "nodes.0"
+    assert payload["field"] == "nodes.0.url"
     assert "percent-encode" in payload["message"]
     named = await client.post(
         "/ssh/install-custom-nodes",
