@@ -67,6 +67,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         ["tests left processes behind (a finalizer is missing); killed them:", *lines]
     )
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_sep("!", "leaked processes", red=True)
         reporter.write_line(message)
     else:  # pragma: no cover - pytest always has a terminal reporter here
