@@ -176,8 +176,12 @@ class Installer:
     def _node(self, index: int) -> NodeProgress:
         return self.writer.progress.nodes[index]
 
-    def _set(self, index: int, status: str, **changes: object) -> None:
+    def _set(
+        self, index: int, status: str, *, stage: Optional[str] = None, **changes: object
+    ) -> None:
         with self.writer.change() as doc:
+            if stage is not None:
+                doc.move_to(stage)
             node = doc.nodes[index]
             node.status = status
             for key, value in changes.items():
@@ -393,42 +397,53 @@ class Installer:
     def _run_install_scripts(self) -> None:
         todo = [i for i in self.fresh if not self._node(i).is_final]
         scripts = [i for i in todo if (self._node_dir(i) / "install.py").is_file()]
-        if scripts:
-            with self.writer.change() as doc:
-                doc.move_to("running_install_scripts")
-                doc.current_status = "running install scripts"
+        # Nodes without install.py are through this step now: settling them first
+        # means that once the task reads running_install_scripts, current_node names
+        # a script's node.
         for i in todo:
+            if i not in scripts:
+                self._script_step_done(i)
+        for n, i in enumerate(scripts):
             self.children.check()
             node = self._node(i)
-            if i in scripts:
-                python = self.python
-                if python is None:
-                    self._fail(i, "cannot run install.py: no Python interpreter found")
-                    continue
-                self._set(i, "running_install_script", install_script_status="running")
-                heard = install_script.WarningCollector()
-                result = procs.run(
-                    [python, "install.py"],
-                    log=self.log,
-                    prefix=node.name,
-                    children=self.children,
-                    timeout=self.timeouts.install_script,
-                    cwd=str(self._node_dir(i)),
-                    env=install_script.script_env(self.ui_home),
-                    on_line=heard.feed,
-                )
-                for text in heard.warnings:
-                    self._node_warning(i, text)
-                if not result.ok:
-                    self._set(i, "running_install_script", install_script_status="failed")
-                    self._fail(i, result.describe("install.py"), "install_script")
-                    continue
-                self._set(i, "running_install_script", install_script_status="done")
-                self.completion.record(node.name, node.url, "install_script", node.commit or "")
-            if self.spec.verify is False:
-                self._import_done(i, ImportResult("skipped"))  # done now, as before verifying
-            else:
-                self.ready.append(i)
+            # The state and the node it is busy with change in one document write,
+            # so no reader sees the new state with the previous node.
+            stage = "running_install_scripts" if n == 0 else None
+            python = self.python
+            if python is None:
+                if stage is not None:
+                    with self.writer.change() as doc:
+                        doc.move_to(stage)
+                self._fail(i, "cannot run install.py: no Python interpreter found")
+                continue
+            self._set(i, "running_install_script", stage=stage, install_script_status="running")
+            heard = install_script.WarningCollector()
+            result = procs.run(
+                [python, "install.py"],
+                log=self.log,
+                prefix=node.name,
+                children=self.children,
+                timeout=self.timeouts.install_script,
+                cwd=str(self._node_dir(i)),
+                env=install_script.script_env(self.ui_home),
+                on_line=heard.feed,
+            )
+            for text in heard.warnings:
+                self._node_warning(i, text)
+            if not result.ok:
+                self._set(i, "running_install_script", install_script_status="failed")
+                self._fail(i, result.describe("install.py"), "install_script")
+                continue
+            self._set(i, "running_install_script", install_script_status="done")
+            self.completion.record(node.name, node.url, "install_script", node.commit or "")
+            self._script_step_done(i)
+
+    def _script_step_done(self, index: int) -> None:
+        """Past install.py: on to the import check, or installed without one."""
+        if self.spec.verify is False:
+            self._import_done(index, ImportResult("skipped"))  # done now, as before verifying
+        else:
+            self.ready.append(index)
 
     # import verification ------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ def _node_cases(tmp_path: Path) -> list[tuple[str, Any, str, str]]:
     return [
         ("ftp scheme", "ftp://example.com/x.git", "nodes.0", "scheme 'ftp' is not allowed"),
         ("file scheme without the flag", "file:///srv/repo", "nodes.0", "not allowed"),
-        ("remote helper", f"ext::sh -c touch% {marker}", "nodes.0", ""),
-        ("remote helper without spaces", "ext::touch", "nodes.0", ""),
+        ("remote helper", f"ext::sh -c touch% {marker}", "nodes.0", "whitespace"),
+        ("remote helper without spaces", "ext::touch", "nodes.0", "remote-helper URLs"),
         ("leading dash", "--upload-pack=touch", "nodes.0", "must not start with '-'"),
         ("whitespace", "https://example.com/a b", "nodes.0", "whitespace"),
         ("control character", "https://example.com/a\x07b", "nodes.0", "control characters"),
@@ -52,8 +52,13 @@ def _node_cases(tmp_path: Path) -> list[tuple[str, Any, str, str]]:
         ("name dot-dot", {"url": GOOD, "name": ".."}, "nodes.0.name", "directory"),
         ("hidden name", {"url": GOOD, "name": ".hidden"}, "nodes.0.name", "leading '.'"),
         ("name from url unsafe", "https://example.com/..", "nodes.0", "give 'name'"),
-        ("ref like an option", {"url": GOOD, "ref": "--upload-pack=x"}, "nodes.0.ref", ""),
-        ("ref with dot-dot", {"url": GOOD, "ref": "a..b"}, "nodes.0.ref", ""),
+        (
+            "ref like an option",
+            {"url": GOOD, "ref": "--upload-pack=x"},
+            "nodes.0.ref",
+            "valid branch",
+        ),
+        ("ref with dot-dot", {"url": GOOD, "ref": "a..b"}, "nodes.0.ref", "valid branch"),
         ("unknown node field", {"url": GOOD, "post_install": "x"}, "nodes.0", "unknown"),
     ]
 
@@ -109,7 +114,7 @@ def test_file_urls_need_the_explicit_flag(
         ({"update": "yes"}, "update", "true or false"),
         ({"pip_args": ["--target", "/"]}, "pip_args.0", "not allowed"),
         ({"pip_args": ["--index-url"]}, "pip_args.0", "needs a value"),
-        ({"python": "python3; rm -rf /"}, "python", ""),
+        ({"python": "python3; rm -rf /"}, "python", "no quotes"),
         ({"python": "/nonexistent/bin/python"}, "python", "does not exist"),
         ({"python": "no-such-python-command"}, "python", "does not exist"),
         ({"nodes": []}, "nodes", "at least one"),

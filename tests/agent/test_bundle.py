@@ -15,11 +15,6 @@ from agent.bundle import build_pyz, bundle, source_root
 from controller.sandbox.comfy import ComfyHome, isolated_pip_env
 from tests.agent.conftest import Agent, Repos
 
-PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
-needs_py38 = pytest.mark.skipif(
-    not PY38.exists(), reason=f"{PY38} is not installed on this machine"
-)
-
 
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -76,10 +71,9 @@ def test_pyz_version_prints_its_own_hash(pyz: Path, tmp_path: Path) -> None:
     assert result.stdout.strip() == f"nodeferry-agent 0.1.0 sha256:{bundle().sha256}"
 
 
-@needs_py38
-def test_pyz_runs_on_python_3_8(pyz: Path, tmp_path: Path) -> None:
+def test_pyz_runs_on_python_3_8(pyz: Path, tmp_path: Path, python38: Path) -> None:
     result = subprocess.run(
-        [str(PY38), str(pyz), "--version"],
+        [str(python38), str(pyz), "--version"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -89,30 +83,33 @@ def test_pyz_runs_on_python_3_8(pyz: Path, tmp_path: Path) -> None:
     assert result.stdout.strip().endswith(bundle().sha256)
 
 
-@needs_py38
-def test_checkout_imports_and_runs_on_python_3_8(tmp_path: Path) -> None:
+def test_checkout_imports_and_runs_on_python_3_8(tmp_path: Path, python38: Path) -> None:
     code = (
         "import agent.cli, agent.worker, agent.tasks, agent.bundle, protocol.api;"
         "import sys; sys.exit(agent.cli.main(['--version']))"
     )
     result = subprocess.run(
-        [str(PY38), "-c", code], capture_output=True, text=True, cwd=source_root(), check=False
+        [str(python38), "-c", code], capture_output=True, text=True, cwd=source_root(), check=False
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("nodeferry-agent 0.1.0 sha256:")
 
 
-@needs_py38
 @pytest.mark.timeout(120)
 def test_pyz_on_python_3_8_starts_a_detached_install(
-    pyz: Path, tmp_path: Path, comfy: ComfyHome, repos: Repos, agent: Agent
+    pyz: Path,
+    tmp_path: Path,
+    comfy: ComfyHome,
+    repos: Repos,
+    agent: Agent,
+    python38: Path,
 ) -> None:
     """The whole start/status path as the controller drives it: a .pyz in the state dir."""
     state = tmp_path / "state"
     spec = agent.spec(comfy.root, [repos.plain.url, repos.with_reqs.url])
     env = isolated_pip_env()
     env.pop("PYTHONPATH", None)
-    run = [str(PY38), str(pyz), "--state-dir", str(state)]
+    run = [str(python38), str(pyz), "--state-dir", str(state)]
     started = subprocess.run(
         [*run, "start", "--spec", "-"],
         input=json.dumps(spec),
@@ -126,7 +123,7 @@ def test_pyz_on_python_3_8_starts_a_detached_install(
     assert started.returncode == 0, (started.stdout, started.stderr)
     out = json.loads(started.stdout)
     cmdline = Path(f"/proc/{out['pid']}/cmdline").read_bytes().split(b"\0")
-    assert str(pyz).encode() in cmdline and str(PY38).encode() in cmdline
+    assert str(pyz).encode() in cmdline and str(python38).encode() in cmdline
     import time
 
     deadline = time.monotonic() + 90

@@ -22,6 +22,7 @@ from controller.sandbox.comfy import make_comfy_home
 from protocol import InstallSpec, NodeProgress, Progress
 from protocol.fields import new_task_id
 from tests.agent.conftest import REPO_ROOT, wait_until
+from tests.support.procs import ended
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,20 +68,31 @@ def test_writer_survives_a_failed_heartbeat_write(
     with writer.change() as doc:
         doc.move_to("cloning")
     real_replace = Path.replace
-    calls = {"n": 0}
+    failed = threading.Event()
+    beats_after_failure = []
 
     def flaky_replace(self: Path, target: Path) -> Path:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError(5, "I/O error")
+        # Only the heartbeat thread's writes are broken, and only its first one.
+        if threading.current_thread().name == "heartbeat":
+            if not failed.is_set():
+                failed.set()
+                raise OSError(5, "I/O error")
+            beats_after_failure.append(1)
         return real_replace(self, target)
 
     monkeypatch.setattr(Path, "replace", flaky_replace)
-    with writer.change() as doc:
-        doc.nodes[0].status = "cloning"
-    assert writer.write_errors == 1
-    assert read_progress(path).nodes[0].status == "pending"  # type: ignore[union-attr]
-    assert writer.finish("completed", exit_code=0)
+    writer.start_heartbeat(interval=0.05)
+    try:
+        assert failed.wait(30), "the heartbeat never wrote"
+        # The thread lives on: later beats write again, and changes still land.
+        wait_until(lambda: beats_after_failure, 30, "a heartbeat write after the failure")
+        with writer.change() as doc:
+            doc.nodes[0].status = "cloning"
+        assert read_progress(path).nodes[0].status == "cloning"  # type: ignore[union-attr]
+        assert writer.write_errors == 1
+        assert writer.finish("completed", exit_code=0)
+    finally:
+        writer.stop_heartbeat()
     final = read_progress(path)
     assert final is not None and final.state == "completed"
 
@@ -108,14 +120,15 @@ while True:
 """
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        reads = 0
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            assert len(Progress.from_json(path.read_text()).nodes) == 300
-            reads += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        with ended(proc):  # the writer is endless: killed even when an assert fails
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            reads = 0
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                assert len(Progress.from_json(path.read_text()).nodes) == 300
+                reads += 1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
         assert reads > 0
         assert len(Progress.from_json(path.read_text()).nodes) == 300
 
@@ -206,8 +219,15 @@ def test_descendants_finds_the_whole_tree() -> None:
         ["bash", "-c", "sleep 30 & (sleep 30 & wait) & wait"], start_new_session=True
     )
     try:
-        found = wait_until(lambda: len(liveness.descendants(proc.pid)) >= 3, 10, "tree")
-        assert found
+
+        def sleeps() -> int:
+            argvs = [
+                Path(f"/proc/{pid}/cmdline").read_bytes() for pid in liveness.descendants(proc.pid)
+            ]
+            return sum(1 for argv in argvs if argv.startswith(b"sleep\0"))
+
+        # Both sleeps, the grandchild in the subshell too (the wait fails the test).
+        wait_until(lambda: sleeps() == 2 and len(liveness.descendants(proc.pid)) >= 3, 10, "tree")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -520,9 +540,10 @@ def test_ctrl_c_on_install_cancels_cleanly(tmp_path: Path, venv_template: Path) 
         text=True,
         start_new_session=True,
     )
-    wait_until((home.custom_nodes / "src-node" / "started").exists, 60, "install.py started")
-    os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole foreground group
-    out, err = proc.communicate(timeout=30)
+    with ended(proc):
+        wait_until((home.custom_nodes / "src-node" / "started").exists, 60, "install.py started")
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole foreground group
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 6, (out, err)
     assert "cancelled: 1 node(s), 0 installed, 0 skipped, 1 failed" in out
     task_dir = next((tmp_path / "state" / "tasks").iterdir())

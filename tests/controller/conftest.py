@@ -21,6 +21,7 @@ from controller.core.config import Settings
 from controller.sandbox.comfy import NODE_INIT, ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
 from tests.support import nodedb
+from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key
 
 FINAL_STATES = {"completed", "failed", "cancelled", "lost"}
@@ -154,8 +155,10 @@ AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[AppFactory]:
-    """Start a controller app for ``settings``; all are closed at the end of the test.
+async def make_client(tmp_path: Path) -> AsyncIterator[AppFactory]:
+    """Start a controller app for ``settings``; all are closed at the end of the test,
+    and the agent workers they started (detached: they outlive a controller by
+    design) are ended, pass or fail.
 
     The client sends the controller's token (made in its data dir on start)
     unless ``authenticated=False``.
@@ -172,9 +175,12 @@ async def make_client() -> AsyncIterator[AppFactory]:
         clients.append(client)
         return client
 
-    yield start
-    for client in clients:
-        await client.close()
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
+        await asyncio.get_running_loop().run_in_executor(None, end_processes_under, tmp_path)
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ daemon, a fake ComfyUI home."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,9 @@ async def test_install_from_starting_to_completed_with_seed_shapes(
     elapsed = time.monotonic() - began
     payload = await response.json()
     assert response.status == 202
-    assert elapsed < 1.0
+    # The 202 does not wait for the install (which lasts 2 s at the least); how fast
+    # it comes is measured in tests/bench, not bounded tightly here.
+    assert elapsed < 30
     assert payload["success"] is True
     assert payload["message"] == "Installation started in background"
     task_id = payload["task_id"]
@@ -158,23 +162,28 @@ async def test_two_instances_install_at_once(
     tmp_path: Path,
     node_repos: NodeRepos,
 ) -> None:
-    home_a = comfy_home(tmp_path / "a" / "ComfyUI", sleep_seconds=3)
-    home_b = comfy_home(tmp_path / "b" / "ComfyUI", sleep_seconds=3)
-    nodes = [node_repos.plain.url, node_repos.sleeper.url]
+    home_a = comfy_home(tmp_path / "a" / "ComfyUI")
+    home_b = comfy_home(tmp_path / "b" / "ComfyUI")
+    nodes = [node_repos.plain.url, node_repos.gated.url]
     task_a, task_b = await asyncio.gather(
         start_install(client, install_body(sshd.connection_string(), home_a, nodes)),
         start_install(client, install_body(sshd_b.connection_string(), home_b, nodes)),
     )
+    # They run at the same time: each holds in its install.py (gated on a file this
+    # test controls) while the other gets there too, however loaded the machine.
+    for task_id in (task_a, task_b):
+        await wait_for(client, task_id, lambda s, b: b["state"] == "running_install_scripts")
+    for task_id in (task_a, task_b):
+        _, running = await poll(client, task_id)
+        assert running["state"] == "running_install_scripts"
+        assert running["nodes"][1]["status"] == "running_install_script"
+    for home in (home_a, home_b):
+        (home.root / "release").write_text("go")
     final_a, final_b = await asyncio.gather(wait_final(client, task_a), wait_final(client, task_b))
     assert final_a["state"] == final_b["state"] == "completed"
     assert final_a["target"] != final_b["target"]
-    # They ran at the same time: the three-second install.py steps overlap.
-    sleep_a, sleep_b = final_a["nodes"][1], final_b["nodes"][1]
-    assert sleep_a["name"] == sleep_b["name"] == "ComfyUI-Sleeper"
-    assert sleep_a["started_at"] < sleep_b["finished_at"]
-    assert sleep_b["started_at"] < sleep_a["finished_at"]
     for home in (home_a, home_b):
-        assert home.node_dirs() == ["ComfyUI-Plain", "ComfyUI-Sleeper"]
+        assert home.node_dirs() == ["ComfyUI-Gated", "ComfyUI-Plain"]
 
 
 async def test_second_start_on_same_home_is_409(
@@ -225,23 +234,26 @@ async def test_unreachable_host_still_202_fast_then_failed(
     home: ComfyHome,
     node_repos: NodeRepos,
 ) -> None:
-    client = await make_client(make_settings(tmp_path, client_key, connect_timeout=1.5))
+    client = await make_client(make_settings(tmp_path, client_key, connect_timeout=5.0))
     # A port nothing listens on, and one that accepts but never sends an SSH banner.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     try:
-        ports = {"refused": _unused_port(), "silent": silent.getsockname()[1]}
+        ports = {"silent": silent.getsockname()[1], "refused": _unused_port()}
         tasks = {}
         for kind, port in ports.items():
             other_home = comfy_home(tmp_path / kind)
-            began = time.monotonic()
             tasks[kind] = await start_install(
                 client, install_body(f"root@127.0.0.1:{port}", other_home, [node_repos.plain.url])
             )
-            assert time.monotonic() - began < 1.0
-        refused = await wait_final(client, tasks["refused"], timeout=20)
-        silent_final = await wait_final(client, tasks["silent"], timeout=20)
+            if kind == "silent":
+                # The 202 came before the connection attempt ended: the silent
+                # host is still being tried (only the connect timeout ends it).
+                _, first = await poll(client, tasks["silent"])
+                assert first.get("state") == "starting", first
+        refused = await wait_final(client, tasks["refused"], timeout=60)
+        silent_final = await wait_final(client, tasks["silent"], timeout=60)
     finally:
         silent.close()
     for final in (refused, silent_final):
@@ -433,31 +445,50 @@ async def test_concurrent_starts_to_one_silent_host_fail_together(
     # Five starts to one host that accepts TCP and never sends an SSH banner. They
     # share one connection attempt: all fail when it times out, not one after
     # another, and each says what happened to which host.
-    connect_timeout = 2.0
+    connect_timeout = 5.0
     client = await make_client(make_settings(tmp_path, client_key, connect_timeout=connect_timeout))
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
+    silent.settimeout(0.1)
     port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def count_connections() -> None:
+        # Accepting changes nothing for the client (the kernel completed the TCP
+        # handshake already); it counts the connection attempts that reach the host.
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(silent.accept()[0])
+
+    counter = threading.Thread(target=count_connections, daemon=True)
+    counter.start()
     try:
-        began = time.monotonic()
-        tasks = [
-            await start_install(
-                client,
-                install_body(
-                    f"root@127.0.0.1:{port}",
-                    comfy_home(tmp_path / f"home-{i}"),
-                    [node_repos.plain.url],
-                ),
+        # All five POSTs at once, so they all arrive while one attempt is under way.
+        tasks = await asyncio.gather(
+            *(
+                start_install(
+                    client,
+                    install_body(
+                        f"root@127.0.0.1:{port}",
+                        comfy_home(tmp_path / f"home-{i}"),
+                        [node_repos.plain.url],
+                    ),
+                )
+                for i in range(5)
             )
-            for i in range(5)
-        ]
-        finals = await asyncio.gather(*(wait_final(client, t, timeout=30) for t in tasks))
-        elapsed = time.monotonic() - began
+        )
+        finals = await asyncio.gather(*(wait_final(client, t, timeout=90) for t in tasks))
     finally:
+        stop.set()
+        counter.join(10)
         silent.close()
-    # One attempt lasts about connect_timeout; serialised attempts would take 5x.
-    assert elapsed < 2 * connect_timeout + 2.0, elapsed
+        for conn in accepted:
+            conn.close()
+    # One shared attempt, not five one after another: one connection reached the host
+    # (the wall-clock gain of sharing is measured in tests/bench).
+    assert len(accepted) == 1, len(accepted)
     messages = {final["error"] for final in finals}
     assert len(messages) == 1, messages
     (message,) = messages

@@ -9,11 +9,18 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from controller.sandbox.comfy import ComfyHome
-from tests.controller.conftest import NodeRepos, install_body, make_settings
+from controller.sandbox.gitserver import GitServer
+from tests.controller.conftest import (
+    install_body,
+    make_settings,
+    start_install,
+    wait_final,
+)
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -177,17 +184,44 @@ async def test_malformed_and_huge_bodies(client: Any, sshd: SshServer) -> None:
 
 
 async def test_unicode_that_is_fine_is_accepted_where_allowed(
-    client: Any, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+    client: Any, sshd: SshServer, home: ComfyHome, git_server: GitServer
 ) -> None:
-    # A node's display name may be anything; paths and URLs stay ASCII by design.
-    body = install_body(
-        sshd.connection_string(), home, [{"url": node_repos.plain.url, "name": "Plain_ünï"}]
+    # Directory names and URLs stay ASCII by design, and the refusal says the way
+    # out: a percent-encoded URL and an ASCII name. That form is accepted, and git
+    # fetches the repository whose real name is not ASCII.
+    unique = uuid.uuid4().hex[:8]
+    repo = git_server.add_repo(f"ComfyUI-Ünï-{unique}", {"__init__.py": ""})
+    refused = await client.post(
+        "/ssh/install-custom-nodes",
+        json=install_body(sshd.connection_string(), home, [{"url": repo.url, "name": "Plain"}]),
     )
-    response = await client.post("/ssh/install-custom-nodes", json=body)
-    payload = await response.json()
-    assert response.status == 400
-    assert payload["field"] == "nodes.0.name"
+    payload = await refused.json()
+    assert refused.status == 400
+    assert payload["field"] == "nodes.0.url"
+    assert "percent-encode" in payload["message"]
+    named = await client.post(
+        "/ssh/install-custom-nodes",
+        json=install_body(
+            sshd.connection_string(),
+            home,
+            [{"url": f"{git_server.base_url}/ComfyUI-Plain", "name": "Plain_ünï"}],
+        ),
+    )
+    assert named.status == 400
+    assert (await named.json())["field"] == "nodes.0.name"
     assert sshd.session_count() == 0
+
+    encoded = f"{git_server.base_url}/{quote(repo.name)}"
+    assert encoded.isascii()
+    task_id = await start_install(
+        client,
+        install_body(sshd.connection_string(), home, [{"url": encoded, "name": "ComfyUI-Uni"}]),
+    )
+    final = await wait_final(client, task_id)
+    assert final["state"] == "completed", final
+    assert final["nodes"][0]["status"] == "installed"
+    assert final["nodes"][0]["commit"] == repo.head
+    assert (home.custom_nodes / "ComfyUI-Uni" / "__init__.py").exists()
 
 
 async def test_error_bodies_for_routing(client: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 from controller.core.registry import Registry, TaskRecord
 from controller.core.target import Target
 from protocol import Progress
+from tests.support.procs import end_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,8 +140,7 @@ def test_serve_answers_http(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert json.loads(answer.read())["success"] is True
     finally:
-        process.terminate()
-        process.wait(10)
+        end_process(process)
     output = process.stdout.read().decode() if process.stdout else ""
     # The dashboard address is printed once, the token in its fragment.
     assert f"http://127.0.0.1:{port}/#token={token}" in output

@@ -27,6 +27,7 @@ from controller.core.config import Settings, load_settings
 from controller.core.stats import Stats
 from controller.sandbox import playground as sandboxes
 from protocol import FINAL_STATES
+from tests.support.procs import end_processes_under
 
 #: A node whose install.py works for a long time: something to watch and cancel.
 SLOW_NODE = sandboxes.SampleNode(
@@ -148,14 +149,19 @@ def serve_in_thread(app: web.Application, settings: Settings) -> Iterator[Runnin
 def controller(
     tmp_path_factory: pytest.TempPathFactory, world: DemoWorld
 ) -> Iterator[RunningController]:
-    settings = controller_settings(tmp_path_factory.mktemp("controller"))
+    base = tmp_path_factory.mktemp("controller")
+    settings = controller_settings(base)
     app = create_app(settings)
     app[HEARTBEAT] = HEARTBEAT_SECONDS
-    with serve_in_thread(app, settings) as running:
-        try:
-            yield running
-        finally:
-            cancel_unfinished(running.url, running.token)
+    try:
+        with serve_in_thread(app, settings) as running:
+            try:
+                yield running
+            finally:
+                cancel_unfinished(running.url, running.token)
+    finally:
+        # What a cancel could not reach: the workers' state lives under ``base``.
+        end_processes_under(base)
 
 
 def cancel_unfinished(url: str, token: str) -> None:
@@ -165,3 +171,20 @@ def cancel_unfinished(url: str, token: str) -> None:
             if task["state"] not in FINAL_STATES:
                 with contextlib.suppress(ClientError):
                     client.cancel(task["task_id"])
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[[list[str], dict[str, str]], Any]]:
+    """Opens ``test_cli.Terminal`` s (commands in a pseudo-terminal) that are closed
+    at teardown with everything they started, pass or fail."""
+    from tests.frontends.test_cli import Terminal
+
+    opened: list[Terminal] = []
+
+    def open_terminal(args: list[str], env: dict[str, str]) -> Terminal:
+        opened.append(Terminal(args, env))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()

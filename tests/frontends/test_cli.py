@@ -4,6 +4,7 @@ controller)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -17,10 +18,12 @@ import sys
 import termios
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent import liveness
 from controller.client import Client
 from tests.frontends.conftest import DemoWorld, RunningController
 
@@ -98,6 +101,26 @@ class Terminal:
                 )
             self._pump(0.1)
 
+    def close(self) -> None:
+        """End the command and everything it started (a demo's controller and git
+        daemon), whether or not the test got as far as ending it itself."""
+        if self.status is None:
+            # pty.fork made the child a session leader: its group is its own pid.
+            # Children in groups of their own are found through /proc first.
+            tree = [self.pid, *liveness.descendants(self.pid)]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while self.status is None and time.monotonic() < deadline:
+                self._pump(0.1)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if self.status is None:
+                self._reap(block=True)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
     def send(self, data: str) -> None:
         os.write(self.fd, data.encode())
 
@@ -119,7 +142,6 @@ class Terminal:
             if not data:
                 break
             self.raw += data
-        os.close(self.fd)
         return self.status
 
 
@@ -137,10 +159,13 @@ def install_args(
 
 @pytest.mark.timeout(120)
 def test_install_live_display_in_a_terminal(
-    controller: RunningController, world: DemoWorld, tmp_path: Path
+    controller: RunningController,
+    world: DemoWorld,
+    tmp_path: Path,
+    terminal: Callable[[list[str], dict[str, str]], Terminal],
 ) -> None:
     home = world.new_ui_home(tmp_path)
-    term = Terminal(
+    term = terminal(
         install_args(world, home, world.nodes(), controller.url),
         cli_env(),
     )
@@ -158,10 +183,13 @@ def test_install_live_display_in_a_terminal(
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_asks_and_cancels(
-    controller: RunningController, world: DemoWorld, tmp_path: Path
+    controller: RunningController,
+    world: DemoWorld,
+    tmp_path: Path,
+    terminal: Callable[[list[str], dict[str, str]], Terminal],
 ) -> None:
     home = world.new_ui_home(tmp_path)
-    term = Terminal(
+    term = terminal(
         install_args(world, home, [world.slow_node()], controller.url),
         cli_env(),
     )
@@ -179,10 +207,13 @@ def test_ctrl_c_asks_and_cancels(
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_can_detach_and_the_install_keeps_running(
-    controller: RunningController, world: DemoWorld, tmp_path: Path
+    controller: RunningController,
+    world: DemoWorld,
+    tmp_path: Path,
+    terminal: Callable[[list[str], dict[str, str]], Terminal],
 ) -> None:
     home = world.new_ui_home(tmp_path)
-    term = Terminal(
+    term = terminal(
         install_args(world, home, [world.slow_node()], controller.url),
         cli_env(),
     )

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.frontends.test_cli import ROOT, Terminal, cli_env
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_demo_installs_and_exits(tmp_path: Path) -> None:
     sandbox = tmp_path / "demo"
     result = subprocess.run(
@@ -58,7 +59,25 @@ def test_demo_installs_and_exits(tmp_path: Path) -> None:
     )
     assert imported.stdout.strip() == "0.4.1"
 
-    # Running it again rebuilds the sandbox it made, and refuses a foreign folder.
+    # Running it again rebuilds the sandbox it made: what was in it is gone, and
+    # the four nodes are installed afresh.
+    stray = custom_nodes / "ComfyUI-Demo-Tiles" / "stray.txt"
+    stray.write_text("from the first build")
+    again = subprocess.run(
+        [sys.executable, "-m", "controller", "demo", "--exit", "--dir", str(sandbox)],
+        env=cli_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "✓ done: 4 installed, 0 failed, 0 skipped" in again.stdout
+    assert not stray.exists()
+    assert (custom_nodes / "ComfyUI-Demo-Tiles" / ".installed").read_text() == "ok"
+
+    # And it refuses a foreign folder.
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
@@ -76,8 +95,10 @@ def test_demo_installs_and_exits(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
-    term = Terminal(["demo", "--port", "0"], cli_env(TMPDIR=str(tmp_path)))
+def test_demo_serves_the_dashboard_until_ctrl_c(
+    tmp_path: Path, terminal: Callable[[list[str], dict[str, str]], Terminal]
+) -> None:
+    term = terminal(["demo", "--port", "0"], cli_env(TMPDIR=str(tmp_path)))
     shown = term.expect(r"dashboard: (http://127\.0\.0\.1:\d+/)#token=([A-Za-z0-9_-]+)", 120)
     url, token = shown.group(1), shown.group(2)
     term.expect("press Ctrl-C to stop", 10)

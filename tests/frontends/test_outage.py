@@ -4,6 +4,7 @@ back, and both a streaming and a polling waiter carry on to the final document."
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from controller.api.app import create_app
 from controller.client import Client
 from controller.core.config import Settings
 from tests.frontends.conftest import DemoWorld, serve_in_thread, wait_until
+from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key
 
 pytestmark = pytest.mark.slow
@@ -46,7 +48,11 @@ class Waiter(threading.Thread):
 @pytest.mark.timeout(150)
 def test_wait_survives_the_instance_going_away(world: DemoWorld, tmp_path: Path) -> None:
     key = make_key(tmp_path / "client_key")
-    with SshServer(tmp_path / "sshd", client_key=key) as sshd:
+    # The node's install.py runs for minutes: whatever happens, its worker (detached,
+    # state under tmp_path) and install.py (cwd under tmp_path) end with the test.
+    with contextlib.ExitStack() as stack:
+        stack.callback(end_processes_under, tmp_path)
+        sshd = stack.enter_context(SshServer(tmp_path / "sshd", client_key=key))
         settings = Settings(
             data_dir=tmp_path / "data",
             ssh_keys=[key],
