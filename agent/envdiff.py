@@ -9,25 +9,12 @@ the ``Requires-Dist`` of what is installed now (the resolver's reasons).
 
 import json
 import re
-import subprocess
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from agent import interpreter
 
 Versions = Dict[str, str]
 Changes = Dict[str, Dict[str, List[Optional[str]]]]
-
-_SNAPSHOT = """
-import json
-try:
-    from importlib import metadata
-except ImportError:
-    import importlib_metadata as metadata
-out = {}
-for dist in metadata.distributions():
-    name = dist.metadata["Name"]
-    if name:
-        out[name] = dist.version
-print(json.dumps(out))
-"""
 
 # Run in ComfyUI's interpreter: which requirements (given lines, then installed
 # distributions' Requires-Dist) exclude a package's old version.
@@ -64,25 +51,9 @@ print(json.dumps(why))
 """
 
 
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def snapshot(python: str, timeout: float = 120) -> Optional[Versions]:
-    try:
-        out = subprocess.run(
-            [python, "-c", _SNAPSHOT],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-        data = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {normalize(str(k)): str(v) for k, v in data.items()}
+    """Every installed distribution of ComfyUI's interpreter; None when unknown."""
+    return interpreter.packages(python, timeout)
 
 
 def _version_key(version: str) -> Tuple[Tuple[int, object], ...]:
@@ -132,15 +103,8 @@ def downgrade_reasons(
         return {}
     query = json.dumps({"downgraded": olds, "lines": [list(pair) for pair in lines]})
     try:
-        out = subprocess.run(
-            [python, "-c", _WHY],
-            input=query.encode("utf-8"),
-            capture_output=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-        data = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        data = interpreter.ask(python, _WHY, stdin=query, timeout=timeout)
+    except interpreter.AskFailed:
         return {}
     if not isinstance(data, dict):
         return {}

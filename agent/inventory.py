@@ -6,36 +6,16 @@ and checked-out commit. Packages: every distribution ComfyUI's interpreter can
 see, asked of that interpreter itself. Read-only: nothing here changes the home.
 """
 
-import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from agent import interpreter
 from protocol import Lock, LockedNode, utc_now
-from protocol.lock import TORCH_FAMILY, normalize_package
+from protocol.lock import TORCH_FAMILY
 
 TIMEOUT_SECONDS = 120.0
-
-# Runs in ComfyUI's interpreter (any Python 3); prints one JSON object.
-# ``-c`` puts the working directory first on sys.path: a checkout there with an
-# egg-info (an editable install's) would count as installed. ComfyUI does not see it.
-_ENVIRONMENT = """
-import json, sys
-sys.path = [p for p in sys.path if p not in ("", ".")]
-out = {"version": "%d.%d.%d" % sys.version_info[:3], "path": sys.executable, "packages": {}}
-try:
-    from importlib import metadata
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            out["packages"][name] = dist.version
-except ImportError:
-    import pkg_resources
-    for dist in pkg_resources.working_set:
-        out["packages"][dist.project_name] = dist.version
-print(json.dumps(out))
-"""
 
 
 def _git(directory: Path, *args: str) -> Optional[str]:
@@ -96,22 +76,10 @@ def installed_nodes(custom_nodes: Path) -> Tuple[List[LockedNode], List[str]]:
 
 def environment(python: str, timeout: float = TIMEOUT_SECONDS) -> Dict[str, object]:
     """``{"version", "path", "packages": {normalised name: version}}`` of ``python``."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # ours points at the agent, not at ComfyUI's packages
-    done = subprocess.run(
-        [python, "-c", _ENVIRONMENT],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"{python} could not list its packages: {' '.join(tail)}")
-    data = json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-    packages = {normalize_package(str(k)): str(v) for k, v in data["packages"].items()}
-    return {"version": data["version"], "path": data["path"], "packages": packages}
+    try:
+        return interpreter.environment(python, timeout)
+    except interpreter.AskFailed as exc:
+        raise RuntimeError(f"{python} could not list its packages: {exc}") from None
 
 
 def take(ui_home: Path, python: Optional[str]) -> Lock:

@@ -7,14 +7,13 @@ stage itself (culprits, what runs alone, package changes) is agent.reqstage;
 choosing and setting up uv is agent.installer.
 """
 
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from agent import procs
+from agent import interpreter, procs
 from agent.tasklog import TaskLog
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "xformers")
@@ -35,27 +34,6 @@ _UV_OPTION = {
     "--pre": "--prerelease=allow",
     "--prefer-binary": None,  # uv prefers wheels anyway
 }
-
-_READ_VERSIONS = """
-import json, sys
-names = sys.argv[1:]
-found = {}
-try:
-    from importlib import metadata
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-except ImportError:
-    import pkg_resources
-    for name in names:
-        try:
-            found[name] = pkg_resources.get_distribution(name).version
-        except pkg_resources.DistributionNotFound:
-            pass
-print(json.dumps(found))
-"""
 
 
 def find_interpreter(spec_python: Optional[str], ui_home: Path) -> Tuple[Optional[str], str]:
@@ -78,18 +56,7 @@ def find_interpreter(spec_python: Optional[str], ui_home: Path) -> Tuple[Optiona
 
 
 def installed_versions(python: str, names: Sequence[str], timeout: float = 60) -> Dict[str, str]:
-    try:
-        out = subprocess.run(
-            [python, "-c", _READ_VERSIONS, *names],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-        data = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return interpreter.versions_of(python, names, timeout)
 
 
 def write_constraints(path: Path, pins: Dict[str, str]) -> None:

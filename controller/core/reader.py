@@ -31,7 +31,7 @@ from controller.core.errors import (
     UnreadableProgress,
 )
 from controller.core.live import Live, Tasks, TaskView, failed_document
-from controller.core.registry import TaskRecord
+from controller.core.registry import SUMMARY_FIELDS, TaskRecord
 from controller.core.registry_schema import SUMMARY_ERROR_CHARS
 from controller.core.target import Target
 from controller.transports import FileStat, Transport
@@ -391,30 +391,17 @@ def summary(row: dict[str, Any], progress: Progress | None = None) -> dict[str, 
         "state": row["state"],
         "created_at": _iso(row["created_at"]),
         "finished_at": _iso(row["finished_at"]) if row["finished_at"] else None,
-        **{name: row[name] for name in _SUMMARY_FIELDS},
+        **{name: row[name] for name in SUMMARY_FIELDS},
         "attempt": row["attempt"],
         "retry_of": row["retry_of"],
         "retried_by": row["retried_by"],
     }
     if progress is not None:
         body["state"] = progress.state
-        for name in _SUMMARY_FIELDS:
+        for name in SUMMARY_FIELDS:
             value = getattr(progress, name)
             body[name] = value[-SUMMARY_ERROR_CHARS:] if name == "error" and value else value
     return body
-
-
-_SUMMARY_FIELDS = (
-    "total_nodes",
-    "processed",
-    "successful",
-    "failed",
-    "skipped",
-    "current_node",
-    "error",
-    "error_code",
-    "updated_at",
-)
 
 
 def make_cursor(row: dict[str, Any]) -> str:

@@ -37,7 +37,8 @@ _COLUMNS = (
     "spec_json, created_at, finished_at, state, launched, progress_json, "
     "not_before, retry_of, retried_by, attempt, auto_retry, target_route, notes_json"
 )
-_SUMMARY_COLUMNS = (
+#: The columns a listing row carries (``page()``), written beside each stored document.
+SUMMARY_FIELDS = (
     "total_nodes",
     "processed",
     "successful",
@@ -47,8 +48,9 @@ _SUMMARY_COLUMNS = (
     "error",
     "error_code",
     "updated_at",
-    "node_summary",
 )
+#: The history's nodes too, read only on request.
+_SUMMARY_COLUMNS = (*SUMMARY_FIELDS, "node_summary")
 # The resolution plan lives in a table of its own (written once, read with the task).
 _SELECT = (
     "SELECT " + _COLUMNS + ", (SELECT plan_json FROM resolutions r WHERE r.task_id = "  # noqa: S608
@@ -62,7 +64,7 @@ _RUNNING = "SELECT task_id FROM tasks WHERE target_key = ? AND ui_home = ? AND "
 _SUMMARY_SELECT = (
     "SELECT task_id, target_kind, target_user, target_host, target_port, ui_home, "
     "created_at, finished_at, state, retry_of, retried_by, attempt, auto_retry, "
-    + ", ".join(_SUMMARY_COLUMNS[:-1])
+    + ", ".join(SUMMARY_FIELDS)
 )
 
 
