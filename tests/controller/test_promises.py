@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from controller.appkeys import SERVICE
-from controller.config import load_settings
+from controller.api.appkeys import SERVICE
+from controller.core.config import load_settings
 from controller.sandbox.comfy import ComfyHome, build_venv_template, make_comfy_home
 from controller.sandbox.gitserver import GitServer
 from controller.sandbox.wheels import build_wheel

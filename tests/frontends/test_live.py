@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.app import create_app
+from controller.api.app import create_app
+from controller.api.events import HEARTBEAT
 from controller.client import AsyncClient, Client, TaskNotFound, iter_sse
-from controller.events import HEARTBEAT
 from tests.frontends.conftest import (
     HEARTBEAT_SECONDS,
     REFRESH_INTERVAL,
