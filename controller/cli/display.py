@@ -222,12 +222,40 @@ def render(
         requirements = Text("requirements: ", style="bold")
         requirements.append_text(status_text(doc.get("requirements_status", "none")))
         parts.append(requirements)
-    for warning in doc.get("warnings") or []:
+    changes = package_changes(doc)
+    if changes:
+        parts.append(Text(f"packages: {changes}", style="dim"))
+    for warning in all_warnings(doc):
         parts.append(Text(f"warning: {one_line(warning)}", style="yellow"))
     if doc.get("error") and state not in ("failed", "lost"):
         # A failed or lost task's error is the reason summary() gives: said once.
         parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
+
+
+def all_warnings(doc: Document) -> list[str]:
+    """Each node's warnings (``NAME: text``: install.py errors that exited 0,
+    requirements installed alone), then the task's (downgrades and what forced
+    them, installer fallbacks, a lock's torch that was kept)."""
+    found = [
+        f"{node.get('name', '?')}: {warning}"
+        for node in doc.get("nodes") or []
+        if isinstance(node, dict)
+        for warning in node.get("warnings") or []
+    ]
+    return found + [str(warning) for warning in doc.get("warnings") or []]
+
+
+def package_changes(doc: Document) -> str:
+    """``3 added, 1 downgraded``: how the install changed ComfyUI's environment."""
+    packages = doc.get("packages") or {}
+    if not isinstance(packages, dict):
+        return ""
+    return ", ".join(
+        f"{len(changes)} {kind}"
+        for kind, changes in sorted(packages.items())
+        if isinstance(changes, dict) and changes
+    )
 
 
 def summary(doc: Document) -> Text:
@@ -264,7 +292,8 @@ class ChangeLog:
         self._state: str | None = None
         self._nodes: dict[str, tuple[str, str, str]] = {}
         self._requirements: str | None = None
-        self._warnings = 0
+        self._warnings: set[str] = set()
+        self._packages = ""
 
     def lines(self, doc: Document) -> list[str]:
         out: list[str] = []
@@ -290,7 +319,12 @@ class ChangeLog:
         if doc.get("has_requirements") and requirements != self._requirements:
             self._requirements = requirements
             out.append(f"requirements: {requirements}")
-        warnings = [str(w) for w in doc.get("warnings") or []]
-        out.extend(f"warning: {one_line(w)}" for w in warnings[self._warnings :])
-        self._warnings = max(self._warnings, len(warnings))
+        changes = package_changes(doc)
+        if changes and changes != self._packages:
+            self._packages = changes
+            out.append(f"packages: {changes}")
+        for warning in all_warnings(doc):
+            if warning not in self._warnings:
+                self._warnings.add(warning)
+                out.append(f"warning: {one_line(warning)}")
         return out

@@ -191,3 +191,26 @@ def test_a_node_waiting_for_install_scripts_is_not_shown_installing() -> None:
     assert re.search(r"Waits\s+waiting\s+✓ done", text), text
     assert "installing requirements" not in text
     assert display.ChangeLog().lines(doc)[-1] == "  Waits: waiting"
+
+
+def test_node_warnings_and_package_changes_are_shown_once() -> None:
+    doc = verified_doc()
+    nodes = doc["nodes"]
+    assert isinstance(nodes, list)
+    nodes[0]["warnings"] = ["[ERROR] ComfyUI-Good: Dependency installation has failed."]
+    doc["packages"] = {
+        "added": {"gguf": [None, "0.10.0"]},
+        "downgraded": {"numpy": ["2.4.6", "1.26.4"]},
+    }
+    doc["warnings"] = ["numpy downgraded 2.4.6 -> 1.26.4 (forced by ComfyUI-Impact-Pack: numpy<2)"]
+    text = text_of(display.render(doc, now=NOW), width=200)
+    assert "packages: 1 added, 1 downgraded" in text
+    assert (
+        "warning: ComfyUI-Good: [ERROR] ComfyUI-Good: Dependency installation has failed." in text
+    )
+    assert "warning: numpy downgraded 2.4.6 -> 1.26.4 (forced by" in text
+    log = display.ChangeLog()
+    lines = log.lines(doc)
+    assert "packages: 1 added, 1 downgraded" in lines
+    assert sum(line.startswith("warning: ") for line in lines) == 2
+    assert log.lines(doc) == []

@@ -210,6 +210,9 @@ function renderCard(entry) {
 
   const footer = h("div", {class: "card-foot"},
     doc.has_requirements ? h("span", {class: "requirements"}, "requirements ", badge(doc.requirements_status)) : null,
+    packageChanges(doc.packages),
+    (doc.nodes || []).flatMap((node) => (node.warnings || []).map((warning) =>
+      h("span", {class: "task-warning node-warning"}, `warning: ${node.name}: ${warning}`))),
     (doc.warnings || []).map((warning) => h("span", {class: "task-warning"}, `warning: ${warning}`)),
     doc.error ? h("span", {class: "task-error"}, lastLine(doc.error)) : null,
     doc.resolution && doc.resolution.unresolved.length
@@ -534,6 +537,16 @@ async function cancelTask(entry) {
 function retryable(doc) {
   if (doc.retried_by) return false;
   return (doc.nodes || []).some((n) => !["installed", "skipped"].includes(n.status));
+}
+
+// "packages: 3 added, 1 downgraded" with every change in the tooltip.
+function packageChanges(packages) {
+  const kinds = Object.keys(packages || {}).filter((kind) => Object.keys(packages[kind]).length);
+  if (!kinds.length) return null;
+  const counts = kinds.map((kind) => `${Object.keys(packages[kind]).length} ${kind}`).join(", ");
+  const detail = kinds.flatMap((kind) => Object.entries(packages[kind]).map(
+    ([name, [old, now]]) => `${kind} ${name} ${old || "—"} → ${now || "—"}`)).join("\n");
+  return h("span", {class: "packages", title: detail}, `packages: ${counts}`);
 }
 
 function retryLinks(doc) {
