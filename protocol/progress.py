@@ -31,7 +31,8 @@ STATES = (
     "lost",
 )
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "lost"})
-_STATE_RANK = {state: i for i, state in enumerate(STATES[:5])}
+#: The order running states move forward in (any of them may end in a final state).
+_STATE_RANK = {state: i for i, state in enumerate(s for s in STATES if s not in FINAL_STATES)}
 
 NODE_STATUSES = (
     "pending",

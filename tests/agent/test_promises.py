@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sandbox.comfy import ComfyHome, pip_install
+from controller.sandbox.comfy import NODE_INIT, ComfyHome, pip_install
 from controller.sandbox.gitserver import GitServer, git
 from controller.sandbox.wheels import build_wheel
 from protocol import Progress
@@ -126,7 +126,7 @@ def test_shallow_submodule_refused_by_the_server_falls_back_to_a_full_fetch(
     sub.commit({"lib.py": "VALUE = 2\n"}, "newer")
     git("config", "uploadpack.allowReachableSHA1InWant", "false", cwd=sub.bare)
     with FlakyProxy(("127.0.0.1", git_server.port), fail_first=0, v0_only=True) as old_server:
-        parent = git_server.add_repo(f"parent-{unique}", {"__init__.py": ""})
+        parent = git_server.add_repo(f"parent-{unique}", {"__init__.py": NODE_INIT})
         sub_url = f"git://127.0.0.1:{old_server.port}/{sub.name}"
         git(
             "-c",

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
 from tests.controller.conftest import (
     install_body,
@@ -190,7 +190,7 @@ async def test_unicode_that_is_fine_is_accepted_where_allowed(
     # out: a percent-encoded URL and an ASCII name. That form is accepted, and git
     # fetches the repository whose real name is not ASCII.
     unique = uuid.uuid4().hex[:8]
-    repo = git_server.add_repo(f"ComfyUI-Ünï-{unique}", {"__init__.py": ""})
+    repo = git_server.add_repo(f"ComfyUI-Ünï-{unique}", {"__init__.py": NODE_INIT})
     refused = await client.post(
         "/ssh/install-custom-nodes",
         json=install_body(sshd.connection_string(), home, [{"url": repo.url, "name": "Plain"}]),

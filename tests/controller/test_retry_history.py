@@ -19,7 +19,7 @@ import pytest
 from controller.api.appkeys import SERVICE
 from controller.core.registry import Registry, TaskRecord
 from controller.core.target import Target
-from controller.sandbox.comfy import ComfyHome
+from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
 from protocol import NodeProgress, Progress
 from tests.controller.conftest import (
@@ -51,7 +51,7 @@ async def test_a_retry_succeeds_once_the_failing_git_server_is_back(
     node_repos: NodeRepos,
     flaky_server: GitServer,
 ) -> None:
-    flaky = flaky_server.add_repo("ComfyUI-Flaky", {"__init__.py": ""})
+    flaky = flaky_server.add_repo("ComfyUI-Flaky", {"__init__.py": NODE_INIT})
     port = flaky_server.port
     flaky_server.halt()
     body = install_body(sshd.connection_string(), home, [node_repos.plain.url, flaky.url])
@@ -96,7 +96,7 @@ async def test_auto_retry_retries_a_network_failure_but_not_a_missing_repository
 ) -> None:
     settings = make_settings(tmp_path, client_key, auto_retry_backoff=0.5)
     client = await make_client(settings)
-    flaky = flaky_server.add_repo("ComfyUI-Flaky", {"__init__.py": ""})
+    flaky = flaky_server.add_repo("ComfyUI-Flaky", {"__init__.py": NODE_INIT})
     port = flaky_server.port
     flaky_server.halt()
     missing = git_server.missing_url("ComfyUI-Nowhere")
