@@ -60,9 +60,9 @@ def _task(index: int, nodes: int) -> TaskRecord:
     )
 
 
-def _get(url: str) -> float:
+def _get(url: str, auth: dict[str, str]) -> float:
     started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=60) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=60) as response:
         json.loads(response.read())
     return time.perf_counter() - started
 
@@ -88,11 +88,13 @@ def run(lab: Lab, report: Report, log: object) -> None:
 
     with ControllerProcess(base / "controller", {"data_dir": str(data)}) as controller:
         url = controller.url + "/api/tasks"
-        _get(url)  # first request: imports, the connection pool
-        samples = [_get(url) for _ in range(listings)]
+        auth = controller.auth()
+        _get(url, auth)  # first request: imports, the connection pool
+        samples = [_get(url, auth) for _ in range(listings)]
         with ThreadPoolExecutor(10) as pool:
-            burst = list(pool.map(_get, [url] * 10))
-        history = [_get(controller.url + "/api/history?limit=50") for _ in range(listings // 4 + 1)]
+            burst = list(pool.map(lambda _: _get(url, auth), range(10)))
+        history_url = controller.url + "/api/history?limit=50"
+        history = [_get(history_url, auth) for _ in range(listings // 4 + 1)]
         rss = peak_rss_bytes(controller.pid) or 0
     listing = Summary.of(samples)
     report.add(

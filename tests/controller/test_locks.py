@@ -174,6 +174,9 @@ async def test_a_lock_reproduces_commits_and_versions_in_a_second_home(
             "nodes": nodes,
             "python": str(home_a.python),
             "pip_args": pip_args,
+            # Explicit: with "auto" the agent would try to fetch uv from this
+            # test's offline index first and warn that it fell back to pip.
+            "installer": "pip",
         },
     )
     first = await wait_final(client, first_id, timeout=180)
@@ -230,6 +233,9 @@ async def test_a_lock_reproduces_commits_and_versions_in_a_second_home(
             "lock": lock_a,
             "python": str(home_b.python),
             "pip_args": pip_args,
+            # Explicit: with "auto" the agent would try to fetch uv from this
+            # test's offline index first and warn that it fell back to pip.
+            "installer": "pip",
         },
     )
     second = await wait_final(client, second_id, timeout=180)

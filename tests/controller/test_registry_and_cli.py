@@ -99,12 +99,14 @@ def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
 
 def test_serve_answers_http(tmp_path: Path) -> None:
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller", "serve", "--port", str(port)],
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller", "serve", "--port", str(port)],
+            env=_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -113,7 +115,7 @@ def test_serve_answers_http(tmp_path: Path) -> None:
                     body = json.loads(r.read())
                 break
             except OSError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert process.poll() is None, log.read_text(errors="replace")
                 assert time.monotonic() < deadline, "serve never answered"
                 time.sleep(0.1)
         assert body["success"] is True and body["status"] == "ok"
@@ -141,6 +143,6 @@ def test_serve_answers_http(tmp_path: Path) -> None:
             assert json.loads(answer.read())["success"] is True
     finally:
         end_process(process)
-    output = process.stdout.read().decode() if process.stdout else ""
+    output = log.read_text(errors="replace")
     # The dashboard address is printed once, the token in its fragment.
     assert f"http://127.0.0.1:{port}/#token={token}" in output

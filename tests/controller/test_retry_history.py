@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from controller.api.appkeys import SERVICE
+from controller.core import registry_schema
 from controller.core.registry import Registry, TaskRecord
 from controller.core.target import Target
 from controller.sandbox.comfy import NODE_INIT, ComfyHome
@@ -170,8 +171,13 @@ async def test_history_outlives_the_retention_of_full_documents(
     # `nodeferry history` shows the same, from a separate process.
     command = [sys.executable, "-m", "controller.cli.main", "history"]
     command += ["--controller", str(client.make_url("")), "--ssh", conn]
+    with_token = {**os.environ, "NODEFERRY_TOKEN": settings.token or ""}
     proc = await asyncio.create_subprocess_exec(
-        *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *command,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=with_token,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()
@@ -181,7 +187,7 @@ async def test_history_outlives_the_retention_of_full_documents(
         "--nodes",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "250"},
+        env={**with_token, "COLUMNS": "250"},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()
@@ -287,7 +293,9 @@ def test_a_version_1_registry_is_migrated_in_place(tmp_path: Path) -> None:
     assert got is not None and got.attempt == 1 and got.retried_by is None
     registry.close()
     version = sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == registry_schema.VERSION == 3
+    # A version-1 row has no route and no notes: it reads as a plain target.
+    assert got.target == Target("ssh", "root", "10.0.0.1", 22) and got.notes == []
 
 
 def test_what_one_task_stores_is_capped() -> None:

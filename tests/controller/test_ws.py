@@ -155,7 +155,8 @@ async def test_the_socket_takes_the_token_and_refuses_without_it(
     make_client: AppFactory, tmp_path: Path, client_key: Path
 ) -> None:
     settings = make_settings(tmp_path, client_key, token="s3cret")
-    client = await make_client(settings)
+    # Without the bearer header the test client would otherwise send on every request.
+    client = await make_client(settings, authenticated=False)
 
     # The token in the first message.
     ws = await client.ws_connect("/api/ws")

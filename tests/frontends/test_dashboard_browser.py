@@ -221,7 +221,7 @@ def test_dashboard_takes_a_dropped_png_workflow(browser: Any, tmp_path: Path) ->
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(running.url + "/")
+        page.goto(f"{running.url}/#token={running.token}")
         page.locator("#start-panel summary").click()
         form = page.locator("#start-form")
         form.locator("[name=ssh_connection]").fill("local")
@@ -235,7 +235,7 @@ def test_dashboard_takes_a_dropped_png_workflow(browser: Any, tmp_path: Path) ->
         message = page.locator("#start-message")
         expect(message).to_contain_text("TotallyUnknownNode9000", timeout=10_000)
         expect(message).to_contain_text("strict")
-        with Client(running.url) as client:
+        with Client(running.url, token=running.token) as client:
             assert client.tasks() == []
 
 
@@ -275,7 +275,7 @@ def ssh_controller(tmp_path: Path) -> Iterator[tuple[RunningController, SshServe
             try:
                 yield running, sshd
             finally:
-                cancel_unfinished(running.url)
+                cancel_unfinished(running.url, running.token)
 
 
 @pytest.mark.timeout(240)
@@ -297,14 +297,14 @@ def test_dashboard_follows_more_installs_than_connections_per_host(
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("request", lambda request: requests.append(request.url))
         page.on("websocket", lambda ws: sockets.append(ws.url))
-        page.goto(controller.url + "/")
+        page.goto(f"{controller.url}/#token={controller.token}")
         expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
 
         homes = [
             make_comfy_home(tmp_path / f"home-{i}", with_venv=False).root
             for i in range(LIVE_INSTALLS)
         ]
-        with Client(controller.url) as client:
+        with Client(controller.url, token=controller.token) as client:
             alone = [
                 client.start(
                     sshd.connection_string(), str(home), [gated.url], python=sys.executable
@@ -419,7 +419,7 @@ def test_dashboard_queue_history_and_no_listing_polls(
 
     home = world.new_ui_home(tmp_path / "queued")
     python = str(world.sandbox.python)
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         holder = client.start("local", str(home), [world.slow_node()], python=python)
         queued = client.start("local", str(home), world.nodes()[:1], python=python, queue=True)
 
@@ -428,12 +428,12 @@ def test_dashboard_queue_history_and_no_listing_polls(
     requests: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(controller.url + "/")
+    page.goto(f"{controller.url}/#token={controller.token}")
     card = page.locator(f"article.task[data-task-id='{queued}']")
     expect(card).to_have_attribute("data-state", "queued", timeout=30_000)
     expect(card.locator(".queue")).to_contain_text("#1 in line")
 
-    with Client(controller.url) as client:
+    with Client(controller.url, token=controller.token) as client:
         client.cancel(holder)
     expect(card).to_have_attribute("data-state", "completed", timeout=60_000)
 

@@ -165,7 +165,8 @@ def test_short_ids_resolve_and_an_ambiguous_one_lists_the_matches(tmp_path: Path
 
 @pytest.mark.timeout(120)
 def test_refusals_number_nodes_from_one_and_help_lists_exit_codes(tmp_path: Path) -> None:
-    env = data_env(tmp_path)
+    # "local" (the default target) is allowed, so the nodes are what gets refused.
+    env = {**data_env(tmp_path), "NODEFERRY_ALLOW_LOCAL": "1"}
     local = run_cli("install", "--ui-home", "/w/ComfyUI", "file:///srv/node", env=env)
     assert local.returncode == 2
     assert "NODE 1: scheme 'file' is not allowed" in local.stderr
