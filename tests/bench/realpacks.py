@@ -269,8 +269,17 @@ print(json.dumps(out))
 def check_env(python: str, env: dict[str, str], packs: Sequence[Pack], torch_before: str | None):
     """pip check, torch unchanged, one coherent cv2, each pack's requirements importable."""
     checks: dict[str, Any] = {}
+    # What ComfyUI would see: not the benchmark's own PYTHONPATH (this checkout).
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    # cwd "/": ``-m`` puts the working directory on sys.path, and a checkout there
+    # (this one, installed editable) would count as installed in that venv.
     pip_check = subprocess.run(
-        [python, "-m", "pip", "check"], env=env, capture_output=True, text=True, timeout=300
+        [python, "-m", "pip", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
     )
     checks["pip_check_ok"] = pip_check.returncode == 0
     checks["pip_check"] = pip_check.stdout.strip().splitlines()[:10]
@@ -312,7 +321,9 @@ def torch_version(python: str, env: dict[str, str]) -> str | None:
         "import importlib.metadata as m\n"
         "try: print(m.version('torch'))\nexcept Exception: print('')"
     )
-    out = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [python, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+    )
     return out.stdout.strip() or None
 
 

@@ -206,4 +206,4 @@ async def test_the_socket_takes_the_token_and_refuses_without_it(
         },
     )
     assert response.status == 403
-    assert "another site" in (await response.json())["message"]
+    assert "are refused" in (await response.json())["message"]
