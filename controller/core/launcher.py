@@ -19,7 +19,7 @@ from controller.core.errors import (
 from controller.core.live import Live, Tasks, TaskView
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
-from controller.core.schemas import InstallRequest
+from controller.core.schemas import SPEC_FIELDS, InstallRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.service import SourceService
 from controller.core.target import Target, parse_target
@@ -66,27 +66,15 @@ class Launcher:
             )
             nodes = [choice.node() for choice in plan.nodes]
             resolution = plan.to_dict()
-        fields: dict[str, object] = {}
-        if nodes is not None:  # absent when a lock names the nodes
+        # Every field the declaration says reaches the spec, by its own name.
+        fields: dict[str, object] = {name: getattr(request, name) for name in SPEC_FIELDS}
+        fields["pip_args"] = pip_args
+        if nodes is None:  # a lock names the nodes
+            fields.pop("nodes")
+        else:
             fields["nodes"] = nodes
         try:
-            spec = InstallSpec.from_dict(
-                {
-                    **fields,
-                    "task_id": task_id,
-                    "ui_home": request.ui_home,
-                    "python": request.python,
-                    "pip_args": pip_args,
-                    "jobs": request.jobs,
-                    "clone_jobs": request.clone_jobs,
-                    "update": request.update,
-                    "verify": request.verify,
-                    "verify_timeout": request.verify_timeout,
-                    "installer": request.installer,
-                    "lock": request.lock,
-                    "low_priority": request.low_priority,
-                }
-            )
+            spec = InstallSpec.from_dict({**fields, "task_id": task_id})
         except ProtocolError as exc:
             raise InvalidRequest(exc.field, exc.message) from None
         return Prepared(target, spec, resolution)

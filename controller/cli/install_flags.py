@@ -1,0 +1,93 @@
+"""``nodeferry install``'s option flags, derived from the install's declaration
+(:data:`controller.core.schemas.INSTALL_FIELDS`): one flag per field, its help
+ending in the real default, and :func:`install_options` reading them back as the
+client's keyword arguments, the same for one instance and for a fleet.
+
+A flag the person does not give stays ``None`` and is left out of the request,
+so the controller applies its own default (``default_pip_args``, say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Literal
+
+from controller.core.install_fields import Hand, InstallField
+from controller.core.schemas import INSTALL_FIELDS
+
+
+def _value_type(field: InstallField) -> Any:
+    """The one non-None type of ``field``'s annotation."""
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _add(parser: argparse.ArgumentParser, field: InstallField) -> None:
+    cli = field.cli
+    declared = field.declared
+    if isinstance(cli, tuple):
+        group = parser.add_mutually_exclusive_group()
+        for const in cli:
+            group.add_argument(
+                const.flag,
+                dest=field.name,
+                action="store_const",
+                const=const.value,
+                default=None,
+                help=f"{const.help} (default: {field.default_text})",
+            )
+        return
+    assert isinstance(cli, str)
+    value_type = _value_type(field)
+    if value_type is bool:
+        # A toggle away from the default: --queue (off by default), --no-low-priority.
+        parser.add_argument(
+            cli,
+            dest=field.name,
+            action="store_const",
+            const=not field.default,
+            default=None,
+            help=declared.flag_help or field.help,
+        )
+        return
+    help_text = field.help if field.required else f"{field.help} (default: {field.default_text})"
+    options: dict[str, Any] = {"dest": field.name, "help": help_text}
+    if declared.metavar:
+        options["metavar"] = declared.metavar
+    if field.required:
+        options["required"] = True
+    if typing.get_origin(value_type) is list:
+        (item,) = typing.get_args(value_type)
+        options.update(action="append", type=item, default=None)
+    elif typing.get_origin(value_type) is Literal:
+        options.update(choices=typing.get_args(value_type), default=None)
+    elif value_type in (int, float, str):
+        options.update(type=value_type, default=None)
+    else:
+        raise TypeError(f"no command-line form for {field.name}: {field.annotation!r}")
+    parser.add_argument(cli, **options)
+
+
+def add_install_flags(parser: argparse.ArgumentParser) -> None:
+    """Every declared flag; the :class:`Hand` ones are the command's own."""
+    for field in INSTALL_FIELDS:
+        if field.cli is not None and not isinstance(field.cli, Hand):
+            _add(parser, field)
+
+
+def install_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, by API name (``None``: not given)."""
+    options = {}
+    for field in INSTALL_FIELDS:
+        if field.cli is None or isinstance(field.cli, Hand):
+            continue
+        value = getattr(args, field.name)
+        if value is not None:
+            options[field.name] = value
+    return options
