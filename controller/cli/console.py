@@ -660,8 +660,8 @@ def logs_command(args: argparse.Namespace) -> int:
 
 def task_row(task: Document) -> tuple[str, str, str, str, str]:
     """(id, target, ui_home, state, progress) for one entry of ``GET /api/tasks``."""
-    progress = task.get("progress") if isinstance(task.get("progress"), dict) else task
-    assert isinstance(progress, dict)
+    nested = task.get("progress")
+    progress: Document = nested if isinstance(nested, dict) else task
     total = progress.get("total_nodes") or 0
     done = progress.get("processed") or 0
     target = task.get("target") or task.get("ssh_connection") or ""

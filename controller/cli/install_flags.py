@@ -43,7 +43,8 @@ def _add(parser: argparse.ArgumentParser, field: InstallField) -> None:
                 help=f"{const.help} (default: {field.default_text})",
             )
         return
-    assert isinstance(cli, str)
+    if not isinstance(cli, str):
+        raise TypeError(f"{field.name}: cli must be a flag, Const flags, Hand or None")
     value_type = _value_type(field)
     if value_type is bool:
         # A toggle away from the default: --queue (off by default), --no-low-priority.

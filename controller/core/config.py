@@ -267,7 +267,8 @@ _KINDS: dict[str, Any] = {
     "heartbeat_interval": float,
     "monitor_interval": float,
 }
-assert set(_KINDS) == {f.name for f in dataclasses.fields(Settings)}
+if set(_KINDS) != {f.name for f in dataclasses.fields(Settings)}:  # a setting without its kind
+    raise TypeError("_KINDS must name every field of Settings, and only those")
 
 
 def setting_names() -> list[str]:

@@ -93,8 +93,7 @@ class Scheduler:
                 live.launch = tasks.spawn(self._launch(live))
                 return Admission(record.task_id, "starting")
             if not queue:
-                if reason == HOME_BUSY:
-                    assert holder is not None
+                if holder is not None:  # the home is busy (reason HOME_BUSY)
                     raise Conflict(
                         f"an install into {record.ui_home} on {record.target} is already "
                         f"running or queued (task {holder}); wait for it, cancel it, or "

@@ -325,7 +325,8 @@ class SSHPool:
                     finally:
                         if reserved:
                             self._release(conn)
-                    assert conn.sftp is not None and conn.home is not None
+                    if conn.sftp is None or conn.home is None:  # set together above
+                        raise paramiko.SSHException("the SFTP session did not open")
                     return operation(conn.sftp, conn.home)
             except DROPPED as exc:
                 if conn.transport.is_active() and not isinstance(
