@@ -172,6 +172,8 @@ def run(
         # The leader is gone; make sure nothing it left behind in its group lingers.
         _kill_group(proc.pid, signal.SIGKILL)
         children.remove(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
     seconds = time.monotonic() - started
     result = Result(argv, returncode, list(tail), seconds, timed_out.is_set())
     if result.timed_out:

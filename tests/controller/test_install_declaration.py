@@ -70,7 +70,10 @@ def test_the_request_and_the_spec_agree_on_every_default() -> None:
 def test_a_retry_reads_only_what_the_spec_holds() -> None:
     # A carried field is read back from the task's spec; the target is the task's own.
     carried_elsewhere = {f.name for f in INSTALL_FIELDS if f.retry and not f.spec}
-    assert carried_elsewhere == {"ssh_connection"}
+    assert carried_elsewhere == {"ssh_connection"}, (
+        "a field a retry carries must reach the spec: retry_request reads it back from "
+        "the task's spec (a controller-only field would need storing with the task)"
+    )
     assert set(RETRIED_FIELDS) == {f.name for f in INSTALL_FIELDS if f.retry} - carried_elsewhere
     assert "nodes" not in RETRIED_FIELDS and "queue" not in RETRIED_FIELDS
 

@@ -129,7 +129,7 @@ async def test_a_fleet_members_retries_carry_every_option_and_the_lock(
     client = await make_client(settings)
     homes = [comfy_home(tmp_path / f"comfy-{i}") for i in range(2)]
     flaky, port = flaky_repo(flaky_server)
-    lock = {
+    lock: dict[str, Any] = {
         "schema": 1,
         "created_at": "2026-01-01T00:00:00.000Z",
         "ui_home": "/ComfyUI",
