@@ -25,7 +25,7 @@ from protocol import ExitCode, InstallSpec, Lock, Progress, ProtocolError
 from protocol import lock as lockdoc
 from protocol.errors import count_nodes_from_one
 from protocol.fields import new_task_id
-from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, MAX_CLONE_JOBS
+from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, DEFAULT_VERIFY_TIMEOUT, MAX_CLONE_JOBS
 
 START_WAIT_SECONDS = 10.0
 
@@ -211,6 +211,7 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "verify": False if args.no_verify else ("comfyui" if args.verify_comfyui else True),
         "verify_timeout": args.verify_timeout,
         "installer": args.installer,
+        "low_priority": args.low_priority,
     }
     if args.lock is not None:
         data["lock"] = _read_lock_json(args.lock)
@@ -367,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the imports by starting ComfyUI once (main.py --quick-test-for-ci --cpu)",
     )
     p.add_argument(
-        "--verify-timeout", type=float, default=120.0, metavar="SECONDS", help="per node import"
+        "--verify-timeout",
+        type=float,
+        default=DEFAULT_VERIFY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per node import (default {DEFAULT_VERIFY_TIMEOUT:g})",
     )
     p.add_argument("--lock", default=None, metavar="FILE", help="reproduce a lock.json (- stdin)")
     p.add_argument(
@@ -375,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "uv", "pip"),
         default="auto",
         help="what installs requirements: uv if found or installable (auto), uv or pip",
+    )
+    p.add_argument(
+        "--no-low-priority",
+        dest="low_priority",
+        action="store_false",
+        help="run git, pip and install.py at normal priority (default: lowered)",
     )
     p.add_argument(
         "nodes",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from agent import cli as agent_cli
 from controller.cli.install_flags import install_options
 from controller.cli.main import build_parser
 from controller.client import FLEET_OPTIONS, START_OPTIONS, _install_payload
@@ -76,6 +77,27 @@ def test_a_retry_reads_only_what_the_spec_holds() -> None:
     )
     assert set(RETRIED_FIELDS) == {f.name for f in INSTALL_FIELDS if f.retry} - carried_elsewhere
     assert "nodes" not in RETRIED_FIELDS and "queue" not in RETRIED_FIELDS
+
+
+def test_the_agents_own_install_command_takes_every_spec_field() -> None:
+    # `AGENT install` builds a spec from its flags (a person on the instance, no
+    # controller): a spec field without a flag there is one it cannot ask for.
+    install = next(
+        action.choices["install"]
+        for action in agent_cli.build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = set(install._option_string_actions) | {a.dest for a in install._actions}
+    unusual = {
+        "pip_args": {"--pip-arg"},
+        "verify": {"--no-verify", "--verify-comfyui"},
+        "low_priority": {"--no-low-priority"},
+        "nodes": {"nodes"},
+        "task_id": set(),  # made by the agent
+    }
+    for field in dataclasses.fields(InstallSpec):
+        wanted = unusual.get(field.name, {"--" + field.name.replace("_", "-")})
+        assert wanted <= flags, f"AGENT install has no {wanted - flags} for {field.name}"
 
 
 def test_a_field_declared_without_option_is_refused() -> None:
