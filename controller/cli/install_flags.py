@@ -71,7 +71,10 @@ def _add(parser: argparse.ArgumentParser, field: InstallField) -> None:
     elif value_type in (int, float, str):
         options.update(type=value_type, default=None)
     else:
-        raise TypeError(f"no command-line form for {field.name}: {field.annotation!r}")
+        raise TypeError(
+            f"InstallRequest.{field.name} ({field.annotation!r}) has no command-line form of "
+            "its own: declare it with Const flags, Hand (the command reads it) or cli=None"
+        )
     parser.add_argument(cli, **options)
 
 
