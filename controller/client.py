@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from controller.core.apitoken import discover_token
+from controller.common.apitoken import discover_token
 
 Document = dict[str, Any]
 ProgressCallback = Callable[[Document], Awaitable[None] | None]

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from controller.core.errors import Conflict, InvalidRequest
+from controller.common.errors import Conflict, InvalidRequest
 from controller.core.launcher import Launcher
 from controller.core.live import Live, Tasks
 from controller.core.scheduler import Admission

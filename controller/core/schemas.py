@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
 
 MAX_NODES = 500
 
