@@ -54,7 +54,7 @@ class FlakyProxy:
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         # Only the accept loop polls, to notice the end of the ``with``; the
-        # connections it hands out block (accept() returns blocking sockets).
+        # connections it hands out block.
         self._listener.settimeout(0.2)
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
@@ -103,6 +103,7 @@ class FlakyProxy:
             except (TimeoutError, OSError):
                 continue
             self.connections += 1
+            conn.settimeout(None)  # blocking whatever socket.setdefaulttimeout() says
             if not self._keep(conn):
                 continue
             if self.connections <= self.fail_first:
@@ -116,8 +117,9 @@ class FlakyProxy:
             # Blocking, no timeout: the connect waits as long as the kernel lets it.
             upstream = socket.create_connection(self.upstream)
         except OSError:
-            conn.close()  # the server is down: say so as it would, by hanging up
+            _hang_up(conn)  # the server is down: pass that on as a hang-up
             return
+        upstream.settimeout(None)
         if not self._keep(upstream):
             return
         self._spawn(_pipe, "flaky-proxy-down", upstream, conn)

@@ -141,6 +141,16 @@ def test_leaving_the_with_ends_open_connections(served: tuple[GitServer, Repo]) 
     assert not [t.name for t in proxy._threads if t.is_alive()]
 
 
+def test_an_upstream_that_is_down_is_a_hang_up() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    with FlakyProxy(("127.0.0.1", port)) as proxy:
+        result = ls_remote(proxy.port, "anything")
+    assert result.returncode == 128
+    assert "Could not read from remote repository" in result.stderr, result.stderr
+    assert proxy.connections == 1
+
+
 def test_refuses_a_non_loopback_upstream() -> None:
     with pytest.raises(ValueError, match="only connects"):
         FlakyProxy(("10.0.0.1", 9418))
