@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from controller.core.apitoken import discover_token
+from controller.common.apitoken import discover_token
 from controller.core.install_fields import InstallField, options_doc
 from controller.core.schemas import INSTALL_FIELDS
 

@@ -46,8 +46,8 @@ from controller.client import (
     WaitTimeout,
     is_final,
 )
-from controller.core.config import Settings, load_settings
-from controller.core.errors import ConfigError
+from controller.common.config import Settings, load_settings
+from controller.common.errors import ConfigError
 from controller.core.sources.registry_ids import is_registry_id
 from protocol import ExitCode, ProtocolError, parse_node
 from protocol.errors import count_nodes_from_one

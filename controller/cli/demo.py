@@ -24,7 +24,7 @@ from rich.text import Text
 from controller.cli import console as commands
 from controller.cli.server import dashboard_line
 from controller.client import AsyncClient
-from controller.core.config import Settings, load_settings
+from controller.common.config import Settings, load_settings
 from controller.sandbox import playground as sandboxes
 from controller.sandbox.errors import SandboxError
 from controller.sandbox.gitserver import free_port

@@ -11,10 +11,10 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from controller.core.apitoken import ensure_token
-from controller.core.config import load_settings
-from controller.core.errors import ControllerError
-from controller.core.target import parse_host_port
+from controller.common.apitoken import ensure_token
+from controller.common.config import load_settings
+from controller.common.errors import ControllerError
+from controller.common.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
 
 

@@ -9,20 +9,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.access import check_start
-from controller.core.errors import (
+from controller.common.errors import (
     ControllerError,
     InvalidRequest,
     RemoteError,
     UnknownTask,
 )
+from controller.common.target import Target, parse_target
+from controller.core.access import check_start
 from controller.core.live import Live, Tasks, TaskView
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import SPEC_FIELDS, InstallRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.service import SourceService
-from controller.core.target import Target, parse_target
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
 

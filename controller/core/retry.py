@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from controller.core.errors import Conflict, InvalidRequest
+from controller.common.errors import Conflict, InvalidRequest
 from controller.core.launcher import Launcher
 from controller.core.live import Live, Tasks
 from controller.core.scheduler import Admission

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.errors import Conflict, TooManyTasks
+from controller.common.errors import Conflict, TooManyTasks
 from controller.core.live import Live, Tasks, TaskView, queued_document, starting_document
 from controller.core.registry import TaskRecord, home_key
 from protocol import utc_now

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
 from controller.core.install_fields import Const, Hand, declared_fields, option
 from protocol.spec import (
     DEFAULT_CLONE_JOBS,

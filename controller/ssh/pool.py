@@ -32,10 +32,10 @@ from typing import TypeVar
 
 import paramiko
 
-from controller.core.config import Settings
-from controller.core.errors import AuthFailed, RemoteError, Unreachable
-from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.errors import AuthFailed, RemoteError, Unreachable
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.ssh.hostkeys import KnownHosts
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.apitoken import discover_token
+from controller.common.apitoken import discover_token
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from controller.api.app import create_app
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.core.schemas import INSTALL_FIELDS
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import NodeRepos, comfy_home, make_settings

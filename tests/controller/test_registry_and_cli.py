@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.common.target import Target
 from controller.core.registry import Registry, TaskRecord
-from controller.core.target import Target
 from protocol import Progress
 from tests.support.procs import end_process
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import NODE_INIT
 from controller.sandbox.gitserver import GitServer, Repo
 from tests.controller.conftest import (

@@ -14,7 +14,7 @@ import pytest
 
 from controller.api.app import create_app
 from controller.client import Client
-from controller.core.config import Settings
+from controller.common.config import Settings
 from tests.frontends.conftest import DemoWorld, serve_in_thread, wait_until
 from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key

@@ -15,15 +15,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from controller.core.config import Settings
-from controller.core.errors import InvalidRequest
+from controller.common.config import Settings
+from controller.common.errors import InvalidRequest
+from controller.common.target import Target
 from controller.core.sources import nodedb
 from controller.core.sources.errors import SourceError
 from controller.core.sources.nodedb import NodeDB
 from controller.core.sources.online import Online
 from controller.core.sources.plan import NO_SOURCE, Sources, build, read_default_nodes
 from controller.core.sources.resolver import Plan
-from controller.core.target import Target
 from controller.transports import Transports
 from protocol import ProtocolError
 from protocol import fields as checks

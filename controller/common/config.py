@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.core.apitoken import check_token, default_data_dir
-from controller.core.errors import ConfigError
+from controller.common.apitoken import check_token, default_data_dir
+from controller.common.errors import ConfigError
 from protocol import fields as checks
 from protocol.errors import ProtocolError
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.core.errors import InvalidRequest
-from controller.core.ssh_config import HostConfig, lookup_host
+from controller.common.errors import InvalidRequest
+from controller.common.ssh_config import HostConfig, lookup_host
 
 if TYPE_CHECKING:
-    from controller.core.config import Settings
+    from controller.common.config import Settings
 
 FIELD = "ssh_connection"
 MAX_LENGTH = 512
