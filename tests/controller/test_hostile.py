@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,69 @@ async def test_allowed_hosts_admit_a_reverse_proxy_name(
     )
     assert ok.status == 200
     assert (await client.get("/api/tasks", headers={"Host": "other.internal"})).status == 421
+
+
+#: A pattern that makes a backtracking matcher take exponential time in the
+#: class name's length: ``(a|aa)+`` has Fibonacci-many ways to split a run of
+#: ``a``, and the final ``b`` makes each of them fail.
+HOSTILE_PATTERN = "^(a|aa)+$"
+HOSTILE_CLASS = "a" * 127 + "b"  # 128 characters: the longest class that is matched
+
+
+def _hostile_manager_db(home: ComfyHome, pack_url: str) -> None:
+    manager = home.root / "custom_nodes" / "ComfyUI-Manager"
+    manager.mkdir(parents=True)
+    node_map = {pack_url: [["SomeClass"], {"nodename_pattern": HOSTILE_PATTERN}]}
+    (manager / "extension-node-map.json").write_text(json.dumps(node_map))
+
+
+async def test_a_backtracking_pattern_from_the_instance_stalls_nothing(
+    client: Any, sshd: SshServer, home: ComfyHome, node_repos: Any
+) -> None:
+    from tests.controller.test_sources_resolve import ui_node
+
+    _hostile_manager_db(home, node_repos.plain.url)
+    workflow = {"nodes": [ui_node(1, HOSTILE_CLASS), ui_node(2, "aaaa")], "links": []}
+    body = {"ssh_connection": sshd.connection_string(), "ui_home": str(home.root)}
+
+    async def healthz_latencies(stop: asyncio.Event) -> list[float]:
+        latencies = []
+        while not stop.is_set():
+            started = asyncio.get_running_loop().time()
+            response = await client.get("/healthz")
+            assert response.status == 200
+            latencies.append(asyncio.get_running_loop().time() - started)
+            await asyncio.sleep(0.05)
+        return latencies
+
+    stop = asyncio.Event()
+    prober = asyncio.create_task(healthz_latencies(stop))
+    try:
+        started = asyncio.get_running_loop().time()
+        response = await asyncio.wait_for(
+            client.post("/api/resolve", json={**body, "workflow": workflow}), 30
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+        answer = await response.json()
+    finally:
+        stop.set()
+        latencies = await prober
+    assert response.status == 200, answer
+    assert answer["node_db"].endswith("custom_nodes/ComfyUI-Manager")
+    # The pattern still works for what it matches, and the hostile name is unresolved.
+    assert [n["url"] for n in answer["nodes"]] == [node_repos.plain.url]
+    assert answer["nodes"][0]["rule"] == "nodename_pattern"
+    assert answer["unresolved"] == [HOSTILE_CLASS]
+    assert elapsed < 10, elapsed
+    assert latencies and max(latencies) < 2.0, latencies
+    # A start with the same workflow takes the same path and answers at once.
+    start = await asyncio.wait_for(
+        client.post(
+            "/ssh/install-custom-nodes",
+            json={**body, "workflow": workflow, "python": sys.executable},
+        ),
+        30,
+    )
+    assert start.status == 202, await start.json()
+    final = await wait_final(client, (await start.json())["task_id"])
+    assert final["state"] == "completed", final
