@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -16,11 +18,17 @@ import pytest
 
 from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
+from controller.transports.local import LocalTransport
 from tests.controller.conftest import (
+    AppFactory,
+    NodeRepos,
+    comfy_home,
     install_body,
     make_settings,
+    poll,
     start_install,
     wait_final,
+    wait_for,
 )
 from tests.support.sshd import SshServer
 
@@ -396,3 +404,81 @@ async def test_a_backtracking_pattern_from_the_instance_stalls_nothing(
     assert start.status == 202, await start.json()
     final = await wait_final(client, (await start.json())["task_id"])
     assert final["state"] == "completed", final
+
+
+async def test_a_fifo_on_the_instance_stays_that_tasks_trouble(
+    make_client: AppFactory,
+    tmp_path: Path,
+    client_key: Path,
+    sshd: SshServer,
+    home: ComfyHome,
+    node_repos: NodeRepos,
+) -> None:
+    # A short command timeout: a read that blocked would show within seconds.
+    client = await make_client(make_settings(tmp_path, client_key, command_timeout=5.0))
+    ssh = sshd.connection_string()
+    held = await start_install(client, install_body(ssh, home, [node_repos.gated.url]))
+    await wait_for(
+        client, held, lambda s, b: s == 200 and b.get("state") == "running_install_scripts"
+    )
+    task_dir = tmp_path / "remote-state" / "tasks" / held
+    worker = json.loads((task_dir / "progress.json").read_text())["pid"]
+    os.kill(worker, signal.SIGSTOP)  # holds the FIFO in place of its document
+    try:
+        (task_dir / "progress.json").unlink()
+        os.mkfifo(task_dir / "progress.json")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        status, body = await wait_for(client, held, lambda s, _b: s != 200, timeout=20)
+        assert loop.time() - began < 4, loop.time() - began
+        assert status == 502, body
+        assert body["error"] == "unreadable_progress", body
+        assert "not a regular file" in body["message"]
+        assert body["stale"] is True and body["state"] == "running_install_scripts"
+        # The same host serves another task meanwhile, at its usual pace.
+        other_home = comfy_home(tmp_path / "ComfyUI-other")
+        began = loop.time()
+        other = await start_install(client, install_body(ssh, other_home, [node_repos.plain.url]))
+        final = await wait_final(client, other, timeout=30)
+        assert final["state"] == "completed", final
+        log = await client.get(f"/api/tasks/{other}/log")
+        assert log.status == 200
+        assert loop.time() - began < 20, loop.time() - began
+        # A FIFO in place of a log is never opened either: it answers at once.
+        other_log = tmp_path / "remote-state" / "tasks" / other / "agent.log"
+        other_log.unlink()
+        os.mkfifo(other_log)
+        began = loop.time()
+        answered = await client.get(f"/api/tasks/{other}/log")
+        assert loop.time() - began < 4
+        assert answered.status in (200, 502)
+        if answered.status == 200:  # its size is 0: nothing to read, nothing opened
+            assert (await answered.json())["data"] == ""
+        else:
+            assert (await answered.json())["error"] == "not_a_regular_file"
+        assert (await client.get("/healthz")).status == 200
+        status, body = await poll(client, held)
+        assert status == 502 and body["error"] == "unreadable_progress"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        (home.root / "release").touch()
+    # The worker's next atomic write replaces the FIFO: the task ends as it should.
+    final = await wait_final(client, held)
+    assert final["state"] == "completed", final
+
+
+def test_the_local_transport_never_opens_a_fifo(tmp_path: Path, settings: Any) -> None:
+    from controller.core.errors import NotRegularFile
+    from controller.core.stats import Stats
+
+    transport = LocalTransport(settings, Stats(), b"", "0" * 64)
+    root = Path(transport.state_dir())
+    root.mkdir(parents=True)
+    os.mkfifo(root / "fifo")
+    (root / "plain").write_bytes(b"hello")
+    with pytest.raises(NotRegularFile):
+        transport.read("fifo")
+    with pytest.raises(NotRegularFile):
+        transport.read_absolute(str(root / "fifo"), 10)
+    assert transport.read_absolute(str(root), 10) is None  # a directory: no such file
+    assert transport.read("plain", 1, 3) == b"ell"
