@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from controller.core.apitoken import ensure_token
 from controller.core.config import load_settings
@@ -59,6 +58,7 @@ def register(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from controller.api import serving
     from controller.api.accesslog import RedactingAccessLogger
     from controller.api.app import create_app
 
@@ -95,13 +95,7 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log_class=RedactingAccessLogger,
-    )
+    asyncio.run(serving.serve(app, settings, RedactingAccessLogger))
     return 0
 
 

@@ -5,6 +5,7 @@ not one session)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -482,3 +483,108 @@ def test_the_local_transport_never_opens_a_fifo(tmp_path: Path, settings: Any) -
         transport.read_absolute(str(root / "fifo"), 10)
     assert transport.read_absolute(str(root), 10) is None  # a directory: no such file
     assert transport.read("plain", 1, 3) == b"ell"
+
+
+def _served_controller(tmp_path: Path, nofile: int, **settings: str) -> tuple[Any, int, Path]:
+    """``nodeferry serve`` as a real process whose open-file limit is ``nofile``
+    (soft and hard: systemd's default is 1024)."""
+    import resource
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEFERRY_")}
+    env.update({f"NODEFERRY_{k.upper()}": v for k, v in settings.items()})
+    env["NODEFERRY_DATA_DIR"] = str(tmp_path / "data")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    log = tmp_path / "serve.log"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit,
+        )
+    return process, port, log
+
+
+async def _healthz(port: int, timeout: float) -> int:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readline(), timeout)
+        return int(head.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_half_open_connections_cost_nothing(tmp_path: Path) -> None:
+    from tests.support.procs import end_process
+
+    idle = 3.0
+    process, port, log = _served_controller(
+        tmp_path, 1024, client_idle_timeout=str(idle), max_client_connections="1000"
+    )
+    held: list[asyncio.StreamWriter] = []
+    readers: list[asyncio.StreamReader] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            try:
+                assert await _healthz(port, 2) == 200
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert loop.time() < deadline, "serve never answered"
+                await asyncio.sleep(0.1)
+        # More half-sent requests than the process has file descriptors.
+        for _ in range(1100):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /api/tas")
+            held.append(writer)
+            readers.append(reader)
+        # Those past the cap are answered and closed at once (a reset, here).
+        await asyncio.gather(*(w.drain() for w in held), return_exceptions=True)
+        began = loop.time()
+        # Past the cap, a connection is answered 503 at once, not left hanging.
+        refused = await _healthz(port, 5)
+        assert refused in (200, 503)
+        # Within the idle timeout the half-open ones are closed by the server
+        # (while this end still holds them), and /healthz answers again.
+        while True:
+            try:
+                if await _healthz(port, 2) == 200:
+                    break
+            except (OSError, TimeoutError):
+                pass
+            assert loop.time() - began < idle + 10, "healthz never answered again"
+            await asyncio.sleep(0.2)
+
+        # Every one of them is closed by the server: those still in the listen
+        # backlog were accepted late, so each gets its own idle timeout.
+        async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+            with contextlib.suppress(ConnectionResetError):
+                await reader.read()
+            return True
+
+        closed = await asyncio.wait_for(
+            asyncio.gather(*(closed_by_server(r) for r in readers)), 2 * idle + 15
+        )
+        assert len(closed) == len(readers)
+        assert process.poll() is None
+        text = log.read_text(errors="replace")
+        assert "Too many open files" not in text, text[-2000:]
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) < 200
+    finally:
+        for writer in held:
+            writer.close()
+        end_process(process)
