@@ -588,3 +588,69 @@ async def test_half_open_connections_cost_nothing(tmp_path: Path) -> None:
         for writer in held:
             writer.close()
         end_process(process)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2 :].startswith("Z")
+
+
+@pytest.mark.timeout(120)
+async def test_lost_ends_what_the_dead_worker_started(
+    client: Any, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    from agent.liveness import cmdline, task_processes
+
+    ssh = sshd.connection_string()
+    task_id = await start_install(client, install_body(ssh, home, [node_repos.gated.url]))
+    _, running = await wait_for(
+        client, task_id, lambda s, b: s == 200 and b.get("state") == "running_install_scripts"
+    )
+    scripts = [
+        pid for pid in task_processes(task_id) if any("install.py" in a for a in cmdline(pid) or [])
+    ]
+    assert len(scripts) == 1, scripts
+    # Only the worker dies: its install.py leads its own session and lives on.
+    os.kill(running["pid"], signal.SIGKILL)
+    final = await wait_final(client, task_id, timeout=60)
+    assert final["state"] == "lost", final
+    # By the time the task reads lost, what it started is gone too.
+    assert _gone(scripts[0]), scripts
+    assert [p for p in task_processes(task_id) if not _gone(p)] == []
+    # The home is free again, for one writer: the next install runs alone.
+    (home.root / "release").touch()
+    again = await start_install(client, install_body(ssh, home, [node_repos.plain.url]))
+    assert (await wait_final(client, again))["state"] == "completed"
+    assert not (home.custom_nodes / "ComfyUI-Gated" / "released.marker").exists()
+
+
+def test_a_home_stays_busy_while_a_dead_tasks_processes_run(tmp_path: Path) -> None:
+    import subprocess
+
+    from agent import lock
+
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    # The old task's worker took the lock and died (its descriptor closed) ...
+    os.close(lock.acquire(locks, str(tmp_path), old))
+    # ... leaving a child of its own, marked as the worker marks every child.
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, "NODEFERRY_TASK_ID": old},
+        start_new_session=True,
+    )
+    try:
+        fd = lock.acquire(locks, str(tmp_path), new)
+        # The lock was given only once the leftover had been ended.
+        assert leftover.wait(timeout=5) == -signal.SIGKILL
+        os.close(fd)
+        assert lock.holder(locks, str(tmp_path)) == new
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
