@@ -17,6 +17,7 @@ from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTING
 from controller.api.guard import guard_middleware
 from controller.api.middleware import auth_middleware, error_middleware
 from controller.api.routes import setup_routes
+from controller.core import datadir
 from controller.core.apitoken import ensure_token
 from controller.core.config import Settings
 from controller.core.registry import Registry
@@ -36,7 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     from agent.bundle import bundle
 
     settings.validate()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings.data_dir, settings.database_path)
     if settings.no_auth:
         settings.token = None
     elif settings.token is None:

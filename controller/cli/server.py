@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controller.core import datadir
 from controller.core.apitoken import ensure_token
 from controller.core.config import load_settings
 from controller.core.errors import ControllerError
@@ -68,6 +69,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":
         # paramiko logs every connection and SFTP session at INFO: noise at our scale.
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Everything the controller creates from here on is its user's alone: the
+    # task database's WAL holds credentials (controller/core/datadir.py).
+    datadir.use_private_umask()
     try:
         settings = load_settings(
             args.config,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
+from controller.core import datadir
 from controller.core.config import Settings
 from controller.core.errors import NotRegularFile, RemoteError
 from controller.core.stats import Stats
@@ -67,6 +68,8 @@ class LocalTransport(Transport):
                 timeout=timeout,
                 check=False,
                 env=env,
+                # Not serve's private umask: node folders get what git clone gives.
+                umask=datadir.inherited_umask(),
             )
         except subprocess.TimeoutExpired:
             raise RemoteError(

@@ -654,3 +654,67 @@ def test_a_home_stays_busy_while_a_dead_tasks_processes_run(tmp_path: Path) -> N
         if leftover.poll() is None:
             leftover.kill()
             leftover.wait()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.timeout(90)
+async def test_the_data_dir_is_private_from_creation(tmp_path: Path) -> None:
+    from tests.support.procs import end_process
+
+    process, port, log = _served_controller(tmp_path, 4096)
+    data = tmp_path / "data"
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            try:
+                assert await _healthz(port, 2) == 200
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert loop.time() < deadline, "serve never answered"
+                await asyncio.sleep(0.1)
+        files = {p.name: _mode(p) for p in data.iterdir()}
+        assert _mode(data) == 0o700
+        assert {"tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm", "token"} <= set(files)
+        assert {name for name, mode in files.items() if mode != 0o600} == set(), files
+    finally:
+        end_process(process)
+
+
+async def test_a_loose_data_dir_is_tightened_at_start(
+    make_client: AppFactory, tmp_path: Path, client_key: Path
+) -> None:
+    data = tmp_path / "controller-data"
+    (data / "node-db").mkdir(parents=True)
+    for name in ("tasks.sqlite3", "tasks.sqlite3-wal", "registry-cache.json"):
+        (data / name).write_bytes(b"")
+        (data / name).chmod(0o644)
+    (data / "node-db" / "extension-node-map.json").write_text("{}")
+    (data / "node-db").chmod(0o755)
+    data.chmod(0o755)
+    client = await make_client(make_settings(tmp_path, client_key))
+    # A write, so SQLite has its -wal and -shm open.
+    assert (await client.get("/api/tasks")).status == 200
+    start = await client.post(
+        "/ssh/install-custom-nodes",
+        json={"ssh_connection": "local", "ui_home": str(tmp_path / "nowhere"), "nodes": []},
+    )
+    assert start.status == 400
+    assert _mode(data) == 0o700 and _mode(data / "node-db") == 0o700
+    loose = {p: _mode(p) for p in data.rglob("*") if p.is_file() and _mode(p) != 0o600}
+    assert loose == {}, loose
+    assert (data / "tasks.sqlite3-shm").exists()
+
+
+async def test_an_in_process_app_creates_its_database_private(
+    make_client: AppFactory, tmp_path: Path, client_key: Path
+) -> None:
+    await make_client(make_settings(tmp_path, client_key))
+    data = tmp_path / "controller-data"
+    assert _mode(data) == 0o700
+    for name in ("tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm", "token"):
+        assert _mode(data / name) == 0o600, name
