@@ -15,6 +15,7 @@ from controller.core.config import load_settings
 from controller.core.errors import ControllerError
 from controller.core.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
+from protocol import mask_credentials
 
 
 def register(subparsers: Any) -> None:
@@ -66,6 +67,8 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskCredentials())
     if args.log_level != "DEBUG":
         # paramiko logs every connection and SFTP session at INFO: noise at our scale.
         logging.getLogger("paramiko").setLevel(logging.WARNING)
@@ -101,6 +104,17 @@ def serve_command(args: argparse.Namespace) -> int:
         )
     asyncio.run(serving.serve(app, settings, RedactingAccessLogger))
     return 0
+
+
+class MaskCredentials(logging.Filter):
+    """Credentials in URLs masked in every line the controller logs (journald keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 def token_command(args: argparse.Namespace) -> int:

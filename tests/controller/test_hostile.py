@@ -718,3 +718,56 @@ async def test_an_in_process_app_creates_its_database_private(
     assert _mode(data) == 0o700
     for name in ("tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm", "token"):
         assert _mode(data / name) == 0o600, name
+
+
+PASSWORD = "S3cretPW-31"
+
+
+async def test_credentials_in_node_urls_are_masked_everywhere(
+    client: Any, tmp_path: Path, sshd: SshServer, home: ComfyHome, node_repos: NodeRepos
+) -> None:
+    import aiohttp
+
+    # Port 1 refuses at once: the clone fails, and git's error quotes the URL.
+    secret_url = f"http://user:{PASSWORD}@127.0.0.1:1/private-pack.git"
+    ws = await client.ws_connect("/api/ws")
+    assert (await ws.receive_json(timeout=30))["type"] == "ready"
+    task_id = await start_install(
+        client,
+        install_body(
+            sshd.connection_string(), home, [secret_url, node_repos.plain.url],
+            pip_args=[f"--extra-index-url=https://pip:{PASSWORD}@127.0.0.1:1/simple"],
+        ),
+    )  # fmt: skip
+    await ws.send_json({"op": "subscribe", "task_id": task_id})
+    frames = []
+    while True:
+        message = await ws.receive(timeout=60)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        frames.append(message.data)
+        if message.json().get("type") == "final":
+            break
+    await ws.close()
+    final = await wait_final(client, task_id)
+    assert final["nodes"][0]["status"] == "failed", final
+    assert final["nodes"][0]["url"] == "http://***@127.0.0.1:1/private-pack.git"
+    events = await client.get(f"/api/tasks/{task_id}/events")
+    stream = (await events.content.read(256 * 1024)).decode()
+    history = await (await client.get("/api/history")).text()
+    log = await (await client.get(f"/api/tasks/{task_id}/log")).text()
+    task_dir = tmp_path / "remote-state" / "tasks" / task_id
+    documents = {
+        "progress body": json.dumps(final),
+        "task": await (await client.get(f"/api/tasks/{task_id}")).text(),
+        "list": await (await client.get("/api/tasks")).text(),
+        "websocket": "\n".join(frames),
+        "events": stream,
+        "history": history,
+        "log": log,
+        "progress.json": (task_dir / "progress.json").read_text(),
+        "agent.log": (task_dir / "agent.log").read_text(),
+        "lock.json": (task_dir / "lock.json").read_text(),
+    }
+    assert "private-pack" in documents["history"] and "private-pack" in documents["agent.log"]
+    leaked = [name for name, text in documents.items() if PASSWORD in text]
+    assert leaked == [], leaked
