@@ -81,8 +81,10 @@ def authorized(settings: Settings, request: web.Request, given: str | None) -> b
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         candidates.append(header[7:].strip())
+    # A lone surrogate (a JSON "\ud800" escape) cannot be encoded strictly:
+    # "replace" keeps it comparable, and wrong.
     return any(
-        c is not None and hmac.compare_digest(c.encode(), settings.token.encode())
+        c is not None and hmac.compare_digest(c.encode("utf-8", "replace"), settings.token.encode())
         for c in candidates
     )
 
@@ -158,6 +160,21 @@ _SOCKETS = web.AppKey("websockets", _Sockets)
 # -- one socket --------------------------------------------------------------------------
 
 
+def parse_message(data: str) -> dict[str, Any] | None:
+    """A client frame as a JSON object, or None for anything else.
+
+    Frames are hostile input: well within the size cap (``MAX_MESSAGE_BYTES``) a
+    deep nesting raises RecursionError, not ValueError; a ``\\ud800`` escape
+    gives a string with a lone surrogate, which the token check and the answer
+    handle (neither encodes it strictly).
+    """
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
 def progress_message(task_id: str, view: TaskView) -> dict[str, Any]:
     kind = "final" if view.progress.is_final else "progress"
     return {"type": kind, "task_id": task_id, "progress": view.response()}
@@ -197,12 +214,8 @@ class Session:
             await self.ws.send_str(json.dumps(message, separators=(",", ":")))
 
     async def handle(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            self.send(error_message("invalid_request", "a message must be a JSON object"))
-            return
-        if not isinstance(message, dict):
+        message = parse_message(data)
+        if message is None:
             self.send(error_message("invalid_request", "a message must be a JSON object"))
             return
         op = message.get("op")
@@ -296,13 +309,14 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> bool
         first = None
     given = None
     if first is not None and first.type == WSMsgType.TEXT:
-        with contextlib.suppress(ValueError):
-            message = json.loads(first.data)
-            if isinstance(message, dict) and message.get("op") == "auth":
-                token = message.get("token")
-                given = token if isinstance(token, str) else None
+        message = parse_message(first.data)
+        if message is not None and message.get("op") == "auth":
+            token = message.get("token")
+            given = token if isinstance(token, str) else None
     if given is not None and authorized(settings, request, given):
         return True
+    if ws.closed:
+        return False  # a frame over the size cap: aiohttp has closed with 1009
     await ws.send_str(
         json.dumps(
             error_message(
@@ -343,6 +357,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif message.type == WSMsgType.BINARY:
                 session.send(error_message("invalid_request", "send JSON text messages"))
             else:
+                # A frame over MAX_MESSAGE_BYTES: aiohttp has closed with 1009.
                 break
     except asyncio.CancelledError:
         pass  # shutting down, or the client went away

@@ -771,3 +771,65 @@ async def test_credentials_in_node_urls_are_masked_everywhere(
     assert "private-pack" in documents["history"] and "private-pack" in documents["agent.log"]
     leaked = [name for name, text in documents.items() if PASSWORD in text]
     assert leaked == [], leaked
+
+
+async def test_hostile_websocket_frames_get_clean_answers(
+    make_client: AppFactory, tmp_path: Path, client_key: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import aiohttp
+
+    client = await make_client(
+        make_settings(tmp_path, client_key, token="s3cret"), authenticated=False
+    )
+    caplog.set_level(logging.DEBUG)
+
+    async def answer(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        message = await ws.receive(timeout=30)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        data: dict[str, Any] = message.json()
+        return data
+
+    # A lone surrogate as the token: refused like any wrong token.
+    # (30000 levels: within the 64 KiB frame cap, far past json's recursion limit.)
+    for frame in ('{"op": "auth", "token": "\\ud800"}', "[" * 30000 + "]" * 30000):
+        ws = await client.ws_connect("/api/ws")
+        await ws.send_str(frame)
+        refused = await answer(ws)
+        assert refused["error"] == "unauthorized", refused
+        closing = await ws.receive(timeout=10)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4401
+        await ws.close()
+    # An oversized first frame: closed with 1009 before any auth, nothing raised.
+    ws = await client.ws_connect("/api/ws")
+    await ws.send_str('"' + "x" * (128 * 1024) + '"')
+    closing = await ws.receive(timeout=10)
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1009, closing
+    await ws.close()
+    # Authorised, every bad frame gets an error and the socket stays usable.
+    ws = await client.ws_connect("/api/ws?token=s3cret")
+    assert (await answer(ws))["type"] == "ready"
+    for frame in (
+        "[" * 30000 + "]" * 30000,
+        '{"a":' * 10000 + "1" + "}" * 10000,
+        '{"op": "subscribe", "task_id": "\\ud800"}',
+        '{"op": "\\udfff"}',
+        "not json",
+        "\u0000",
+    ):
+        await ws.send_str(frame)
+        error = await answer(ws)
+        assert error["type"] == "error" and error["error"] == "invalid_request", error
+    await ws.send_bytes(b"\xff\x00binary")
+    assert (await answer(ws))["error"] == "invalid_request"
+    await ws.send_json({"op": "subscribe", "tasks": "all"})
+    assert (await answer(ws)) == {"type": "tasks", "tasks": []}
+    # Past the size cap: closed with 1009 (message too big).
+    await ws.send_str('"' + "x" * (128 * 1024) + '"')
+    closing = await ws.receive(timeout=10)
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1009, closing
+    await ws.close()
+    assert (await client.get("/healthz")).status == 200
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]
