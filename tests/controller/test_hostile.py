@@ -833,3 +833,42 @@ async def test_hostile_websocket_frames_get_clean_answers(
     assert (await client.get("/healthz")).status == 200
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert tracebacks == [], [r.getMessage() for r in tracebacks]
+
+
+async def test_behind_a_reverse_proxy_the_socket_goes_where_http_goes(
+    make_client: AppFactory, tmp_path: Path, client_key: Path
+) -> None:
+    """One guard for every route: the dashboard's socket behind a proxy that
+    rewrites Host to the upstream is accepted exactly where its HTTP calls are."""
+    import aiohttp
+
+    client = await make_client(
+        make_settings(tmp_path, client_key, allowed_hosts=["nodeferry.internal"])
+    )
+    upstream = f"127.0.0.1:{client.port}"
+
+    async def both(headers: dict[str, str]) -> tuple[int, int | str]:
+        http = await client.get("/api/tasks", headers=headers)
+        try:
+            ws = await client.ws_connect("/api/ws", headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            return http.status, exc.status
+        ready = await ws.receive_json(timeout=10)
+        await ws.close()
+        return http.status, ready["type"]
+
+    # Host rewritten to the upstream, the browser's Origin the proxy's public name.
+    for origin in ("https://nodeferry.internal", "https://nodeferry.internal:8443"):
+        assert await both({"Host": upstream, "Origin": origin}) == (200, "ready"), origin
+    # Or the proxy passes its own name on.
+    proxied = {"Host": "nodeferry.internal", "Origin": "https://nodeferry.internal"}
+    assert await both(proxied) == (200, "ready")
+    # A name not listed: refused by both, the same way.
+    assert await both({"Host": upstream, "Origin": "https://other.internal"}) == (403, 403)
+    assert await both({"Host": "other.internal", "Origin": "https://other.internal"}) == (
+        421,
+        421,
+    )
+    # And the token is the guard's too: a wrong one is refused before any upgrade.
+    wrong = {"Authorization": "Bearer wrong"}
+    assert await both(wrong) == (401, 401)
