@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -645,6 +646,14 @@ def test_a_home_stays_busy_while_a_dead_tasks_processes_run(tmp_path: Path) -> N
         start_new_session=True,
     )
     try:
+        # Popen returns once exec has begun, a moment before the kernel shows the
+        # new environment in /proc: wait until the mark can be seen.
+        from agent.liveness import task_processes
+
+        deadline = time.monotonic() + 30
+        while leftover.pid not in task_processes(old):
+            assert time.monotonic() < deadline, "the leftover's environment never showed"
+            time.sleep(0.01)
         fd = lock.acquire(locks, str(tmp_path), new)
         # The lock was given only once the leftover had been ended.
         assert leftover.wait(timeout=5) == -signal.SIGKILL
