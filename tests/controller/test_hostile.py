@@ -881,3 +881,53 @@ async def test_behind_a_reverse_proxy_the_socket_goes_where_http_goes(
     # And the token is the guard's too: a wrong one is refused before any upgrade.
     wrong = {"Authorization": "Bearer wrong"}
     assert await both(wrong) == (401, 401)
+
+
+def test_a_file_served_a_byte_at_a_time_meets_the_read_deadline(
+    tmp_path: Path, client_key: Path
+) -> None:
+    """Unit test with a stand-in SFTP client (the FIFO test above uses the real
+    sshd): each packet arrives within the channel timeout, the whole read does not."""
+    import stat as stat_module
+    import time as time_module
+    from types import SimpleNamespace
+
+    from controller.core.errors import ReadDeadline
+    from controller.core.stats import Stats
+    from controller.core.target import parse_target
+    from controller.transports.ssh import SshTransport
+
+    class Dripping:
+        def __enter__(self) -> Dripping:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def seek(self, offset: int) -> None:
+            return None
+
+        def read(self, size: int) -> bytes:
+            time_module.sleep(0.05)
+            return b"x"
+
+    class Sftp:
+        def stat(self, path: str) -> Any:
+            return SimpleNamespace(st_mode=stat_module.S_IFREG | 0o600, st_size=10**9)
+
+        def open(self, path: str, mode: str) -> Dripping:
+            return Dripping()
+
+    settings = make_settings(tmp_path, client_key, command_timeout=0.5)
+    transport = SshTransport(
+        parse_target("u@127.0.0.1:1"),
+        None,
+        settings,
+        Stats(),
+        b"",
+        "0" * 64,  # type: ignore[arg-type]
+    )
+    began = time_module.monotonic()
+    with pytest.raises(ReadDeadline, match=r"took longer than 0\.5 s"):
+        transport._read_regular(Sftp(), "/x/progress.json", 0, None, prefetch=False)  # type: ignore[arg-type]
+    assert time_module.monotonic() - began < 3
