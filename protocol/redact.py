@@ -8,14 +8,13 @@ lock, the log, the controller's answers and history) carries the masked one.
 """
 
 import re
-from typing import Match
 
 MASK = "***"
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s]+)@")
 
 
-def _mask(match: "Match[str]") -> str:
+def _mask(match: "re.Match[str]") -> str:
     scheme, userinfo = match.group(1), match.group(2)
     if ":" in userinfo or not scheme.lower().startswith(("ssh", "git+ssh", "git://")):
         return f"{scheme}{MASK}@"
