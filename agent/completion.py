@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from agent.progress_file import write_atomic
+from protocol import mask_credentials
 
 STEPS = ("clone", "requirements", "install_script", "import")
 
@@ -74,7 +75,7 @@ class Completion:
             record = self._records.get(name)
             if record is None or record.get("commit") != commit:
                 # A new commit invalidates what ran against the old one.
-                record = {"url": url, "commit": commit}
+                record = {"url": mask_credentials(url), "commit": commit}
                 self._records[name] = record
             record[step] = commit
             self._save()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from agent import interpreter
-from protocol import Lock, LockedNode, utc_now
+from protocol import Lock, LockedNode, mask_credentials, utc_now
 from protocol.lock import TORCH_FAMILY
 
 TIMEOUT_SECONDS = 120.0
@@ -70,7 +70,8 @@ def installed_nodes(custom_nodes: Path) -> Tuple[List[LockedNode], List[str]]:
         if not url or not commit:
             other.append(name)
             continue
-        nodes.append(LockedNode(name=name, url=url, commit=commit))
+        # lock.json is meant to be shared: no credentials from the clone's remote.
+        nodes.append(LockedNode(name=name, url=mask_credentials(url), commit=commit))
     return nodes, other
 
 

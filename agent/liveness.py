@@ -6,7 +6,10 @@ to another process. The worker counts as alive only when the pid exists, its
 the worker recorded.
 """
 
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -77,6 +80,28 @@ def task_processes(task_id: str) -> List[int]:
         if marker in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def end_task_processes(task_id: str, wait: float = 2.0) -> List[int]:
+    """SIGKILL every process marked with ``task_id`` (each group it leads as a
+    whole) and wait up to ``wait`` seconds for them to go; returns those left.
+
+    For a task whose worker died: what it started (install.py, pip, their own
+    children) lives on, reparented away from it, and would keep writing into the
+    ComfyUI home beside the next install.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        found = task_processes(task_id)
+        if not found or time.monotonic() > deadline:
+            return found
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 def descendants(pid: int) -> List[int]:

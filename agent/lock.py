@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from agent import liveness
 from agent.errors import Conflict
 
 
@@ -37,6 +38,12 @@ def acquire(locks_dir: Path, ui_home: str, task_id: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+    previous = _read_holder(fd)
+    # The flock is free when the previous worker died, but what it started may
+    # still run in this home: the home stays busy until those are gone.
+    if previous and previous != task_id and liveness.end_task_processes(previous):
+        os.close(fd)
+        raise Conflict(previous, ui_home)
     os.ftruncate(fd, 0)
     os.pwrite(fd, task_id.encode("ascii"), 0)
     return fd

@@ -16,7 +16,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from agent.errors import Cancelled
 from agent.liveness import task_processes
-from agent.tasklog import TaskLog, redact
+from agent.tasklog import TaskLog
+from protocol import mask_credentials
 
 TAIL_LINES = 15
 KILL_GRACE_SECONDS = 0.5
@@ -157,12 +158,12 @@ def run(
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             # pip and git redraw progress with \r; keep the last state of the line.
             text = text.rsplit("\r", 1)[-1]
-            tail.append(redact(text))  # the tail ends up in the progress document
+            tail.append(mask_credentials(text))  # the tail ends up in the progress document
             if collect is not None:
                 collect.append(text)
             log.line(prefix, text)
             if on_line is not None:
-                on_line(redact(text))
+                on_line(mask_credentials(text))
         returncode = proc.wait()
     finally:
         timer.cancel()

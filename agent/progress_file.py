@@ -8,6 +8,7 @@ leaves the previous document in place.
 
 import contextlib
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -55,9 +56,14 @@ def read_progress(path: Path) -> Optional[Progress]:
     else wrote the file.
     """
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: a FIFO in the document's place must not block `status`.
+        fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProtocolError("", "the progress document is not a regular file")
+        data = handle.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

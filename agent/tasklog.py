@@ -1,18 +1,10 @@
 """``agent.log``: every command the agent runs, its output prefixed by the node, timings."""
 
-import re
 import shlex
 import threading
 from typing import IO, Optional, Sequence
 
-from protocol import utc_now
-
-# https://user:token@host/… : the log is private, but still no place for a token.
-_USERINFO = re.compile(r"(://)[^/@\s]+@")
-
-
-def redact(text: str) -> str:
-    return _USERINFO.sub(r"\1***@", text)
+from protocol import mask_credentials, utc_now
 
 
 class TaskLog:
@@ -25,7 +17,8 @@ class TaskLog:
         return cls(open(path, "a", encoding="utf-8", errors="replace", buffering=1))
 
     def line(self, prefix: Optional[str], text: str) -> None:
-        text = redact(text)
+        # https://user:token@host/… : the log is private, but no place for a token.
+        text = mask_credentials(text)
         head = f"{utc_now()} [{prefix}] " if prefix else f"{utc_now()} "
         line = head + text.rstrip("\n") + "\n"
         with self._lock:

@@ -39,8 +39,16 @@ def load(paths: TaskPaths) -> Progress:
 
 
 def derive_lost(progress: Progress) -> Progress:
-    """The document a reader should see: ``lost`` when the worker died unfinished."""
+    """The document a reader should see: ``lost`` when the worker died unfinished.
+
+    A lost task's processes are ended first: its worker is gone, so nothing else
+    would stop them, and they would write into the home beside the next install.
+    """
     if progress.is_final or liveness.worker_alive(progress.pid, progress.task_id, progress.boot_id):
+        return progress
+    left = liveness.end_task_processes(progress.task_id)
+    if left:
+        # Unkillable for now (uninterruptible I/O): not lost yet, ask again later.
         return progress
     progress.state = "lost"
     progress.error_code = "lost"

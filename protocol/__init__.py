@@ -22,6 +22,7 @@ from protocol.progress import (
     Progress,
     utc_now,
 )
+from protocol.redact import mask_credentials
 from protocol.spec import InstallSpec, NodeSpec, parse_node
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "__version__",
+    "mask_credentials",
     "parse_node",
     "utc_now",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from protocol import fields as checks
 from protocol.errors import ProtocolError
+from protocol.redact import mask_credentials
 
 SCHEMA_VERSION = 1
 
@@ -188,6 +189,17 @@ class ImportResult:
         )
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with credentials in every URL of every string in it masked."""
+    if isinstance(value, str):
+        return mask_credentials(value)
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return value
+
+
 #: ``NodeProgress.import_result`` travels as ``import`` (a keyword in Python).
 _NODE_ALIASES = {"import_result": "import"}
 
@@ -211,12 +223,17 @@ class NodeProgress:
     #: One of ``NODE_ERROR_CODES`` when the node failed (absent from older agents).
     error_code: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        # The spec keeps the URL git clones; every document shows it masked.
+        self.url = mask_credentials(self.url)
+
     @property
     def is_final(self) -> bool:
         return self.status in NODE_FINAL_STATUSES
 
     def to_dict(self) -> Dict[str, Any]:
-        return {_NODE_ALIASES.get(k, k): v for k, v in asdict(self).items()}
+        doc = {_NODE_ALIASES.get(k, k): v for k, v in asdict(self).items()}
+        return {key: _masked(value) for key, value in doc.items()}
 
     @classmethod
     def from_dict(cls, data: object, where: str = "node") -> "NodeProgress":
@@ -338,7 +355,8 @@ class Progress:
     def to_dict(self) -> Dict[str, Any]:
         doc = asdict(self)
         doc["nodes"] = [node.to_dict() for node in self.nodes]
-        return doc
+        # Error texts and warnings quote git's and pip's words, URLs included.
+        return {key: _masked(value) for key, value in doc.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)

@@ -2,7 +2,8 @@
 and by tests alike.
 
 Everything is built here (the executor every blocking call runs in, the task
-registry, the SSH pool, the task service) so it is in place before start-up;
+registry, the SSH pool, the task service, fleets, the live views' shared state)
+so it is in place before start-up and route modules only add routes;
 ``cleanup_ctx`` starts the service's periodic jobs and closes it all on shutdown.
 """
 
@@ -13,13 +14,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTINGS, STATS
+from controller.api import events, ws
+from controller.api.appkeys import (
+    EXECUTOR,
+    FLEETS,
+    KNOWN_HOSTS,
+    POOL,
+    SERVICE,
+    SETTINGS,
+    SOCKETS,
+    STATS,
+    STREAMS,
+)
 from controller.api.guard import guard_middleware
-from controller.api.middleware import auth_middleware, error_middleware
+from controller.api.livestate import OpenStreams, Sockets, TaskListFeed
+from controller.api.middleware import error_middleware
 from controller.api.routes import setup_routes
+from controller.common import datadir
 from controller.common.apitoken import ensure_token
 from controller.common.config import Settings
 from controller.common.stats import Stats
+from controller.core.fleet import Fleets
+from controller.core.fleet_store import FleetStore
 from controller.core.registry import Registry
 from controller.core.service import TaskService
 from controller.ssh.hostkeys import KnownHosts
@@ -36,14 +52,15 @@ def create_app(settings: Settings) -> web.Application:
     from agent.bundle import bundle
 
     settings.validate()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings.data_dir, settings.database_path)
     if settings.no_auth:
         settings.token = None
     elif settings.token is None:
         settings.token = ensure_token(settings.data_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, guard_middleware, auth_middleware],
+        # One guard for every route, the WebSocket included (Host, Origin, token).
+        middlewares=[error_middleware, guard_middleware],
     )
     stats = Stats()
     known_hosts = KnownHosts(settings.known_hosts_path, settings.host_key_policy)
@@ -57,10 +74,22 @@ def create_app(settings: Settings) -> web.Application:
     app[KNOWN_HOSTS] = known_hosts
     app[EXECUTOR] = executor
     app[POOL] = pool
-    app[SERVICE] = TaskService(settings, registry, transports, executor, stats)
+    service = TaskService(settings, registry, transports, executor, stats)
+    app[SERVICE] = service
+    app[FLEETS] = fleets = Fleets(service, FleetStore(settings.database_path))
+    app[SOCKETS] = Sockets(TaskListFeed(service, fleets))
+    app[STREAMS] = OpenStreams()
     app.cleanup_ctx.append(_lifecycle)
+    # Open streams and sockets would hold a graceful shutdown for its whole timeout.
+    app.on_shutdown.append(events.close_streams)
+    app.on_shutdown.append(ws.close_sockets)
+    app.on_cleanup.append(_close_fleet_store)
     setup_routes(app)
     return app
+
+
+async def _close_fleet_store(app: web.Application) -> None:
+    app[FLEETS].store.close()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

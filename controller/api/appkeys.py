@@ -1,5 +1,6 @@
-"""Typed keys for what the app holds. A module of its own so route modules
-(the event stream, the dashboard) can import them without importing the app."""
+"""Typed keys for what the app holds, every value built by ``create_app``. A
+module of its own so route modules (the event stream, the dashboard) can import
+them without importing the app."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from controller.api.livestate import OpenStreams, Sockets
 from controller.common.config import Settings
 from controller.common.stats import Stats
 from controller.core.fleet import Fleets
@@ -24,3 +26,7 @@ POOL = web.AppKey("pool", SSHPool)
 SERVICE = web.AppKey("service", TaskService)
 #: Fleets: many instances started as one (``api/fleet``).
 FLEETS = web.AppKey("fleets", Fleets)
+#: The open WebSockets and their shared task list (``api/ws``).
+SOCKETS = web.AppKey("websockets", Sockets)
+#: The open event streams (``api/events``).
+STREAMS = web.AppKey("event_streams", OpenStreams)

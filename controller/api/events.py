@@ -28,7 +28,7 @@ from typing import cast
 
 from aiohttp import web
 
-from controller.api.appkeys import SERVICE
+from controller.api.appkeys import SERVICE, STREAMS
 from controller.core.service import TaskView
 from protocol import utc_now
 
@@ -37,16 +37,6 @@ HEARTBEAT = web.AppKey("events_heartbeat", float)
 DEFAULT_HEARTBEAT = 15.0
 #: How long a browser waits before reconnecting a dropped stream, in ms.
 RETRY_MS = 2000
-
-
-class _OpenStreams:
-    """The handler tasks of the streams open now, to end them at shutdown."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[object]] = set()
-
-
-_STREAMS = web.AppKey("event_streams", _OpenStreams)
 
 
 def format_event(event: str, data: str, event_id: int | None = None) -> bytes:
@@ -85,7 +75,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    streams = request.app[_STREAMS].tasks
+    streams = request.app[STREAMS].tasks
     current = asyncio.current_task()
     if current is not None:
         streams.add(current)
@@ -118,13 +108,11 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _close_streams(app: web.Application) -> None:
+async def close_streams(app: web.Application) -> None:
     """Open streams would hold a graceful shutdown for its whole timeout: end them."""
-    for task in list(app[_STREAMS].tasks):
+    for task in list(app[STREAMS].tasks):
         task.cancel()
 
 
 def add_routes(app: web.Application) -> None:
-    app[_STREAMS] = _OpenStreams()
-    app.on_shutdown.append(_close_streams)
     app.router.add_get("/api/tasks/{task_id}/events", task_events, name="task_events")

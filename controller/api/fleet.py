@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api.appkeys import FLEETS, SERVICE, SETTINGS
+from controller.api.appkeys import FLEETS
 from controller.api.handlers import read_json
-from controller.core.fleet import FleetRequest, Fleets
-from controller.core.fleet_store import FleetStore
+from controller.core.fleet import FleetRequest
 from controller.core.schemas import parse_body
 
 
@@ -44,14 +43,7 @@ async def cancel_fleet(request: web.Request) -> web.Response:
     return web.json_response(await request.app[FLEETS].cancel(request.match_info["fleet_id"]))
 
 
-async def _close_store(app: web.Application) -> None:
-    app[FLEETS].store.close()
-
-
 def add_routes(app: web.Application) -> None:
-    store = FleetStore(app[SETTINGS].database_path)
-    app[FLEETS] = Fleets(app[SERVICE], store)
-    app.on_cleanup.append(_close_store)
     app.router.add_post("/api/fleet", start_fleet)
     app.router.add_get("/api/fleet/{fleet_id}", get_fleet)
     app.router.add_post("/api/fleet/{fleet_id}/cancel", cancel_fleet)

@@ -1,4 +1,6 @@
-"""Requests from other web pages are refused, with or without a token.
+"""One guard for every route, the WebSocket included: the site checks, then the token.
+
+Requests from other web pages are refused, with or without a token.
 
 A page on any site can make the browser send a "simple" POST (``text/plain``, no
 preflight) to ``127.0.0.1``, and a DNS-rebinding page can even read the answers
@@ -12,24 +14,40 @@ under its own host name. So, before the token is looked at:
   a top-level visit to the page itself stays allowed);
 - a request with a body must say ``application/json`` — else 415, which a
   browser cannot send cross-origin without a preflight this service never grants.
+
+Then, on every path but the public ones, the API token: ``Authorization: Bearer``,
+or ``?token=`` where a browser cannot set a header (the event stream, the
+WebSocket) — else 401. ``/api/ws`` without either is let through unchecked
+(``TOKEN_CHECKED`` false): its first message must carry the token, compared by
+:func:`token_matches`, the one comparison every route uses.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from controller.api.appkeys import SETTINGS, STATS
-from controller.api.middleware import Handler, is_public
+from controller.api.middleware import (
+    FIRST_MESSAGE_AUTH_PATHS,
+    Handler,
+    is_public,
+    token_in_query_allowed,
+)
 from controller.common.config import Settings
 from controller.common.errors import (
     ControllerError,
     Forbidden,
     MisdirectedRequest,
+    Unauthorized,
     UnsupportedMediaType,
 )
+
+#: Whether the guard checked this request's token (``/api/ws`` may defer it).
+TOKEN_CHECKED = web.RequestKey("token_checked", bool)
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
@@ -82,14 +100,52 @@ def _origin_allowed(settings: Settings, origin: str, host: str) -> bool:
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        _check(request)
+        _check_site(request)
     except ControllerError:
         request.app[STATS].add("refused_requests")
         raise
+    request[TOKEN_CHECKED] = _check_token(request)
     return await handler(request)
 
 
-def _check(request: web.Request) -> None:
+def token_matches(settings: Settings, given: str | None) -> bool:
+    """The one token comparison: constant time, and safe for any string (header
+    bytes that are not UTF-8 arrive as surrogates, as does a JSON ``\\ud800``)."""
+    if not settings.token:
+        return True
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), settings.token.encode())
+
+
+def _check_token(request: web.Request) -> bool:
+    """Raise 401 unless the request carries the token; False where it may follow
+    in the WebSocket's first message."""
+    settings = request.app[SETTINGS]
+    if not settings.token or is_public(request.path):
+        return True
+    given: str | None = None
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        given = header[7:].strip()
+    elif "token" in request.query:
+        if not token_in_query_allowed(request.path):
+            raise Unauthorized(
+                "?token= is accepted only on the event stream; "
+                "send 'Authorization: Bearer <token>' instead"
+            )
+        given = request.query["token"]
+    if given is None and request.path in FIRST_MESSAGE_AUTH_PATHS:
+        return False
+    if not token_matches(settings, given):
+        raise Unauthorized(
+            "missing or wrong API token: send 'Authorization: Bearer <token>' "
+            "(`nodeferry token` prints it on the controller's machine)"
+        )
+    return True
+
+
+def _check_site(request: web.Request) -> None:
     settings = request.app[SETTINGS]
     host = request.headers.get("Host")
     if host is not None and not host_allowed(settings, host):

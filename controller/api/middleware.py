@@ -1,16 +1,16 @@
-"""Request middlewares: token auth, and one place that turns every error into
-``{"success": false, "error": code, "message": text}``."""
+"""The error middleware, the one place that turns every error into
+``{"success": false, "error": code, "message": text}``, and the path rules the
+guard (``controller.api.guard``) applies."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from controller.api.appkeys import SETTINGS
-from controller.common.errors import ControllerError, Unauthorized
+from controller.common.errors import ControllerError
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Paths anyone may fetch without the token. The dashboard page holds no data: it
 #: reads the token from its URL fragment, or asks for it when the API answers 401.
 PUBLIC_PATHS = frozenset({"/healthz", "/"})
-#: Paths that check the token themselves: the WebSocket also takes it in its first
-#: message (``controller.api.ws.authorized``).
-SELF_AUTH_PATHS = frozenset({"/api/ws"})
+#: Where the token may also come in the first message, after the upgrade: a
+#: browser's WebSocket can send no header (``controller.api.ws``).
+FIRST_MESSAGE_AUTH_PATHS = frozenset({"/api/ws"})
 PUBLIC_PREFIXES = ("/static/",)
 #: Paths where the token may come as ``?token=`` (besides each task's event stream).
 QUERY_TOKEN_PREFIXES = ("/api/ws",)
@@ -79,29 +79,3 @@ def token_in_query_allowed(path: str) -> bool:
     return path.startswith(QUERY_TOKEN_PREFIXES) or (
         path.startswith("/api/tasks/") and path.endswith("/events")
     )
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[SETTINGS].token
-    # /api/ws checks its own token (first message or ?token=): see controller.api.ws.
-    if token and not is_public(request.path) and request.path not in SELF_AUTH_PATHS:
-        given = ""
-        header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            given = header[7:].strip()
-        elif "token" in request.query:
-            if not token_in_query_allowed(request.path):
-                raise Unauthorized(
-                    "?token= is accepted only on the event stream; "
-                    "send 'Authorization: Bearer <token>' instead"
-                )
-            given = request.query["token"]
-        # Header bytes that are not UTF-8 arrive as surrogates: "replace" keeps
-        # them comparable (and wrong) instead of raising.
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
-            raise Unauthorized(
-                "missing or wrong API token: send 'Authorization: Bearer <token>' "
-                "(`nodeferry token` prints it on the controller's machine)"
-            )
-    return await handler(request)

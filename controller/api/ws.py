@@ -8,7 +8,8 @@ existing clients; both send the same documents.
 Client messages (JSON text frames):
 
 - ``{"op": "auth", "token": T}`` — first, when the controller has a token and
-  the URL carries no ``?token=`` (nor the request an ``Authorization`` header);
+  the URL carries no ``?token=`` (nor the request an ``Authorization`` header;
+  either is checked by the guard, as on every route);
 - ``{"op": "subscribe", "task_id": ID}`` / ``{"op": "unsubscribe", "task_id": ID}``;
 - ``{"op": "subscribe", "tasks": "all"}`` / ``{"op": "unsubscribe", "tasks": "all"}``.
 
@@ -35,19 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from controller.api.appkeys import FLEETS, SERVICE, SETTINGS
-from controller.common.config import Settings
+from controller.api.appkeys import SERVICE, SETTINGS, SOCKETS
+from controller.api.guard import TOKEN_CHECKED, token_matches
+from controller.api.livestate import TaskListFeed
 from controller.common.errors import ControllerError
-from controller.core.fleet import Fleets
 from controller.core.service import TaskService, TaskView
 from protocol import ProtocolError
 from protocol import fields as checks
@@ -60,102 +59,24 @@ AUTH_TIMEOUT = 10.0
 MAX_SUBSCRIPTIONS = 5000
 #: Messages waiting for a client that does not read; beyond this it is cut off.
 MAX_OUTBOX = 20000
-#: Seconds between recomputations of the task list for ``tasks: all``.
-LIST_INTERVAL = 1.0
 #: Close code for a refused token (4000-4999 are the application's own).
 CLOSE_UNAUTHORIZED = 4401
 MAX_MESSAGE_BYTES = 64 * 1024
 
-Send = Callable[[dict[str, Any]], None]
 
+def parse_message(data: str) -> dict[str, Any] | None:
+    """A client frame as a JSON object, or None for anything else.
 
-# -- auth: one small function, on the API's token ----------------------------------
-
-
-def authorized(settings: Settings, request: web.Request, given: str | None) -> bool:
-    """Whether this socket may use the API: the API token (``settings.token``) from
-    the auth message, ``?token=`` or a bearer header, as for every other route."""
-    if not settings.token:
-        return True
-    candidates = [given, request.query.get("token")]
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        candidates.append(header[7:].strip())
-    return any(
-        c is not None and hmac.compare_digest(c.encode(), settings.token.encode())
-        for c in candidates
-    )
-
-
-# -- the shared task list --------------------------------------------------------------
-
-
-class TaskListFeed:
-    """``GET /api/tasks`` for every socket that subscribed to ``tasks: all``:
-    computed once per interval while anyone listens; only changes are sent."""
-
-    def __init__(self, service: TaskService, fleets: Fleets) -> None:
-        self.service = service
-        self.fleets = fleets
-        self.listeners: set[Send] = set()
-        self._last: dict[str, dict[str, Any]] | None = None
-        self._runner: asyncio.Task[None] | None = None
-
-    async def current(self) -> list[dict[str, Any]]:
-        # The newest page, from the registry's summary columns (no stored document
-        # is parsed); the runner below computes one listing at a time.
-        summaries: list[dict[str, Any]] = (await self.service.list_tasks())["tasks"]
-        fleet_of = await self.fleets.task_fleets()
-        for summary in summaries:
-            summary["fleet_id"] = fleet_of.get(summary["task_id"])
-        return summaries
-
-    async def join(self, send: Send) -> list[dict[str, Any]]:
-        self.listeners.add(send)
-        if self._runner is None or self._runner.done():
-            self._last = None
-            self._runner = asyncio.create_task(self._run())
-        return await self.current()
-
-    def leave(self, send: Send) -> None:
-        self.listeners.discard(send)
-
-    async def _run(self) -> None:
-        while self.listeners:
-            try:
-                now = {s["task_id"]: s for s in await self.current()}
-            except ControllerError:
-                log.exception("the task list could not be read")
-                now = self._last or {}
-            if self._last is not None:
-                changed = [s for task_id, s in now.items() if self._last.get(task_id) != s]
-                removed = [task_id for task_id in self._last if task_id not in now]
-                for send in list(self.listeners):
-                    for summary in changed:
-                        send({"type": "task", "task": summary})
-                    for task_id in removed:
-                        send({"type": "task_removed", "task_id": task_id})
-            self._last = now
-            await asyncio.sleep(LIST_INTERVAL)
-
-    async def close(self) -> None:
-        self.listeners.clear()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-
-
-class _Sockets:
-    def __init__(self, feed: TaskListFeed) -> None:
-        self.feed = feed
-        self.open: set[web.WebSocketResponse] = set()
-
-
-_SOCKETS = web.AppKey("websockets", _Sockets)
-
-
-# -- one socket --------------------------------------------------------------------------
+    Frames are hostile input: well within the size cap (``MAX_MESSAGE_BYTES``) a
+    deep nesting raises RecursionError, not ValueError; a ``\\ud800`` escape
+    gives a string with a lone surrogate, which the token check and the answer
+    handle (neither encodes it strictly).
+    """
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def progress_message(task_id: str, view: TaskView) -> dict[str, Any]:
@@ -197,12 +118,8 @@ class Session:
             await self.ws.send_str(json.dumps(message, separators=(",", ":")))
 
     async def handle(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            self.send(error_message("invalid_request", "a message must be a JSON object"))
-            return
-        if not isinstance(message, dict):
+        message = parse_message(data)
+        if message is None:
             self.send(error_message("invalid_request", "a message must be a JSON object"))
             return
         op = message.get("op")
@@ -287,8 +204,9 @@ class Session:
 
 
 async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> bool:
-    settings = request.app[SETTINGS]
-    if authorized(settings, request, None):
+    """The guard checked a bearer header or ``?token=`` already; without either,
+    the first message must carry the token, compared by the guard's one function."""
+    if request.get(TOKEN_CHECKED, False):
         return True
     try:
         first = await ws.receive(timeout=AUTH_TIMEOUT)
@@ -296,13 +214,14 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> bool
         first = None
     given = None
     if first is not None and first.type == WSMsgType.TEXT:
-        with contextlib.suppress(ValueError):
-            message = json.loads(first.data)
-            if isinstance(message, dict) and message.get("op") == "auth":
-                token = message.get("token")
-                given = token if isinstance(token, str) else None
-    if given is not None and authorized(settings, request, given):
+        message = parse_message(first.data)
+        if message is not None and message.get("op") == "auth":
+            token = message.get("token")
+            given = token if isinstance(token, str) else None
+    if given is not None and token_matches(request.app[SETTINGS], given):
         return True
+    if ws.closed:
+        return False  # a frame over the size cap: aiohttp has closed with 1009
     await ws.send_str(
         json.dumps(
             error_message(
@@ -316,20 +235,14 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> bool
     return False
 
 
-def same_origin(request: web.Request) -> bool:
-    """A browser's socket only from this controller's own pages: WebSockets are not
-    bound by CORS, so another site's page could otherwise read progress here."""
-    origin = request.headers.get("Origin")
-    return not origin or urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 async def websocket(request: web.Request) -> web.StreamResponse:
+    # Host, Origin (with allowed_hosts) and the token are the guard's, as for
+    # every route (controller/api/guard.py): a browser's socket from another
+    # site's page never gets here.
     settings = request.app[SETTINGS]
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="a WebSocket from another site's page is refused")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
-    sockets = request.app[_SOCKETS]
+    sockets = request.app[SOCKETS]
     sockets.open.add(ws)
     session = Session(ws, request.app[SERVICE], sockets.feed)
     writer = asyncio.create_task(session.writer())
@@ -343,6 +256,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif message.type == WSMsgType.BINARY:
                 session.send(error_message("invalid_request", "send JSON text messages"))
             else:
+                # A frame over MAX_MESSAGE_BYTES: aiohttp has closed with 1009.
                 break
     except asyncio.CancelledError:
         pass  # shutting down, or the client went away
@@ -357,9 +271,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _close_sockets(app: web.Application) -> None:
+async def close_sockets(app: web.Application) -> None:
     """Open sockets would hold a graceful shutdown for its whole timeout: close them."""
-    sockets = app[_SOCKETS]
+    sockets = app[SOCKETS]
     await sockets.feed.close()
     for ws in list(sockets.open):
         with contextlib.suppress(Exception):
@@ -367,6 +281,4 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    app[_SOCKETS] = _Sockets(TaskListFeed(app[SERVICE], app[FLEETS]))
-    app.on_shutdown.append(_close_sockets)
     app.router.add_get("/api/ws", websocket, name="websocket")

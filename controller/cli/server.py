@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiohttp import web
-
+from controller.common import datadir
 from controller.common.apitoken import ensure_token
 from controller.common.config import load_settings
 from controller.common.errors import ControllerError
 from controller.common.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
+from protocol import mask_credentials
 
 
 def register(subparsers: Any) -> None:
@@ -60,15 +61,21 @@ def register(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from controller.api import serving
     from controller.api.accesslog import RedactingAccessLogger
     from controller.api.app import create_app
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskCredentials())
     if args.log_level != "DEBUG":
         # paramiko logs every connection and SFTP session at INFO: noise at our scale.
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Everything the controller creates from here on is its user's alone: the
+    # task database's WAL holds credentials (controller/common/datadir.py).
+    datadir.use_private_umask()
     try:
         settings = load_settings(
             args.config,
@@ -95,13 +102,7 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log_class=RedactingAccessLogger,
-    )
+    asyncio.run(serving.serve(app, settings, RedactingAccessLogger))
     return 0
 
 
@@ -116,6 +117,17 @@ def dashboard_line(url: str, token: str, data_dir: Path, stream: TextIO) -> str:
         f"dashboard: {url} (it asks for the API token; print it on this machine with "
         f"`nodeferry token --data-dir {shlex.quote(str(data_dir))}`)"
     )
+
+
+class MaskCredentials(logging.Filter):
+    """Credentials in URLs masked in every line the controller logs (journald keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 def token_command(args: argparse.Namespace) -> int:

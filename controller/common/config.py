@@ -46,6 +46,12 @@ class Settings:
     allow_local: bool = False
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1024 * 1024
+    #: Client connections open at once; one more is answered 503 and closed
+    #: (kept below the open-file limit, which ``serve`` raises to its hard limit).
+    max_client_connections: int = 1000
+    #: Seconds a client connection may go without sending a whole request (its
+    #: headers, after connecting or after its last answer) before it is closed.
+    client_idle_timeout: float = 30.0
 
     # -- state ----------------------------------------------------------------
     data_dir: Path = field(default_factory=default_data_dir)
@@ -162,9 +168,12 @@ class Settings:
             "refresh_interval",
             "heartbeat_interval",
             "monitor_interval",
+            "client_idle_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_client_connections < 1:
+            raise ConfigError("max_client_connections must be at least 1")
         if self.ssh_threads < 2 or self.ssh_jobs_per_host < 1:
             raise ConfigError("ssh_threads must be at least 2 and ssh_jobs_per_host at least 1")
         if self.max_channels_per_connection < 2 or self.max_connections_per_host < 1:
@@ -236,6 +245,8 @@ _KINDS: dict[str, Any] = {
     "allowed_hosts": "str_list",
     "allow_local": bool,
     "max_body_bytes": int,
+    "max_client_connections": int,
+    "client_idle_timeout": float,
     "data_dir": "path",
     "retention": float,
     "cleanup_interval": float,

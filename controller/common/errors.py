@@ -160,6 +160,20 @@ class UnreadableProgress(RemoteError):
     code = "unreadable_progress"
 
 
+class NotRegularFile(RemoteError):
+    """A file the controller would read on the instance is a FIFO, device, socket
+    or directory: never opened (a FIFO would block the read, and the host's SFTP
+    session with it)."""
+
+    code = "not_a_regular_file"
+
+
+class ReadDeadline(RemoteError):
+    """A read from the instance did not finish in time (a file served slowly)."""
+
+    code = "read_timeout"
+
+
 class AuthFailed(RemoteError):
     code = "auth_failed"
 

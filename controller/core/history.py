@@ -11,6 +11,7 @@ from controller.common.errors import InvalidRequest
 from controller.common.target import parse_target
 from controller.core.live import Tasks
 from controller.core.reader import make_cursor, parse_cursor, summary
+from protocol import mask_credentials
 from protocol.progress import parse_time
 
 DEFAULT_LIMIT = 50
@@ -70,5 +71,9 @@ async def history(
         else:
             nodes = json.loads(row["node_summary"] or "[]")
         entry["nodes"] = [dict(zip(_NODE_FIELDS, node, strict=False)) for node in nodes]
+        for node in entry["nodes"]:
+            # Rows stored before URLs were masked at their source.
+            if isinstance(node.get("url"), str):
+                node["url"] = mask_credentials(node["url"])
         entries.append(entry)
     return {"tasks": entries, "next_before": make_cursor(rows[-1]) if more and rows else None}

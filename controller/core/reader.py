@@ -24,6 +24,7 @@ from typing import Any
 from controller.common.errors import (
     ExpiredTask,
     InvalidRequest,
+    NotRegularFile,
     RemoteError,
     UnknownTask,
     Unreachable,
@@ -161,7 +162,11 @@ class Reader:
         ):
             return signature
         started = time.monotonic()
-        data = transport.read(path)
+        try:
+            data = transport.read(path)
+        except NotRegularFile as exc:
+            # The instance answered: the document is unreadable, the host is fine.
+            raise UnreadableProgress(exc.message) from None
         self.tasks.stats.add("remote_reads")
         progress = parse_document(data)
         # Only a document that parsed may be skipped as unchanged next time: a

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat as stat_module
 import subprocess
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
+from controller.common import datadir
 from controller.common.config import Settings
-from controller.common.errors import RemoteError
+from controller.common.errors import NotRegularFile, RemoteError
 from controller.common.stats import Stats
 from controller.common.target import Target
 from controller.ssh.pool import CommandResult
@@ -65,6 +68,8 @@ class LocalTransport(Transport):
                 timeout=timeout,
                 check=False,
                 env=env,
+                # Not serve's private umask: node folders get what git clone gives.
+                umask=datadir.inherited_umask(),
             )
         except subprocess.TimeoutExpired:
             raise RemoteError(
@@ -84,13 +89,31 @@ class LocalTransport(Transport):
         return FileStat(mtime=info.st_mtime, size=info.st_size)
 
     def read(self, relative: str, offset: int = 0, limit: int | None = None) -> bytes:
-        with open(self._root / relative, "rb") as handle:
+        with _open_regular(self._root / relative) as handle:
             handle.seek(offset)
             return handle.read(limit if limit is not None else -1)
 
     def read_absolute(self, path: str, limit: int) -> bytes | None:
         try:
-            with open(Path(path).expanduser(), "rb") as handle:
+            with _open_regular(Path(path).expanduser()) as handle:
                 return handle.read(limit)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading only when it is a regular file.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; fstat then looks at what was opened, so no swap between a check and
+    the open can slip a FIFO or device past it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    handle = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if stat_module.S_ISREG(mode):
+        return handle
+    handle.close()
+    if stat_module.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path} is a directory")
+    raise NotRegularFile(f"{path} is not a regular file; not read")

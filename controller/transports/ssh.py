@@ -6,10 +6,12 @@ import posixpath
 import secrets
 import stat as stat_module
 import threading
+import time
 
 import paramiko
 
 from controller.common.config import Settings
+from controller.common.errors import NotRegularFile, ReadDeadline
 from controller.common.stats import Stats
 from controller.common.target import Target
 from controller.ssh.pool import CommandResult, SSHPool
@@ -118,10 +120,7 @@ class SshTransport(Transport):
         path = self._path(relative)
 
         def read(sftp: paramiko.SFTPClient, _home: str) -> bytes:
-            with sftp.open(path, "rb") as handle:
-                if offset:
-                    handle.seek(offset)
-                return bytes(handle.read(limit) if limit is not None else handle.read())
+            return self._read_regular(sftp, path, offset, limit, prefetch=False)
 
         return self.pool.sftp(self.target, read)
 
@@ -129,18 +128,71 @@ class SshTransport(Transport):
         def read(sftp: paramiko.SFTPClient, home: str) -> bytes | None:
             full = posixpath.join(home, path[2:]) if path.startswith("~/") else path
             try:
-                with sftp.open(full, "rb") as handle:
-                    # prefetch pipelines the reads: the database is a few MB.
-                    handle.prefetch()
-                    return bytes(handle.read(limit))
-            except (FileNotFoundError, IsADirectoryError):
+                # prefetch pipelines the reads: the database is a few MB.
+                return self._read_regular(sftp, full, 0, limit, prefetch=True)
+            except FileNotFoundError:
                 return None
+            except NotRegularFile:
+                if _is_dir(sftp, full):
+                    return None  # as before: a directory holds no file of that name
+                raise
             except OSError as exc:
                 if getattr(exc, "errno", None) in (2, 20, 21):  # missing, not a dir
                     return None
                 raise
 
         return self.pool.sftp(self.target, read)
+
+    def _read_regular(
+        self,
+        sftp: paramiko.SFTPClient,
+        path: str,
+        offset: int,
+        limit: int | None,
+        *,
+        prefetch: bool,
+    ) -> bytes:
+        """Bytes of a regular file, read within ``command_timeout`` as a whole.
+
+        The instance is not trusted: a FIFO in a file's place would block the
+        SFTP server's open (and every later request on the session) until a
+        writer comes, so the file is stat'ed first and opened only when regular.
+        The channel's timeout bounds each packet; the deadline bounds the whole
+        read, so a file served a byte at a time cannot hold a thread either.
+        """
+        deadline = time.monotonic() + self.settings.command_timeout
+        info = sftp.stat(path)
+        if not stat_module.S_ISREG(info.st_mode or 0):
+            raise NotRegularFile(f"{path} on {self.target} is not a regular file; not read")
+        size = int(info.st_size or 0)
+        chunks: list[bytes] = []
+        got = 0
+        with sftp.open(path, "rb") as handle:
+            if offset:
+                handle.seek(offset)
+            if prefetch:
+                handle.prefetch(size if limit is None else min(size, offset + limit))
+            while limit is None or got < limit:
+                if time.monotonic() > deadline:
+                    raise ReadDeadline(
+                        f"reading {path} on {self.target} took longer than "
+                        f"{self.settings.command_timeout:g} s"
+                    )
+                step = READ_CHUNK if limit is None else min(READ_CHUNK, limit - got)
+                chunk = bytes(handle.read(step))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        return b"".join(chunks)
+
+
+def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
+    return stat_module.S_ISDIR(sftp.stat(path).st_mode or 0)
+
+
+#: One SFTP read call; the whole-read deadline is checked between them.
+READ_CHUNK = 256 * 1024
 
 
 def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:

@@ -31,6 +31,8 @@ ENV_VALUES = {
     "allowed_hosts": ("proxy.example nf.internal", ["proxy.example", "nf.internal"]),
     "allow_local": ("1", True),
     "max_body_bytes": ("4096", 4096),
+    "max_client_connections": ("200", 200),
+    "client_idle_timeout": ("12.5", 12.5),
     "data_dir": ("/srv/nf", Path("/srv/nf")),
     "retention": ("7.5", 7.5),
     "cleanup_interval": ("8.5", 8.5),

@@ -9,7 +9,6 @@ They are read as data; ComfyUI-Manager itself is never imported.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.core.sources.errors import SourceError
+from controller.core.sources.patterns import ClassPattern, compile_pattern
 from protocol import ProtocolError, parse_node
 
 MAP_FILE = "extension-node-map.json"
@@ -33,8 +33,9 @@ CORE_URL = "https://github.com/comfyanonymous/ComfyUI"
 UPSTREAM = "https://raw.githubusercontent.com/ltdrdata/ComfyUI-Manager/main/"
 #: Directory names of a ComfyUI-Manager checkout under custom_nodes/.
 MANAGER_DIRS = ("ComfyUI-Manager", "comfyui-manager")
-#: Patterns come from files an instance may have written: long ones are skipped
-#: and only class names up to this length are matched, to bound regex work.
+#: Patterns come from files an instance may have written. They are matched by
+#: RE2 (``patterns``), so no pattern can backtrack; the caps keep a hostile
+#: database from making many large programs or long subjects.
 MAX_PATTERN = 200
 MAX_PATTERN_SUBJECT = 128
 
@@ -79,7 +80,7 @@ class NodeDB:
     packs: dict[str, list[str]] = field(default_factory=dict)
     by_class: dict[str, list[str]] = field(default_factory=dict)
     core: set[str] = field(default_factory=set)
-    patterns: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    patterns: list[tuple[ClassPattern, str]] = field(default_factory=list)
     #: repo_key of every installable repository the curated list names.
     listed: set[str] = field(default_factory=set)
     #: The curated list's own ids (lowercase) → URL.
@@ -122,8 +123,9 @@ class NodeDB:
                 db.by_class.setdefault(name, []).append(url)
             pattern = meta.get("nodename_pattern")
             if isinstance(pattern, str) and len(pattern) <= MAX_PATTERN:
-                with contextlib.suppress(re.error):
-                    db.patterns.append((re.compile(pattern), url))
+                compiled = compile_pattern(pattern)
+                if compiled is not None:
+                    db.patterns.append((compiled, url))
         entries = node_list.get("custom_nodes") if isinstance(node_list, dict) else None
         for item in entries if isinstance(entries, list) else []:
             if not isinstance(item, dict) or item.get("install_type") != "git-clone":

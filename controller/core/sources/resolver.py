@@ -21,7 +21,7 @@ from controller.core.sources import registry_ids
 from controller.core.sources.errors import SourceError
 from controller.core.sources.nodedb import NodeDB, repo_key
 from controller.core.sources.workflow import NodeUse
-from protocol import ProtocolError
+from protocol import ProtocolError, mask_credentials
 from protocol import fields as checks
 
 #: Classes the ComfyUI frontend itself draws; no backend pack is needed for them.
@@ -48,7 +48,7 @@ class Choice:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.dir_name,
-            "url": self.url,
+            "url": mask_credentials(self.url),
             "ref": self.ref,
             "classes": list(self.classes),
             "rule": self.rule,
@@ -78,7 +78,7 @@ class Plan:
             "nodes": [choice.to_dict() for choice in self.nodes],
             "unresolved": list(self.unresolved),
             "ambiguous": list(self.ambiguous),
-            "warnings": list(self.warnings),
+            "warnings": [mask_credentials(w) for w in self.warnings],
             "node_db": self.node_db,
         }
 
