@@ -342,8 +342,9 @@ class AsyncClient:
         ``nodes`` (URLs or Comfy Registry ids), ``workflow`` and ``snapshot`` say what
         to install, in any combination; none of them installs the controller's
         ``default_nodes``. ``lock``: a lock (``lock.json``) to reproduce instead.
-        ``verify``: True (import each node as ComfyUI does; the controller's
-        default), False, or ``"comfyui"``.
+        ``verify``: True (ComfyUI's own start judges each node where the home is a
+        ComfyUI, a bare import where not; the controller's default), False,
+        ``"comfyui"`` (always ComfyUI's start) or ``"import"`` (always the bare import).
         """
         payload: Document = {
             "ssh_connection": ssh_connection,

@@ -168,10 +168,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="verify",
         action="store_const",
         const="comfyui",
-        help="check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
+        help="judge the nodes by ComfyUI's own start (main.py --quick-test-for-ci --cpu), "
+        "even where the home does not look like a ComfyUI (the default where it does)",
+    )
+    verify.add_argument(
+        "--verify-import",
+        dest="verify",
+        action="store_const",
+        const="import",
+        help="judge each node by importing it alone in ComfyUI's interpreter, outside "
+        "ComfyUI's start (the default only where the home is not a ComfyUI)",
     )
     install.add_argument(
-        "--verify-timeout", type=float, metavar="SECONDS", help="per node import (default 120)"
+        "--verify-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="per node: a bare import, or what ComfyUI's start gets for each node it "
+        "loads (default 120)",
     )
     install.add_argument(
         "--queue",

@@ -46,8 +46,9 @@ class InstallRequest(BaseModel):
     jobs: int = Field(default=4, ge=1, le=32)
     clone_jobs: int = Field(default=16, ge=1, le=64)
     update: bool = False
-    #: Import each node as ComfyUI does (true), not at all (false), or run
-    #: ComfyUI itself once and read its import report ("comfyui"). ``Any`` here so
+    #: Judge each node by ComfyUI's own start where the home is a ComfyUI, by a
+    #: bare import where it is not (true); always by ComfyUI's start ("comfyui");
+    #: always by the bare import ("import"); not at all (false). ``Any`` here so
     #: an error names ``verify`` itself (a union would name its members);
     #: ``InstallSpec`` checks the value.
     verify: Any = True
@@ -200,6 +201,8 @@ class ImportResultModel(BaseModel):
     seconds: Annotated[float, Field(ge=0)] | None = None
     error: str | None = None
     node_classes: Count | None = None
+    check: Literal["comfyui", "comfyui_alone", "import"] | None = None
+    traceback: str | None = None
 
 
 class NodeProgressModel(BaseModel):

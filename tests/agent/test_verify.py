@@ -139,7 +139,7 @@ def test_install_command_flags(
     )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "No module named 'nodeferry_missing_module'" in failed.stdout
-    assert "importing each node as ComfyUI does" in failed.stdout
+    assert "checking each node loads as ComfyUI loads it" in failed.stdout
     clash = agent.run(
         "install", "--ui-home", str(comfy.root), "--no-verify", "--verify-comfyui", "x"
     )
@@ -152,7 +152,8 @@ def agent_pip(agent: Agent) -> list[str]:
 
 FAKE_MAIN = """\
 import os, sys
-assert sys.argv[1:] == ["--quick-test-for-ci", "--cpu"], sys.argv
+assert sys.argv[1:3] == ["--quick-test-for-ci", "--cpu"], sys.argv
+assert "--temp-directory" in sys.argv and "sqlite:///:memory:" in sys.argv, sys.argv
 home = os.path.dirname(os.path.abspath(__file__))
 nodes = os.path.join(home, "custom_nodes")
 print("Cannot import %s module for custom nodes: No module named 'x'"
