@@ -208,6 +208,11 @@ def import_all(
         )
         on_done(name, result)
 
+    for_each(names, one, jobs=jobs)
+
+
+def for_each(names: Sequence[str], one: Callable[[str], None], *, jobs: int) -> None:
+    """``one(name)`` for every name, ``jobs`` at a time; re-raises the first error."""
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, jobs), thread_name_prefix="verify"
     )

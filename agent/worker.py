@@ -547,9 +547,13 @@ class Installer:
                 f"({alone.why_not('its start')}): imported each node on its own instead"
             )
             return False
-        for i in ready:
+        index = {self._node(i).name: i for i in ready}
+
+        def one(name: str) -> None:
             self.children.check()
-            self._import_done(i, self._verify_alone(args, self._node(i).name, per_node))
+            self._import_done(index[name], self._verify_alone(args, name, per_node))
+
+        verifymod.for_each(list(index), one, jobs=self.spec.jobs)
         return True
 
     def _verify_alone(self, args: comfyargs.ComfyArgs, name: str, per_node: float) -> ImportResult:
