@@ -540,20 +540,29 @@ class Installer:
             whole.why_not("ComfyUI's start") + f" (see {self.paths.comfyui_check.name}); "
             "starting it with one node at a time"
         )
-        alone = self._start_comfyui(args, verifymod.comfyui_timeout(0, per_node), only=[])
-        if not alone.result.ok:
-            self._warn(
-                f"ComfyUI does not start even without custom nodes "
-                f"({alone.why_not('its start')}): imported each node on its own instead"
-            )
-            return False
+        # Each node alone, and beside them a start with none, which tells a broken
+        # ComfyUI from nodes that break it (in parallel: the starts are the cost).
         index = {self._node(i).name: i for i in ready}
+        results: Dict[str, ImportResult] = {}
+        bare: List[verifymod.Start] = []
 
         def one(name: str) -> None:
             self.children.check()
-            self._import_done(index[name], self._verify_alone(args, name, per_node))
+            if name:
+                results[name] = self._verify_alone(args, name, per_node)
+            else:
+                timeout = verifymod.comfyui_timeout(0, per_node)
+                bare.append(self._start_comfyui(args, timeout, only=[]))
 
-        verifymod.for_each(list(index), one, jobs=self.spec.jobs)
+        verifymod.for_each(["", *index], one, jobs=self.spec.jobs)
+        if not bare[0].result.ok:
+            self._warn(
+                f"ComfyUI does not start even without custom nodes "
+                f"({bare[0].why_not('its start')}): imported each node on its own instead"
+            )
+            return False
+        for name, result in results.items():
+            self._import_done(index[name], result)
         return True
 
     def _verify_alone(self, args: comfyargs.ComfyArgs, name: str, per_node: float) -> ImportResult:

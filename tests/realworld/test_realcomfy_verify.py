@@ -127,11 +127,15 @@ def test_a_node_that_kills_or_hangs_comfyui_fails_alone(
         # (five entries with websocket_image_save.py) 95 s at most, one node's 55 s.
         {"NODEFERRY_AGENT_COMFYUI_TIMEOUT": "45"},
         verify_timeout=10,
-        jobs=2,
+        jobs=5,  # every start alone at once: the hanging one bounds the wait
     )
     seconds = time.monotonic() - started
     by_name = {n.name: n for n in final.nodes}
     print(f"killer + hang + good + broken judged in {seconds:.1f}s")
+    agent_log = Path(final.log_file or "").read_text()
+    for line in agent_log.splitlines():
+        if "[comfyui" in line and (" after " in line or "timed out" in line):
+            print(line)
 
     good = by_name["good"]
     assert good.status == "installed", good
