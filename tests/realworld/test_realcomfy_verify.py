@@ -123,9 +123,9 @@ def test_a_node_that_kills_or_hangs_comfyui_fails_alone(
         home,
         tmp_path / "state",
         urls,
-        # ComfyUI's own start gets 45 s here, each node 10 s on top: the whole start
-        # (five entries with websocket_image_save.py) 95 s at most, one node's 55 s.
-        {"NODEFERRY_AGENT_COMFYUI_TIMEOUT": "45"},
+        # ComfyUI's own start gets 50 s here, each node 10 s on top: the whole start
+        # (five entries with websocket_image_save.py) 100 s at most, one node's 60 s.
+        {"NODEFERRY_AGENT_COMFYUI_TIMEOUT": "50"},
         verify_timeout=10,
         jobs=5,  # every start alone at once: the hanging one bounds the wait
     )
@@ -221,6 +221,9 @@ def test_the_check_starts_comfyui_as_the_running_one_runs_and_leaves_it_alone(
         argv = check_log.splitlines()[0]
         assert f"--output-directory {output}" in argv and "--cpu" in argv
         assert "--port" not in argv and "--listen" not in argv
+        # What ComfyUI logs once it listens: the server did, the check did not.
+        assert "To see the GUI go to" in (tmp_path / "server.log").read_text()
+        assert "To see the GUI go to" not in check_log
         # The running ComfyUI is untouched: serving, its temp directory kept.
         assert marker.read_bytes() == b"png"
         assert server.poll() is None
