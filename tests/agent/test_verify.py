@@ -294,3 +294,26 @@ def test_comfyargs_learns_the_running_comfyuis_command_line(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_the_home_chooses_the_check_unless_the_spec_does(
+    agent: Agent, comfy: ComfyHome, verify_repos: dict[str, str], repos: Repos
+) -> None:
+    # main.py and the comfy package: a ComfyUI, so ComfyUI's start judges by default.
+    (comfy.root / "main.py").write_text(FAKE_MAIN)
+    (comfy.root / "comfy").mkdir()
+    (comfy.root / "comfy" / "cli_args.py").write_text("")
+    first = run_spec(agent, agent.spec(comfy.root, [repos.plain.url]), expect=0)
+    result = first.nodes[0].import_result
+    assert result is not None and result.check == "comfyui" and result.seconds == 0.2
+    # verify: "import" asks for the bare import there all the same.
+    spec = agent.spec(comfy.root, [verify_repos["bare"]], verify="import")
+    second = run_spec(agent, spec, expect=1)
+    bare = second.nodes[0].import_result
+    assert bare is not None and bare.check == "import", bare
+    assert bare.error is not None and "NODE_CLASS_MAPPINGS" in bare.error
+    # Without the comfy package it is a stand-in: the bare import, by default.
+    (comfy.root / "comfy" / "cli_args.py").unlink()
+    third = run_spec(agent, agent.spec(comfy.root, [verify_repos["v3"]]), expect=0)
+    v3 = third.nodes[0].import_result
+    assert v3 is not None and v3.check == "import" and v3.node_classes == 2
