@@ -197,8 +197,10 @@ def _read_lock_json(source: str) -> object:
 def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     if args.lock is None and not args.nodes:
         raise InvalidInput("name at least one node URL, or give --lock FILE", "nodes")
-    if args.no_verify and args.verify_comfyui:
-        raise InvalidInput("--no-verify and --verify-comfyui contradict each other", "verify")
+    chosen = [a for a in ("no_verify", "verify_comfyui", "verify_import") if getattr(args, a)]
+    if len(chosen) > 1:
+        flags = " and ".join("--" + a.replace("_", "-") for a in chosen)
+        raise InvalidInput(f"{flags} contradict each other", "verify")
     data: Dict[str, Any] = {
         "task_id": new_task_id(),
         "ui_home": str(Path(args.ui_home).expanduser().absolute()),
@@ -208,7 +210,9 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "update": args.update,
         "pip_args": list(args.pip_arg),
         "allow_file_urls": args.allow_file_urls,
-        "verify": False if args.no_verify else ("comfyui" if args.verify_comfyui else True),
+        "verify": False
+        if args.no_verify
+        else ("comfyui" if args.verify_comfyui else ("import" if args.verify_import else True)),
         "verify_timeout": args.verify_timeout,
         "installer": args.installer,
         "low_priority": args.low_priority,
@@ -365,7 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify-comfyui",
         action="store_true",
-        help="check the imports by starting ComfyUI once (main.py --quick-test-for-ci --cpu)",
+        help="judge the nodes by ComfyUI's own start (main.py --quick-test-for-ci --cpu) "
+        "even where the home does not look like a ComfyUI (the default where it does)",
+    )
+    p.add_argument(
+        "--verify-import",
+        action="store_true",
+        help="judge each node by a bare import in ComfyUI's interpreter, outside ComfyUI's "
+        "start (the default only where the home is no ComfyUI)",
     )
     p.add_argument(
         "--verify-timeout",

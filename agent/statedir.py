@@ -37,6 +37,8 @@ class TaskPaths:
         self.log = directory / "agent.log"
         self.constraints = directory / "constraints.txt"
         self.lock = directory / "lock.json"
+        #: every ComfyUI start the import check ran: its argv and its output
+        self.comfyui_check = directory / "comfyui-check.log"
 
     @property
     def task_id(self) -> str:

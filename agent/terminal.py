@@ -9,7 +9,7 @@ _STATE_TITLES = {
     "cloning": "cloning",
     "installing_requirements": "installing requirements",
     "running_install_scripts": "running install.py scripts",
-    "verifying": "importing each node as ComfyUI does",
+    "verifying": "checking each node loads as ComfyUI loads it",
 }
 _COLOURS = {"installed": "32", "skipped": "36", "failed": "31", "cancelled": "33"}
 
@@ -55,7 +55,12 @@ class Display:
                 detail += f"  {node.commit[:10]}"
             check = node.import_result
             if check is not None and node.status == "installed" and check.status == "ok":
-                detail += f"  import ok ({check.node_classes} node class(es), {check.seconds:.1f}s)"
+                judged = {"comfyui": "ComfyUI loads it", "comfyui_alone": "ComfyUI loads it alone"}
+                parts = []
+                if check.node_classes is not None:
+                    parts.append(f"{check.node_classes} node class(es)")
+                parts.append(f"{check.seconds or 0.0:.1f}s")
+                detail += f"  {judged.get(check.check or '', 'import ok')} ({', '.join(parts)})"
             line = f"[{index:>{len(str(total))}}/{total}] {node.name:<{width}}  {detail}"
             self._print(self._paint(line, node.status))
             if node.status == "failed" and node.error:

@@ -9,8 +9,15 @@ node is imported that way in its own subprocess, with the ComfyUI home first on
 ``sys.path`` and as the working directory, under a timeout. This runs the
 node's code, exactly as starting ComfyUI would.
 
-``verify: "comfyui"`` instead starts ComfyUI once (``main.py
---quick-test-for-ci --cpu``) and reads its "Import times for custom nodes" block.
+That bare import is the check only for a home that is not a ComfyUI (a
+stand-in). Where the home is one (main.py and the ``comfy`` package), the check
+is ComfyUI's own start (``main.py --quick-test-for-ci --cpu``, with the
+arguments the instance's running ComfyUI has): it reads the "Import times for
+custom nodes" block and, for a node that failed, the traceback ComfyUI printed
+for it. Outside this module the check leaves no trace: ``--quick-test-for-ci``
+exits before the server listens, ``--cpu`` keeps it off the GPU, the temp
+directory (which ComfyUI's start empties) is a scratch one and the database
+(which it migrates) is in memory, and directories it created empty are removed.
 """
 
 import concurrent.futures
@@ -18,18 +25,28 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 from agent import procs, requirements
+from agent.comfyargs import ComfyArgs
 from agent.tasklog import TaskLog
 from protocol import ImportResult
 
-#: ComfyUI's own start, for ``verify: "comfyui"``: it imports every node and all
-#: of ComfyUI, so it gets longer than one node's import.
+#: ComfyUI's own start without custom nodes (torch and all of ComfyUI); each node
+#: it loads adds the spec's ``verify_timeout``.
 COMFYUI_TIMEOUT_ENV = "NODEFERRY_AGENT_COMFYUI_TIMEOUT"
-COMFYUI_TIMEOUT_SECONDS = 900.0
+COMFYUI_TIMEOUT_SECONDS = 300.0
+#: Which check judged a node (protocol.IMPORT_CHECKS).
+CHECK_COMFYUI = "comfyui"
+CHECK_ALONE = "comfyui_alone"
+CHECK_IMPORT = "import"
+#: Directories ComfyUI's start creates when they are missing; the check removes
+#: the ones it created that are still empty.
+_CREATED_DIRS = ("user", "input", "output", "models", "temp")
 
 # Runs in ComfyUI's interpreter (any Python 3): argv is home, node dir, result file.
 # Mirrors ComfyUI's nodes.py load_custom_node for a directory.
@@ -96,6 +113,12 @@ os._exit(0)  # threads a node started must not keep this process alive
 _IMPORT_LINE = re.compile(r"(\d+(?:\.\d+)?) seconds( \(IMPORT FAILED\))?: (.+?)\s*$")
 _CANNOT_IMPORT = re.compile(r"Cannot import (.+?) module for custom nodes: (.*)$")
 _SKIPPED = re.compile(r"Skip (.+?) module for custom nodes due to (.*)$")
+_NOT_WHITELISTED = re.compile(r"Skipping (.+?) due to disable_all_custom_nodes")
+_TRACEBACK = "Traceback (most recent call last):"
+_CHAINED = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
 
 
 def import_node(
@@ -130,6 +153,7 @@ def import_node(
                 "timeout",
                 seconds=round(run.seconds, 3),
                 error=f"the import took longer than {timeout:g}s",
+                check=CHECK_IMPORT,
             )
         try:
             data = json.loads(result_file.read_text(encoding="utf-8"))
@@ -141,12 +165,14 @@ def import_node(
                 "failed",
                 seconds=round(run.seconds, 3),
                 error=last or f"the import process exited with status {run.returncode}",
+                check=CHECK_IMPORT,
             )
         return ImportResult(
             str(data.get("status")) if data.get("status") in ("ok", "failed") else "failed",
             seconds=float(data.get("seconds") or 0.0),
             error=data.get("error"),
             node_classes=data.get("node_classes"),
+            check=CHECK_IMPORT,
         )
     finally:
         with contextlib.suppress(OSError):
@@ -182,6 +208,11 @@ def import_all(
         )
         on_done(name, result)
 
+    for_each(names, one, jobs=jobs)
+
+
+def for_each(names: Sequence[str], one: Callable[[str], None], *, jobs: int) -> None:
+    """``one(name)`` for every name, ``jobs`` at a time; re-raises the first error."""
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, jobs), thread_name_prefix="verify"
     )
@@ -196,12 +227,37 @@ def import_all(
         pool.shutdown(wait=True)
 
 
-def comfyui_timeout() -> float:
-    raw = os.environ.get(COMFYUI_TIMEOUT_ENV)
+def is_comfyui(ui_home: Path) -> bool:
+    """A real ComfyUI home: its main.py and its ``comfy`` package (a stand-in has not both)."""
+    return (ui_home / "main.py").is_file() and (ui_home / "comfy" / "cli_args.py").is_file()
+
+
+def loadable(ui_home: Path, args: ComfyArgs) -> List[str]:
+    """The entries of custom_nodes ComfyUI's start would try to load, as it picks them."""
     try:
-        return max(1.0, float(raw)) if raw else COMFYUI_TIMEOUT_SECONDS
-    except ValueError:
-        return COMFYUI_TIMEOUT_SECONDS
+        names = [p.name for p in Path(os.path.realpath(ui_home / "custom_nodes")).iterdir()]
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = ui_home / "custom_nodes" / name
+        if name == "__pycache__" or name.endswith(".disabled"):
+            continue
+        if path.is_file() and not name.endswith(".py"):
+            continue
+        if args.loads(name):
+            found.append(name)
+    return sorted(found)
+
+
+def comfyui_timeout(nodes: int, per_node: float) -> float:
+    """ComfyUI's own start (``NODEFERRY_AGENT_COMFYUI_TIMEOUT``) plus ``per_node`` each."""
+    raw = os.environ.get(COMFYUI_TIMEOUT_ENV)
+    base = COMFYUI_TIMEOUT_SECONDS
+    if raw:
+        with contextlib.suppress(ValueError):
+            base = max(1.0, float(raw))
+    return base + per_node * max(0, nodes)
 
 
 def _folder(path: str) -> str:
@@ -209,17 +265,49 @@ def _folder(path: str) -> str:
     return path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
 
 
+def _traceback_before(output: Sequence[str], end: int, floor: int) -> Optional[List[str]]:
+    """The traceback ComfyUI logged just before line ``end`` (not above ``floor``)."""
+    i = end - 1
+    start = None
+    while i >= floor:
+        if _TRACEBACK in output[i]:
+            start = i
+            j = i - 1  # a chained exception: its first part is above
+            while j >= floor and not output[j].strip():
+                j -= 1
+            if j >= floor and any(c in output[j] for c in _CHAINED):
+                i = j - 1
+                continue
+            break
+        i -= 1
+    if start is None:
+        return None
+    lines = [line.rstrip() for line in output[start:end]]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines or None
+
+
 def parse_import_times(output: Sequence[str]) -> Optional[Dict[str, ImportResult]]:
     """ComfyUI's "Import times for custom nodes" block, by node folder name.
 
-    None when the output has no such block (ComfyUI did not get that far).
-    Errors come from the "Cannot import … module for custom nodes: …" lines.
+    None when the output has no such block (ComfyUI did not get that far, or
+    loaded no node at all). A failed node's ``traceback`` is what ComfyUI logged
+    for it, its ``error`` that traceback's last line (the exception), or the
+    "Cannot import … module for custom nodes: …" line when there was none.
     """
     errors: Dict[str, str] = {}
-    for line in output:
+    tracebacks: Dict[str, List[str]] = {}
+    floor = 0
+    for i, line in enumerate(output):
         match = _CANNOT_IMPORT.search(line) or _SKIPPED.search(line)
         if match:
-            errors[_folder(match.group(1))] = match.group(2).strip()
+            name = _folder(match.group(1))
+            errors[name] = match.group(2).strip()
+            found_tb = _traceback_before(output, i, floor) if _CANNOT_IMPORT.search(line) else None
+            if found_tb:
+                tracebacks[name] = found_tb
+            floor = i + 1
     start = None
     for i, line in enumerate(output):
         if "Import times for custom nodes:" in line:
@@ -235,38 +323,127 @@ def parse_import_times(output: Sequence[str]) -> Optional[Dict[str, ImportResult
             continue
         name = _folder(match.group(3))
         if match.group(2):
+            lines = tracebacks.get(name)
+            error = errors.get(name, "ComfyUI reported IMPORT FAILED (see the log)")
+            if lines:
+                error = lines[-1].strip()
             found[name] = ImportResult(
                 "failed",
                 seconds=float(match.group(1)),
-                error=errors.get(name, "ComfyUI reported IMPORT FAILED (see the log)"),
+                error=error,
+                check=CHECK_COMFYUI,
+                traceback="\n".join(lines) if lines else None,
             )
         else:
-            found[name] = ImportResult("ok", seconds=float(match.group(1)))
+            found[name] = ImportResult("ok", seconds=float(match.group(1)), check=CHECK_COMFYUI)
     return found
+
+
+def not_whitelisted(output: Sequence[str]) -> List[str]:
+    """The nodes ComfyUI skipped for ``--disable-all-custom-nodes``."""
+    return [_folder(m.group(1)) for m in map(_NOT_WHITELISTED.search, output) if m]
+
+
+@dataclass
+class Start:
+    """One ``main.py --quick-test-for-ci`` run: its report, how it ended, its output."""
+
+    report: Optional[Dict[str, ImportResult]]
+    result: procs.Result
+    lines: List[str]
+
+    def why_not(self, what: str) -> str:
+        """Why there is no report, first line only (the output is in the log)."""
+        if self.result.timed_out:
+            return f"{what} timed out after {self.result.seconds:.0f}s"
+        if self.result.returncode == 0:
+            return f"{what} ended (exit code 0) before listing its custom nodes"
+        return f"{what} failed with exit code {self.result.returncode}"
+
+    def tail(self, count: int = 30) -> str:
+        return "\n".join(line.rstrip() for line in self.lines[-count:])
+
+
+def check_argv(
+    python: str, scratch: Path, args: ComfyArgs, only: Optional[Sequence[str]] = None
+) -> List[str]:
+    """main.py's argv for the check; ``only``: load just these nodes (may be empty)."""
+    argv = [python, "main.py", "--quick-test-for-ci", "--cpu"]
+    if only is None:
+        argv += args.argv
+    else:
+        argv += args.without_node_selection()
+        argv.append("--disable-all-custom-nodes")
+        if len(only) == 1:  # one value with "=": a name starting with "-" stays a value
+            argv.append("--whitelist-custom-nodes=" + only[0])
+        elif only:
+            argv += ["--whitelist-custom-nodes", *only]
+    # ComfyUI's start empties its temp directory and migrates its database: a
+    # running ComfyUI's must stay as they are.
+    argv += ["--temp-directory", str(scratch), "--database-url", "sqlite:///:memory:"]
+    return argv
+
+
+def _created_dirs_guard(ui_home: Path, args: ComfyArgs) -> List[Path]:
+    roots = [ui_home]
+    argv = args.argv
+    if "--base-directory" in argv:
+        roots.append(Path(argv[argv.index("--base-directory") + 1]))
+    return [root / name for root in roots for name in _CREATED_DIRS if not (root / name).exists()]
+
+
+def _remove_if_empty(missing: List[Path]) -> None:
+    for top in missing:
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(str(top)), reverse=True):
+            with contextlib.suppress(OSError):
+                Path(dirpath).rmdir()  # only ever succeeds on an empty directory
 
 
 def run_comfyui(
     python: str,
     ui_home: Path,
+    args: ComfyArgs,
     *,
     log: TaskLog,
     children: procs.Children,
     timeout: float,
-) -> Tuple[Optional[Dict[str, ImportResult]], str]:
-    """Start ComfyUI once on the CPU and read its import report; (results, why not)."""
-    argv = [python, "main.py", "--quick-test-for-ci", "--cpu"]
+    scratch: Path,
+    transcript: Path,
+    only: Optional[Sequence[str]] = None,
+    expect_block: bool = True,
+) -> Start:
+    """Start this ComfyUI on the CPU to its import report, and leave nothing behind.
+
+    ``only``: start it with just that node (``--whitelist-custom-nodes``), or none.
+    ``expect_block``: False when the start may load no node at all, so that an
+    ended start without an import block is a complete, empty report.
+    """
+    temp = Path(tempfile.mkdtemp(prefix=".comfyui-check-", dir=str(scratch)))
+    argv = check_argv(python, temp, args, only)
+    missing = _created_dirs_guard(ui_home, args)
     lines: List[str] = []
-    result = procs.run(
-        argv,
-        log=log,
-        prefix="comfyui",
-        children=children,
-        timeout=timeout,
-        cwd=str(ui_home),
-        env=requirements.pip_env(),
-        collect=lines,
-    )
+    label = "comfyui" if only is None else "comfyui:" + (only[0] if only else "-")
+    try:
+        result = procs.run(
+            argv,
+            log=log,
+            prefix=label,
+            children=children,
+            timeout=timeout,
+            cwd=str(ui_home),
+            env=requirements.pip_env(),
+            collect=lines,
+        )
+    finally:
+        shutil.rmtree(str(temp), ignore_errors=True)
+        _remove_if_empty(missing)
+        with contextlib.suppress(OSError), open(str(transcript), "a", encoding="utf-8") as out:
+            out.write("$ " + " ".join(argv) + "\n")
+            out.writelines(line.rstrip("\n") + "\n" for line in lines)
+            out.write("\n")
     report = parse_import_times(lines)
-    if report is None:
-        return None, result.describe("ComfyUI's start") + " (no 'Import times' block)"
-    return report, ""
+    if report is None and result.ok and not expect_block:
+        report = {}
+    return Start(report, result, lines)

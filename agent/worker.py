@@ -8,6 +8,7 @@ signal.
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,9 +18,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from agent import (
+    comfyargs,
     failures,
     install_script,
     inventory,
@@ -448,7 +450,7 @@ class Installer:
     # import verification ------------------------------------------------------------------
 
     def _verify(self) -> None:
-        """Import every ready node as ComfyUI would; only what imports is ``installed``."""
+        """Judge every ready node the way this ComfyUI loads it; only what loads is installed."""
         ready = sorted(self.ready)  # empty with verify: false
         mode = self.spec.verify
         if not ready:
@@ -462,8 +464,18 @@ class Installer:
             doc.move_to("verifying")
             doc.current_node = None
             doc.current_status = "verifying imports"
-        if mode == "comfyui" and self._verify_with_comfyui(ready):
+        if mode == "comfyui" and not (self.ui_home / "main.py").is_file():
+            self._warn("verify 'comfyui': no main.py in the ComfyUI home; imported each node")
+        elif (
+            mode == "comfyui" or (mode is True and verifymod.is_comfyui(self.ui_home))
+        ) and self._verify_with_comfyui(ready):
             return
+        self._verify_by_import(ready)
+
+    def _verify_by_import(self, ready: List[int]) -> None:
+        """The bare import of each node, in its own interpreter: for homes that are no ComfyUI."""
+        if self.python is None:  # the caller found none and skipped verification
+            raise RuntimeError("an import check without an interpreter")
         index = {self._node(i).name: i for i in ready}
         verifymod.import_all(
             self.python,
@@ -478,33 +490,109 @@ class Installer:
             on_done=lambda name, result: self._import_done(index[name], result),
         )
 
-    def _verify_with_comfyui(self, ready: List[int]) -> bool:
-        """``verify: "comfyui"``: read ComfyUI's own import report; False to fall back."""
+    def _start_comfyui(
+        self, args: comfyargs.ComfyArgs, timeout: float, **options: Any
+    ) -> verifymod.Start:
         if self.python is None:  # the caller found none and skipped verification
-            raise RuntimeError("verify 'comfyui' without an interpreter")
-        if not (self.ui_home / "main.py").is_file():
-            self._warn("verify 'comfyui': no main.py in the ComfyUI home; imported each node")
-            return False
-        for i in ready:
-            self._set(i, "verifying")
-        report, why = verifymod.run_comfyui(
+            raise RuntimeError("ComfyUI's start without an interpreter")
+        return verifymod.run_comfyui(
             self.python,
             self.ui_home,
+            args,
             log=self.log,
             children=self.children,
-            timeout=verifymod.comfyui_timeout(),
+            timeout=timeout,
+            scratch=self.paths.dir,
+            transcript=self.paths.comfyui_check,
+            **options,
         )
-        if report is None:
-            self._warn(f"verify 'comfyui': {why.splitlines()[0]}; imported each node instead")
-            return False
-        for i in ready:
-            found = report.get(self._node(i).name)
-            self._import_done(
-                i,
-                found
-                or ImportResult("failed", error="ComfyUI did not list it among its custom nodes"),
+
+    def _verify_with_comfyui(self, ready: List[int]) -> bool:
+        """ComfyUI's own start judges the nodes; False when only the bare import can.
+
+        One start with every node, as the instance starts it. Where that start
+        fails as a whole (ComfyUI broken, or a node that kills or hangs it), each
+        node gets a start of its own, so one bad node cannot fail the others.
+        """
+        args = comfyargs.learn(self.ui_home)
+        if args.source:
+            self.log.line(
+                None, f"ComfyUI runs here as {args.source}; the check passes on: {args.argv}"
             )
+        for i in ready:
+            self._set(i, "verifying")
+        names = verifymod.loadable(self.ui_home, args)
+        per_node = self.spec.verify_timeout
+        whole = self._start_comfyui(
+            args,
+            verifymod.comfyui_timeout(len(names), per_node),
+            expect_block=bool(names),
+        )
+        if whole.report is not None:
+            skipped = set(verifymod.not_whitelisted(whole.lines))
+            for i in ready:
+                name = self._node(i).name
+                self._import_done(i, whole.report.get(name) or self._unlisted(name, skipped))
+            return True
+        if not verifymod.is_comfyui(self.ui_home):
+            # A stand-in's main.py that reports nothing: no start of it can judge.
+            self._warn(f"verify 'comfyui': {whole.why_not('main.py')}; imported each node instead")
+            return False
+        self._warn(
+            whole.why_not("ComfyUI's start") + f" (see {self.paths.comfyui_check.name}); "
+            "starting it with one node at a time"
+        )
+        # Each node alone, and beside them a start with none, which tells a broken
+        # ComfyUI from nodes that break it (in parallel: the starts are the cost).
+        index = {self._node(i).name: i for i in ready}
+        results: Dict[str, ImportResult] = {}
+        bare: List[verifymod.Start] = []
+
+        def one(name: str) -> None:
+            self.children.check()
+            if name:
+                results[name] = self._verify_alone(args, name, per_node)
+            else:
+                timeout = verifymod.comfyui_timeout(0, per_node)
+                bare.append(self._start_comfyui(args, timeout, only=[]))
+
+        verifymod.for_each(["", *index], one, jobs=self.spec.jobs)
+        if not bare[0].result.ok:
+            self._warn(
+                f"ComfyUI does not start even without custom nodes "
+                f"({bare[0].why_not('its start')}): imported each node on its own instead"
+            )
+            return False
+        for name, result in results.items():
+            self._import_done(index[name], result)
         return True
+
+    def _verify_alone(self, args: comfyargs.ComfyArgs, name: str, per_node: float) -> ImportResult:
+        if not args.loads(name):
+            return self._unlisted(name, {name})
+        start = self._start_comfyui(args, verifymod.comfyui_timeout(1, per_node), only=[name])
+        found = (start.report or {}).get(name)
+        if found is not None:
+            return dataclasses.replace(found, check=verifymod.CHECK_ALONE)
+        return ImportResult(
+            "timeout" if start.result.timed_out else "failed",
+            seconds=round(start.result.seconds, 3),
+            error=start.why_not("ComfyUI's start with only this node")
+            + ("" if start.result.timed_out else " (it takes ComfyUI down with it)"),
+            check=verifymod.CHECK_ALONE,
+            traceback=start.tail() or None,
+        )
+
+    @staticmethod
+    def _unlisted(name: str, skipped: "set[str]") -> ImportResult:
+        if name in skipped:
+            error = (
+                "this ComfyUI runs with --disable-all-custom-nodes and does not "
+                "whitelist it: it is not loaded"
+            )
+        else:
+            error = "ComfyUI did not list it among its custom nodes"
+        return ImportResult("failed", error=error, check=verifymod.CHECK_COMFYUI)
 
     def _import_done(self, index: int, result: ImportResult) -> None:
         name = self._node(index).name
@@ -519,9 +607,11 @@ class Installer:
             self.log.line(name, f"installed (import {result.status}{classes})")
             return
         if result.status == "timeout":
-            message = f"importing it as ComfyUI does timed out ({result.error})"
+            message = f"loading it as ComfyUI does timed out ({result.error})"
         else:
             message = f"ComfyUI cannot import it: {result.error}"
+        if result.traceback:
+            self.log.line(name, "ComfyUI's traceback for it:\n" + result.traceback)
         self.log.line(name, "FAILED: " + message)
         self._set(index, "failed", error=message, import_result=result, error_code="import_failed")
 

@@ -377,6 +377,10 @@ class AsyncClient:
         Every other keyword is an option of the install by its API name; one left
         out (or None) is the controller's default. A name that is no option is a
         :class:`TypeError`.
+
+        ``verify``: True (ComfyUI's own start judges each node where the home is a
+        ComfyUI, a bare import where not; the controller's default), False,
+        ``"comfyui"`` (always ComfyUI's start) or ``"import"`` (always the bare import).
         """
         payload = _install_payload(
             {"ssh_connection": ssh_connection, "ui_home": ui_home, "nodes": nodes},

@@ -9,6 +9,7 @@ from protocol.exit_codes import ExitCode
 from protocol.lock import Lock, LockedNode
 from protocol.progress import (
     FINAL_STATES,
+    IMPORT_CHECKS,
     IMPORT_STATUSES,
     NODE_ERROR_CODES,
     NODE_FINAL_STATUSES,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FINAL_STATES",
+    "IMPORT_CHECKS",
     "IMPORT_STATUSES",
     "NODE_ERROR_CODES",
     "NODE_FINAL_STATUSES",

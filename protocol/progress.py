@@ -50,6 +50,11 @@ NODE_STATUSES = (
 NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 IMPORT_STATUSES = ("ok", "failed", "timeout", "skipped")
+#: Which check judged a node (``import.check``): one start of the home's ComfyUI
+#: (``comfyui``), a start of it with only that node (``comfyui_alone``, after a
+#: start that failed as a whole), or a bare import of the node (``import``, for a
+#: home that is not a ComfyUI).
+IMPORT_CHECKS = ("comfyui", "comfyui_alone", "import")
 #: The same steps for a node's install.py.
 INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
 #: How the task changed ComfyUI's environment: ``packages[kind][name] == [old, new]``.
@@ -155,13 +160,17 @@ class ImportResult:
     """How importing a node the way ComfyUI does went (``import`` in a node's document).
 
     ``error`` is the exception's last line; ``node_classes`` the number of node
-    classes it registers (None when not known, e.g. read from ComfyUI's own log).
+    classes it registers (None when not known, e.g. read from ComfyUI's own log);
+    ``check`` which check judged it (``IMPORT_CHECKS``); ``traceback`` the lines
+    ComfyUI printed for a node that failed.
     """
 
     status: str
     seconds: Optional[float] = None
     error: Optional[str] = None
     node_classes: Optional[int] = None
+    check: Optional[str] = None
+    traceback: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -186,6 +195,10 @@ class ImportResult:
             node_classes=None
             if classes is None
             else _check_count(classes, where + ".node_classes"),
+            check=None
+            if data.get("check") is None
+            else _check_choice(data["check"], where + ".check", IMPORT_CHECKS),
+            traceback=_check(data.get("traceback"), where + ".traceback", (str,), optional=True),
         )
 
 

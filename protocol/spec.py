@@ -11,9 +11,11 @@ from protocol.lock import Lock
 DEFAULT_JOBS = 4
 DEFAULT_VERIFY_TIMEOUT = 120.0
 MAX_VERIFY_TIMEOUT = 3600.0
-#: ``verify``: import each node as ComfyUI does (True), not at all (False), or
-#: start ComfyUI itself once and read its import report ("comfyui").
-VERIFY_MODES = (True, False, "comfyui")
+#: ``verify``: True judges every node by ComfyUI's own start (``main.py
+#: --quick-test-for-ci``) where the home is a ComfyUI (main.py and the ``comfy``
+#: package), by a bare import of each node where it is not; "comfyui" always by
+#: ComfyUI's start; "import" always by the bare import; False not at all.
+VERIFY_MODES = (True, False, "comfyui", "import")
 MAX_JOBS = 32
 #: Clones wait on network round trips, not the CPU, so they get their own, wider
 #: parallelism (16 measured fastest for 30 nodes behind 50 ms; docs/BENCHMARKS.md).
@@ -207,7 +209,7 @@ class InstallSpec:
             raise ProtocolError("update", "must be true or false")
         verify = data.get("verify", True)
         if verify not in VERIFY_MODES or (verify in (0, 1) and not isinstance(verify, bool)):
-            raise ProtocolError("verify", 'must be true, false or "comfyui"')
+            raise ProtocolError("verify", 'must be true, false, "comfyui" or "import"')
         verify_timeout = data.get("verify_timeout", DEFAULT_VERIFY_TIMEOUT)
         if (
             isinstance(verify_timeout, bool)

@@ -157,27 +157,36 @@ class InstallRequest(BaseModel):
     #: ``InstallSpec`` checks the value.
     verify: Any = option(
         True,
-        help="check each node loads: import it as ComfyUI does (true), not at all (false), "
-        'or start ComfyUI itself once and read its import report ("comfyui")',
+        help="check each node loads: by ComfyUI's own start where the home is a ComfyUI "
+        "and by a bare import where it is not (true), always by ComfyUI's start "
+        '("comfyui"), always by the bare import ("import"), or not at all (false)',
         cli=(
             Const(
                 "--no-verify",
                 False,
-                "do not import each node to check it loads (importing runs the node's code)",
+                "do not check that each node loads (checking runs the node's code)",
             ),
             Const(
                 "--verify-comfyui",
                 "comfyui",
-                "check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
+                "judge the nodes by ComfyUI's own start (main.py --quick-test-for-ci --cpu), "
+                "even where the home does not look like a ComfyUI",
+            ),
+            Const(
+                "--verify-import",
+                "import",
+                "judge each node by importing it alone in ComfyUI's interpreter, outside "
+                "ComfyUI's start (the default only where the home is not a ComfyUI)",
             ),
         ),
         spec=True,
         retry=True,
-        shown_default="import each node",
+        shown_default="ComfyUI's start where the home is a ComfyUI, else a bare import",
     )
     verify_timeout: float = option(
         DEFAULT_VERIFY_TIMEOUT,
-        help="seconds for each node's import check",
+        help="seconds for each node's check: a bare import, or what ComfyUI's start gets "
+        "for each node it loads",
         cli="--verify-timeout",
         spec=True,
         retry=True,
@@ -364,6 +373,8 @@ class ImportResultModel(BaseModel):
     seconds: Annotated[float, Field(ge=0)] | None = None
     error: str | None = None
     node_classes: Count | None = None
+    check: Literal["comfyui", "comfyui_alone", "import"] | None = None
+    traceback: str | None = None
 
 
 class NodeProgressModel(BaseModel):

@@ -2,10 +2,14 @@
 fake ComfyUI's own venv the way ComfyUI's loader imports them."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from agent import comfyargs
 from agent.verify import parse_import_times
 from controller.sandbox.comfy import ComfyHome
 from controller.sandbox.gitserver import GitServer
@@ -139,7 +143,7 @@ def test_install_command_flags(
     )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "No module named 'nodeferry_missing_module'" in failed.stdout
-    assert "importing each node as ComfyUI does" in failed.stdout
+    assert "checking each node loads as ComfyUI loads it" in failed.stdout
     clash = agent.run(
         "install", "--ui-home", str(comfy.root), "--no-verify", "--verify-comfyui", "x"
     )
@@ -152,7 +156,8 @@ def agent_pip(agent: Agent) -> list[str]:
 
 FAKE_MAIN = """\
 import os, sys
-assert sys.argv[1:] == ["--quick-test-for-ci", "--cpu"], sys.argv
+assert sys.argv[1:3] == ["--quick-test-for-ci", "--cpu"], sys.argv
+assert "--temp-directory" in sys.argv and "sqlite:///:memory:" in sys.argv, sys.argv
 home = os.path.dirname(os.path.abspath(__file__))
 nodes = os.path.join(home, "custom_nodes")
 print("Cannot import %s module for custom nodes: No module named 'x'"
@@ -214,3 +219,101 @@ def test_parse_import_times_with_a_logging_prefix() -> None:
     assert found["Bad"].status == "failed" and found["Bad"].error == "boom"
     assert found["Good"].status == "ok" and found["Good"].seconds == 12.3
     assert parse_import_times(["no block here"]) is None
+
+
+def test_parse_import_times_quotes_comfyuis_traceback_for_the_node() -> None:
+    lines = [
+        "Traceback (most recent call last):",
+        '  File "/w/ComfyUI/nodes.py", line 2131, in load_custom_node',
+        "    module_spec.loader.exec_module(module)",
+        "ModuleNotFoundError: No module named 'first'",
+        "Cannot import /w/ComfyUI/custom_nodes/First module for custom nodes: no 'first'",
+        "some node printing on its own",
+        "Traceback (most recent call last):",
+        '  File "/w/ComfyUI/custom_nodes/Chained/__init__.py", line 2, in <module>',
+        "KeyError: 'a'",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "",
+        "Traceback (most recent call last):",
+        '  File "/w/ComfyUI/custom_nodes/Chained/__init__.py", line 4, in <module>',
+        "RuntimeError: Found no NVIDIA driver on your system",
+        "",
+        "Cannot import /w/ComfyUI/custom_nodes/Chained module for custom nodes: Found no",
+        "",
+        "Import times for custom nodes:",
+        "   0.0 seconds (IMPORT FAILED): /w/ComfyUI/custom_nodes/First",
+        "   0.1 seconds (IMPORT FAILED): /w/ComfyUI/custom_nodes/Chained",
+        "   0.1 seconds (IMPORT FAILED): /w/ComfyUI/custom_nodes/NoTrace",
+        "",
+    ]
+    found = parse_import_times(lines)
+    assert found is not None
+    first, chained, bare = found["First"], found["Chained"], found["NoTrace"]
+    assert first.error == "ModuleNotFoundError: No module named 'first'"
+    assert first.traceback == "\n".join(lines[:4]) and first.check == "comfyui"
+    assert chained.error == "RuntimeError: Found no NVIDIA driver on your system"
+    assert chained.traceback is not None
+    assert chained.traceback.startswith("Traceback") and "KeyError: 'a'" in chained.traceback
+    assert "some node printing" not in chained.traceback  # the node before it is not its
+    assert bare.traceback is None and bare.error == "ComfyUI reported IMPORT FAILED (see the log)"
+
+
+def test_comfyargs_carries_what_changes_loading_and_nothing_else() -> None:
+    argv = [
+        *("--listen", "0.0.0.0", "--port", "8188", "--cuda-device", "1"),
+        *("--extra-model-paths-config", "a.yaml", "/etc/b.yaml", "--base-directory=/data"),
+        *("--verbose", "WARNING", "--temp-directory", "/t", "--database-url", "sqlite:///x"),
+        *("--disable-all-custom-nodes", "--whitelist-custom-nodes", "x", "y", "--highvram"),
+    ]
+    args = comfyargs.parse(argv, cwd="/srv")
+    assert args.argv == [
+        *("--extra-model-paths-config", "/srv/a.yaml", "/etc/b.yaml"),
+        *("--base-directory", "/data", "--disable-all-custom-nodes"),
+        *("--whitelist-custom-nodes", "x", "y"),
+    ]
+    assert args.loads("x") and args.loads("y") and not args.loads("z")
+    assert args.without_node_selection() == args.argv[:5]
+    assert comfyargs.parse(["--port", "1"]).loads("z")
+
+
+def test_comfyargs_learns_the_running_comfyuis_command_line(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import time\ntime.sleep(120)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--port", "9", "--output-directory", "out"], cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while comfyargs.running(tmp_path) is None:  # until /proc shows its cmdline
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        args = comfyargs.learn(tmp_path)
+        assert args.argv == ["--output-directory", str(tmp_path / "out")]
+        assert args.source is not None and args.source.startswith(f"pid {proc.pid}: ")
+        assert comfyargs.learn(tmp_path / "elsewhere").source is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_the_home_chooses_the_check_unless_the_spec_does(
+    agent: Agent, comfy: ComfyHome, verify_repos: dict[str, str], repos: Repos
+) -> None:
+    # main.py and the comfy package: a ComfyUI, so ComfyUI's start judges by default.
+    (comfy.root / "main.py").write_text(FAKE_MAIN)
+    (comfy.root / "comfy").mkdir()
+    (comfy.root / "comfy" / "cli_args.py").write_text("")
+    first = run_spec(agent, agent.spec(comfy.root, [repos.plain.url]), expect=0)
+    result = first.nodes[0].import_result
+    assert result is not None and result.check == "comfyui" and result.seconds == 0.2
+    # verify: "import" asks for the bare import there all the same.
+    spec = agent.spec(comfy.root, [verify_repos["bare"]], verify="import")
+    second = run_spec(agent, spec, expect=1)
+    bare = second.nodes[0].import_result
+    assert bare is not None and bare.check == "import", bare
+    assert bare.error is not None and "NODE_CLASS_MAPPINGS" in bare.error
+    # Without the comfy package it is a stand-in: the bare import, by default.
+    (comfy.root / "comfy" / "cli_args.py").unlink()
+    third = run_spec(agent, agent.spec(comfy.root, [verify_repos["v3"]]), expect=0)
+    v3 = third.nodes[0].import_result
+    assert v3 is not None and v3.check == "import" and v3.node_classes == 2

@@ -242,6 +242,7 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "python_injection": ({"python": "python3; id"}, "python"),
     "verify_false": ({"verify": False}, None),
     "verify_comfyui": ({"verify": "comfyui", "verify_timeout": 30}, None),
+    "verify_import": ({"verify": "import"}, None),
     "verify_string": ({"verify": "yes"}, "verify"),
     "verify_timeout_huge": ({"verify_timeout": 1e6}, "verify_timeout"),
     "lock": ({"nodes": None, "lock": LOCK}, None),

@@ -1,9 +1,11 @@
 """Fixtures of the real-pack tier: the shared packs over git, the prefetched wheels over
-HTTP (a PEP 503 index on loopback), and a ComfyUI venv with the real torch 2.13.0.
+HTTP (a PEP 503 index on loopback), and the real ComfyUI 0.3.64 (a fresh checkout of
+the bundle per test, with a hard-linked copy of its cached venv: torch 2.14.1).
 
 Nothing here touches the internet: ``python -m tests.realworld.prefetch`` filled
-the wheelhouse beforehand. Missing packs or wheels skip the tier, or fail it
-under ``CI=true``, where a skipped tier would be a silent pass.
+the wheelhouse beforehand and ``python -m tests.support.realcomfy`` the venv.
+Missing packs, wheels or venv skip the tier, or fail it under ``CI=true``, where a
+skipped tier would be a silent pass.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ import html
 import http.server
 import os
 import re
-import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,17 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.sandbox.comfy import ComfyHome, isolated_pip_env, make_comfy_home, make_venv
-from tests.realworld.packs import (
-    BASE_PACKAGES,
-    Pack,
-    PackServer,
-    base_venv_cache,
-    cache_dir,
-    packs,
-    serve,
-    shared_dir,
-)
+from controller.sandbox.comfy import ComfyHome
+from tests.realworld.packs import Pack, PackServer, cache_dir, packs, serve, shared_dir
+from tests.realworld.prefetch import MARKER, TORCH_FAMILY
+from tests.support import realcomfy
 
 # The numpy a fresh image has; an extra index serving only it is what made uv
 # (first-index strategy) call Impact-Pack's numpy<2 unsatisfiable.
@@ -58,8 +50,18 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def wheels() -> Path:
     found = cache_dir() / "wheels"
-    if not any(found.glob("torch-2.13.0*.whl")) or not any(found.glob("uv-*.whl")):
+    if not (found / MARKER).is_file() or not any(found.glob("uv-*.whl")):
         _missing(f"no prefetched wheels in {found}: run `python -m tests.realworld.prefetch`")
+    return found
+
+
+@pytest.fixture(scope="session")
+def comfyui_venv() -> Path:
+    """The real ComfyUI's cached venv (torch 2.14.1); tests only ever copy it."""
+    found = realcomfy.base_venv()
+    if found is None or realcomfy.bundle() is None:
+        _missing("no real ComfyUI venv: run `python -m tests.support.realcomfy`")
+    assert found is not None
     return found
 
 
@@ -105,10 +107,20 @@ class _QuietServer(http.server.ThreadingHTTPServer):
         pass  # pip and uv drop connections they no longer need (BrokenPipeError)
 
 
+def _served(wheels: Path) -> list[Path]:
+    """The prefetched wheels and the ComfyUI venv's own; torch and co. only from the latter."""
+    own = sorted((realcomfy.cache_root() / "wheels").glob("*.whl"))
+    by_name = {p.name: p for p in own}
+    for path in sorted(wheels.glob("*.whl")):
+        if _project(path.name) not in TORCH_FAMILY:
+            by_name.setdefault(path.name, path)
+    return sorted(by_name.values(), key=lambda p: p.name)
+
+
 @pytest.fixture(scope="session")
 def index(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
     root = tmp_path_factory.mktemp("index")
-    files = sorted(wheels.glob("*.whl"))
+    files = _served(wheels)
     _write_index(root / "simple", files)
     _write_index(root / "extra" / "simple", [f for f in files if _EXTRA_INDEX_ONLY.match(f.name)])
     handler = functools.partial(_QuietHandler, directory=str(root))
@@ -140,46 +152,16 @@ def node_packs(shared: Path) -> list[Pack]:
     return [p for p in packs(shared) if p.is_node_pack]
 
 
-@pytest.fixture(scope="session")
-def comfy_venv(index: Index, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv as a fresh ComfyUI image has it: the real torch 2.13.0 and numpy 2.x.
-
-    Tests only ever copy it. The prefetch step leaves one in the cache; without
-    it, one is made here from the local index (a minute or two: torch is big).
-    """
-    cached = base_venv_cache()
-    if (cached / "ready").is_file() and (cached / "bin" / "python").exists():
-        return cached
-    venv = tmp_path_factory.mktemp("comfy-venv") / "venv"
-    python = make_venv(venv, python=sys.executable)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--index-url", index.url, *BASE_PACKAGES],
-        check=True,
-        capture_output=True,
-        env=isolated_pip_env(),
-        timeout=900,
-    )
-    return venv
-
-
-def _copy_venv(template: Path, dest: Path) -> None:
-    """Copy the venv, hard-linking torch (never rewritten: it is pinned) to save time."""
-
-    def copy(src: str, dst: str) -> object:
-        if f"{os.sep}site-packages{os.sep}torch{os.sep}" in src:
-            os.link(src, dst)
-            return dst
-        return shutil.copy2(src, dst)
-
-    shutil.copytree(template, dest, symlinks=True, copy_function=copy)
+def real_comfyui(root: Path, venv: Path) -> ComfyHome:
+    """A fresh checkout of the real ComfyUI at ``root``, with a copy of ``venv`` in it."""
+    realcomfy.checkout(root)
+    realcomfy.copy_venv(venv, root / "venv")
+    return ComfyHome(root)
 
 
 @pytest.fixture
-def real_comfy(tmp_path: Path, comfy_venv: Path) -> ComfyHome:
-    home = make_comfy_home(tmp_path / "ComfyUI", with_venv=False)
-    _copy_venv(comfy_venv, home.venv)
-    (home.root / "models").mkdir()
-    return home
+def real_comfy(tmp_path: Path, comfyui_venv: Path) -> ComfyHome:
+    return real_comfyui(tmp_path / "ComfyUI", comfyui_venv)
 
 
 def path_without_uv() -> str:

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TORCH_PIN = "torch==2.13.0"
-# numpy as a fresh ComfyUI image has it; the packs' numpy<2 pins must move it down.
-BASE_PACKAGES = (TORCH_PIN, "numpy>=2")
 
 
 def shared_dir() -> Path | None:
@@ -31,11 +28,6 @@ def shared_dir() -> Path | None:
         if (candidate / "packs.tsv").is_file() and (candidate / "serve.sh").is_file():
             return candidate.resolve()
     return None
-
-
-def base_venv_cache() -> Path:
-    """The prefetched ComfyUI venv (torch 2.13.0, numpy 2.x) the tier copies from."""
-    return cache_dir() / "venv-torch-2.13.0"
 
 
 def cache_dir() -> Path:

@@ -12,9 +12,11 @@ index once, later runs none.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.realworld.packs import shared_dir
@@ -110,6 +112,49 @@ def build(root: Path | None = None) -> Path:
     )
     (venv / _READY).write_text("torch 2.14.1, torchvision 0.29.1, ComfyUI 0.3.64's requirements\n")
     return venv
+
+
+# "   0.1 seconds (IMPORT FAILED): /home/ComfyUI/custom_nodes/Name" (nodes.py)
+_LOADED = re.compile(r"^\s*\d+\.\d seconds( \(IMPORT FAILED\))?: (.+?)\s*$")
+
+
+@dataclass
+class Verdicts:
+    """What ComfyUI's own loader made of a home's custom nodes: the test's oracle."""
+
+    loaded: dict[str, bool]  # custom_nodes entry -> listed without IMPORT FAILED
+    returncode: int
+    output: str
+
+
+def loader_verdicts(home: Path, *args: str, timeout: float = 300) -> Verdicts:
+    """Run ``main.py --quick-test-for-ci --cpu`` in ``home`` with its own venv; read the block.
+
+    Deliberately separate from the agent's parser: the oracle must not share the
+    code it judges.
+    """
+    python = home / "venv" / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = subprocess.run(
+        [str(python), "main.py", "--quick-test-for-ci", "--cpu", *args],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    lines = output.splitlines()
+    loaded: dict[str, bool] = {}
+    if "Import times for custom nodes:" in lines:
+        block = lines[lines.index("Import times for custom nodes:") + 1 :]
+        for line in block:
+            match = _LOADED.match(line)
+            if not match:
+                break
+            loaded[Path(match.group(2)).name] = match.group(1) is None
+    return Verdicts(loaded, run.returncode, output)
 
 
 if __name__ == "__main__":
