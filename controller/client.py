@@ -334,6 +334,9 @@ class AsyncClient:
         queue: bool = False,
         auto_retry: int = 0,
         low_priority: bool = True,
+        restart: str | Document | None = None,
+        ready_check: bool = False,
+        ready_timeout: float | None = None,
     ) -> str:
         """Start an install; returns its task id. Raises :class:`Conflict` when one
         runs in that ComfyUI home, unless ``queue`` (then the install waits its turn,
@@ -343,7 +346,10 @@ class AsyncClient:
         to install, in any combination; none of them installs the controller's
         ``default_nodes``. ``lock``: a lock (``lock.json``) to reproduce instead.
         ``verify``: True (import each node as ComfyUI does; the controller's
-        default), False, or ``"comfyui"``.
+        default), False, or ``"comfyui"``. ``restart``: ``"auto"`` restarts ComfyUI
+        the way the instance runs it after the install (``{"command": [...]}`` when
+        nothing runs it), ``ready_check`` asks a running one without restarting;
+        the final document's ``ready`` says what the server has.
         """
         payload: Document = {
             "ssh_connection": ssh_connection,
@@ -371,6 +377,12 @@ class AsyncClient:
             payload["auto_retry"] = auto_retry
         if not low_priority:
             payload["low_priority"] = False
+        if restart is not None and restart != "never":
+            payload["restart"] = restart
+        if ready_check:
+            payload["ready_check"] = True
+        if ready_timeout is not None:
+            payload["ready_timeout"] = ready_timeout
         if python is not None:
             payload["python"] = python
         if pip_args is not None:
@@ -471,6 +483,9 @@ class AsyncClient:
         workflow: Document | None = None,
         snapshot: Document | str | None = None,
         strict: bool = False,
+        restart: str | Document | None = None,
+        ready_check: bool = False,
+        ready_timeout: float | None = None,
     ) -> Document:
         """Start one node set on many instances (``POST /api/fleet``); the 202 body,
         with ``fleet_id`` and one entry per target in ``tasks``. The node set is
@@ -491,6 +506,12 @@ class AsyncClient:
                 payload[name] = value
         if pip_args is not None:
             payload["pip_args"] = list(pip_args)
+        if restart is not None and restart != "never":
+            payload["restart"] = restart
+        if ready_check:
+            payload["ready_check"] = True
+        if ready_timeout is not None:
+            payload["ready_timeout"] = ready_timeout
         # Not retried on 503: a start is not idempotent.
         body = await self._request_once("POST", "/api/fleet", payload)
         if not isinstance(body.get("fleet_id"), str):
@@ -521,6 +542,24 @@ class AsyncClient:
         if python is not None:
             payload["python"] = python
         return await self._request("POST", "/api/diff", payload)
+
+    async def ready(
+        self,
+        ssh_connection: str,
+        ui_home: str,
+        workflow: Document | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Document:
+        """Can ``workflow`` run on the instance's running ComfyUI? ``{"success",
+        "can_run", "ready": {"classes", "missing", "port", "pid", "note", …}}``.
+        Restarts and changes nothing."""
+        payload: Document = {"ssh_connection": ssh_connection, "ui_home": ui_home}
+        if workflow is not None:
+            payload["workflow"] = workflow
+        if timeout is not None:
+            payload["timeout"] = timeout
+        return await self._request("POST", "/api/ready", payload)
 
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
@@ -780,6 +819,11 @@ class Client:
         self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
     ) -> Document:
         return self._run(self._async.diff(ssh_connection, ui_home, lock, python=python))
+
+    def ready(
+        self, ssh_connection: str, ui_home: str, workflow: Document | None = None, **kw: Any
+    ) -> Document:
+        return self._run(self._async.ready(ssh_connection, ui_home, workflow, **kw))
 
     def wait(
         self,

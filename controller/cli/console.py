@@ -33,6 +33,7 @@ from rich.text import Text
 from controller.cli import display, fleet_view
 from controller.cli.exits import EXIT_CODES_HELP
 from controller.cli.lockfile import read_lock_file
+from controller.cli.restart_flags import restart_options
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -191,6 +192,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_false",
         help="run git, pip and install.py at normal priority on the instance",
     )
+    restart = install.add_mutually_exclusive_group()
+    restart.add_argument(
+        "--restart",
+        choices=("auto", "never"),
+        default=None,
+        metavar="[=auto|never]",
+        help="after the install, restart ComfyUI the way the instance runs it (supervisord, "
+        "systemd or the plain process) and ask it whether the workflow's classes are there; "
+        "--restart alone is --restart=auto",
+    )
+    restart.add_argument(
+        "--restart-command",
+        metavar="CMD",
+        help="like --restart, and when no running ComfyUI is found run CMD (split like a "
+        "shell would, run without one) in the ComfyUI folder",
+    )
+    install.add_argument(
+        "--ready-check",
+        action="store_true",
+        help="without a restart, ask the running ComfyUI for the workflow's classes afterwards",
+    )
+    install.add_argument(
+        "--ready-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a restarted ComfyUI has to answer (default 300)",
+    )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
@@ -204,6 +232,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="what Ctrl-C does (default: ask; 'detach' when stdin is not a terminal)",
     )
     install.set_defaults(func=install_command)
+
+    ready = subparsers.add_parser(
+        "ready",
+        help="can a workflow run on an instance's running ComfyUI? (changes nothing)",
+        description="Ask the instance's running ComfyUI (/object_info, read on the instance) "
+        "which node classes it has; exit 0 when it answers and lacks none of the workflow's.",
+    )
+    _add_connection_options(ready)
+    ready.add_argument("--ssh", dest="ssh_connection", default="local", metavar="TARGET")
+    ready.add_argument("--ui-home", required=True, help="the ComfyUI folder on the instance")
+    ready.add_argument("--workflow", type=Path, metavar="FILE", help="JSON or a PNG ComfyUI saved")
+    ready.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS", help="for one still starting"
+    )
+    ready.add_argument("--json", action="store_true", help="print the answer as JSON")
+    ready.set_defaults(func=ready_command)
 
     status = subparsers.add_parser("status", help="show a task's progress")
     _add_connection_options(status)
@@ -632,6 +676,7 @@ async def _install(args: argparse.Namespace) -> int:
             queue=args.queue,
             auto_retry=args.auto_retry,
             low_priority=args.low_priority,
+            **restart_options(args),
         )
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")
@@ -647,6 +692,23 @@ async def _install(args: argparse.Namespace) -> int:
 
 def install_command(args: argparse.Namespace) -> int:
     return run(args, _install)
+
+
+async def _ready(args: argparse.Namespace) -> int:
+    from controller.cli.resolve import read_workflow_file
+
+    workflow = read_workflow_file(args.workflow) if args.workflow else None
+    async with connect(args) as client:
+        body = await client.ready(args.ssh_connection, args.ui_home, workflow, timeout=args.wait)
+    if args.json:
+        print(json.dumps(body, indent=1, sort_keys=True))
+    else:
+        Console(highlight=False).print(display.ready_text(body.get("ready") or {}))
+    return ExitCode.OK if body.get("can_run") else ExitCode.INSTALL_FAILED
+
+
+def ready_command(args: argparse.Namespace) -> int:
+    return run(args, _ready)
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display
+from controller.cli.restart_flags import restart_options
 from controller.client import AsyncClient, Document
 from protocol import ExitCode
 
@@ -165,6 +166,7 @@ async def install(
         workflow=workflow,
         snapshot=snapshot,
         strict=args.strict,
+        **restart_options(args),
     )
     fleet_id = str(body["fleet_id"])
     if not args.json:

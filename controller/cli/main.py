@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `--restart` alone is `--restart=auto`: an optional value would swallow a NODE.
+    words = ["--restart=auto" if word == "--restart" else word for word in words]
+    args = build_parser().parse_args(words)
     if args.command != "serve":  # serve logs to stderr by design (--log-level)
         quiet.configure(getattr(args, "verbose", False))
     result: int = args.func(args)

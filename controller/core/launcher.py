@@ -17,6 +17,7 @@ from controller.core.errors import (
     UnknownTask,
 )
 from controller.core.live import Live, Tasks, TaskView
+from controller.core.ready import workflow_classes
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import InstallRequest
@@ -44,10 +45,16 @@ class Launcher:
         self.sources = sources
         self.scheduler = Scheduler(tasks, self._launch_live)
 
-    async def prepare(self, request: InstallRequest, target: Target | None = None) -> Prepared:
+    async def prepare(
+        self,
+        request: InstallRequest,
+        target: Target | None = None,
+        ready_classes: list[str] | None = None,
+    ) -> Prepared:
         """Everything a start checks and resolves, with nothing registered or run yet:
         a bad request is an :class:`InvalidRequest` that changed nothing. ``target``
-        (a retry's) stands for the request's ``ssh_connection`` when given."""
+        (a retry's) stands for the request's ``ssh_connection`` when given;
+        ``ready_classes`` (a retry's) for the classes of the request's workflow."""
         tasks = self.tasks
         target = target or parse_target(request.ssh_connection, tasks.settings)
         check_start(tasks.settings, target)
@@ -69,6 +76,9 @@ class Launcher:
         fields: dict[str, object] = {}
         if nodes is not None:  # absent when a lock names the nodes
             fields["nodes"] = nodes
+        if ready_classes is None and request.workflow is not None:
+            # What the restarted ComfyUI must list for the workflow to run.
+            ready_classes = workflow_classes(request.workflow)
         try:
             spec = InstallSpec.from_dict(
                 {
@@ -85,6 +95,10 @@ class Launcher:
                     "installer": request.installer,
                     "lock": request.lock,
                     "low_priority": request.low_priority,
+                    "restart": request.restart,
+                    "ready_check": request.ready_check,
+                    "ready_timeout": request.ready_timeout,
+                    "ready_classes": ready_classes or [],
                 }
             )
         except ProtocolError as exc:
@@ -100,11 +114,12 @@ class Launcher:
         retry_of: TaskRecord | None = None,
         not_before: float | None = None,
         target: Target | None = None,
+        ready_classes: list[str] | None = None,
     ) -> Admission:
         """Register a task and launch it in the background, or queue it; answers at
         once. ``queue``/``auto_retry`` default to the request's; ``retry_of`` links
         the new task to the one it retries (the caller links the other way)."""
-        prepared = await self.prepare(request, target)
+        prepared = await self.prepare(request, target, ready_classes)
         return await self.admit(
             prepared,
             request,

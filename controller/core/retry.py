@@ -79,6 +79,9 @@ class Retrier:
             jobs=spec.jobs,
             update=spec.update,
             low_priority=spec.low_priority,
+            restart=spec.restart,
+            ready_check=spec.ready_check,
+            ready_timeout=spec.ready_timeout,
             queue=queue,
             auto_retry=auto_retry,
         )
@@ -90,7 +93,11 @@ class Retrier:
                     task_id=record.retried_by,
                 )
             admission = await self.launcher.start(
-                request, retry_of=record, not_before=not_before, target=record.target
+                request,
+                retry_of=record,
+                not_before=not_before,
+                target=record.target,
+                ready_classes=list(spec.ready_classes),
             )
             await self.tasks.run(self.tasks.registry.link_retry, record.task_id, admission.task_id)
             record.retried_by = admission.task_id

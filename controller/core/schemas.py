@@ -63,6 +63,15 @@ class InstallRequest(BaseModel):
     queue: bool = False
     #: Retry transient failures (network, timeouts, a killed agent) up to this many times.
     auto_retry: int = Field(default=0, ge=0, le=10)
+    #: After the install: "never" (the default, as before), "auto" (supervisord,
+    #: systemd, the plain process, in that order) or {"command": [argv…]} (auto,
+    #: else this command). ``Any`` so an error names ``restart``;
+    #: ``protocol.spec.restart_mode`` checks the value.
+    restart: Any = "never"
+    #: Without a restart, still ask the running ComfyUI for the workflow's classes.
+    ready_check: bool = False
+    #: Seconds a restarted ComfyUI has to answer on its port.
+    ready_timeout: float = Field(default=300.0, ge=1, le=3600)
 
 
 class DiffRequest(BaseModel):
@@ -74,6 +83,20 @@ class DiffRequest(BaseModel):
     ui_home: str = Field(max_length=4096)
     python: str | None = Field(default=None, max_length=4096)
     lock: dict[str, Any]
+
+
+class ReadyRequest(BaseModel):
+    """``POST /api/ready``: ask an instance's running ComfyUI whether a workflow can run."""
+
+    model_config = _STRICT
+
+    ssh_connection: str = Field(max_length=512)
+    ui_home: str = Field(max_length=4096)
+    #: The workflow (UI or API format) whose classes must be there; without it the
+    #: answer only counts the classes.
+    workflow: dict[str, Any] | None = None
+    #: Seconds to wait for it to answer (a ComfyUI that is still starting).
+    timeout: float = Field(default=30.0, ge=1, le=3600)
 
 
 class ResolveRequest(BaseModel):
@@ -156,6 +179,7 @@ State = Literal[
     "installing_requirements",
     "running_install_scripts",
     "verifying",
+    "restarting",
     "completed",
     "failed",
     "cancelled",
@@ -189,7 +213,7 @@ NodeErrorCode = Literal[
     "failed",
 ]
 ErrorCode = Literal[
-    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
+    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed", "not_ready"
 ]
 
 
@@ -218,6 +242,21 @@ class NodeProgressModel(BaseModel):
     install_script_status: RequirementsStatus = "none"
     warnings: list[str] = Field(default_factory=list)
     error_code: NodeErrorCode | None = None
+
+
+class ReadyModel(BaseModel):
+    """``ready``: how ComfyUI was restarted and what its ``/object_info`` lists."""
+
+    model_config = _STRICT
+
+    restarted_by: Literal["supervisor", "systemd", "process", "command"] | None = None
+    classes: Count | None = None
+    missing: Annotated[list[str], Field(max_length=20000)] = Field(default_factory=list)
+    seconds: Annotated[float, Field(ge=0)] | None = None
+    port: Count | None = None
+    pid: Count | None = None
+    service: str | None = None
+    note: str | None = None
 
 
 PackageChangeKind = Literal["added", "upgraded", "downgraded", "removed"]
@@ -255,6 +294,10 @@ class ProgressModel(BaseModel):
     installer: str | None = None
     warnings: list[str] = Field(default_factory=list)
     packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
+    ready: ReadyModel | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        doc = self.model_dump(by_alias=True)
+        if doc.get("ready") is None:
+            doc.pop("ready", None)  # as protocol.Progress writes it
+        return doc
