@@ -1,8 +1,9 @@
 """The ComfyUI processes of one home, as /proc shows them: argv, working directory,
 environment, parent and cgroup; and where such a process listens.
 
-A process belongs to a home when one of its arguments ending in ``main.py``
-resolves (against its working directory) to that home's ``main.py``. Nothing
+A process belongs to a home when it is a Python interpreter and one of its
+arguments ending in ``main.py`` resolves (against its working directory) to that
+home's ``main.py``. Nothing
 here changes anything; ``agent.restart`` does. ``proc`` is a parameter so unit
 tests can hand in a made-up tree.
 """
@@ -129,8 +130,10 @@ def find(ui_home: Path, proc: Path = PROC, with_env: bool = True) -> List[ComfyP
         argv = cmdline(pid, proc)
         if not argv or "--quick-test-for-ci" in argv:
             continue
+        if not Path(argv[0]).name.startswith("python"):
+            continue  # an editor or a shell with main.py in its argv is no server
         if not any(a == "main.py" or a.endswith("/main.py") for a in argv[1:]):
-            continue  # cheap test first: most processes are not ComfyUI
+            continue
         cwd = cwd_of(pid, proc)
         if cwd is None or not _runs_main(argv, cwd, main) or is_gone(pid, proc):
             continue
