@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bare_flags(words: Sequence[str]) -> list[str]:
+    """``--restart`` alone means ``--restart=auto``: an optional value would swallow
+    the NODE after it, so its value is only ever given with ``=``."""
+    return ["--restart=auto" if word == "--restart" else word for word in words]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    # `--restart` alone is `--restart=auto`: an optional value would swallow a NODE.
-    words = ["--restart=auto" if word == "--restart" else word for word in words]
-    args = build_parser().parse_args(words)
+    args = build_parser().parse_args(bare_flags(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":  # serve logs to stderr by design (--log-level)
         quiet.configure(getattr(args, "verbose", False))
     result: int = args.func(args)
