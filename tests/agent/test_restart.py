@@ -25,7 +25,7 @@ from tests.support.sshd import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-#: A stand-in ComfyUI: what ``mode`` in its home says (serve, die, hang) decides
+#: A stand-in ComfyUI: what ``mode`` in its home says (serve, slow, die, hang) decides
 #: what this start does; it serves /object_info with one class per custom node.
 FAKE_MAIN = """\
 import http.server, json, os, sys, time
@@ -37,6 +37,8 @@ if mode == "die":
     sys.exit(3)
 if mode == "hang":
     time.sleep(600)
+if mode == "slow":
+    time.sleep(3)  # torch's import, in short: a restart that can be watched
 classes = {"KSampler": {}}
 for name in sorted(os.listdir("custom_nodes")):
     classes[name + "Node"] = {}

@@ -648,6 +648,7 @@ async function startInstall(event) {
   const pipArgs = form.pip_args.value.trim();
   if (pipArgs) body.pip_args = pipArgs.split(/\s+/);
   if (form.queue && form.queue.checked) body.queue = true;
+  if (form.restart && form.restart.checked) body.restart = "auto";
   const autoRetry = form.auto_retry ? parseInt(form.auto_retry.value, 10) : 0;
   if (autoRetry > 0) body.auto_retry = autoRetry;
   message.className = "message";
