@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestClient
 from controller.cli import display
 from controller.cli.main import bare_flags, build_parser
 from controller.cli.restart_flags import restart_options
+from controller.client import AsyncClient
+from controller.core.config import Settings
 from controller.core.errors import InvalidRequest
 from controller.core.ready import workflow_classes
 from controller.sandbox.comfy import ComfyHome
@@ -41,7 +43,7 @@ def test_workflow_classes_leave_out_what_the_frontend_draws() -> None:
 
 
 async def test_ready_asks_the_running_server_and_says_what_it_lacks(
-    client: TestClient[Any, Any], home: ComfyHome
+    client: TestClient[Any, Any], home: ComfyHome, settings: Settings
 ) -> None:
     (home.root / "main.py").write_text(FAKE_MAIN)
     (home.root / "mode").write_text("serve")
@@ -60,6 +62,10 @@ async def test_ready_asks_the_running_server_and_says_what_it_lacks(
         response = await client.post("/api/ready", json=body)
         answer = await response.json()
         assert answer["can_run"] is True and answer["ready"]["classes"] == 1
+        # The Python client says the same.
+        async with AsyncClient(str(client.make_url("")), token=settings.token) as api:
+            answer = await api.ready("local", str(home.root), flow, timeout=10)
+        assert answer["can_run"] is False and answer["ready"]["missing"] == ["Nope"]
         assert comfy_server.server_pids(home.root) == {
             pid: comfy_server.server_pids(home.root)[pid]
         }
