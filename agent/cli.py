@@ -31,6 +31,7 @@ from protocol.spec import (
     DEFAULT_CLONE_JOBS,
     DEFAULT_JOBS,
     DEFAULT_READY_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
     MAX_CLONE_JOBS,
     MAX_READY_TIMEOUT,
     ready_classes,
@@ -222,6 +223,9 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "installer": args.installer,
         "restart": args.restart,
         "ready_check": args.ready_check,
+        "ready_timeout": args.ready_timeout,
+        "ready_classes": _read_classes(args.ready_classes, "ready_classes"),
+        "low_priority": args.low_priority,
     }
     if args.lock is not None:
         data["lock"] = _read_lock_json(args.lock)
@@ -256,16 +260,16 @@ def ready_line(ready: Dict[str, Any]) -> str:
     return f"{head}, {ready['classes']} classes, {tail} ({float(ready.get('seconds') or 0):.1f}s)"
 
 
-def _read_classes(source: Optional[str]) -> List[str]:
+def _read_classes(source: Optional[str], where: str = "classes") -> List[str]:
     if source is None:
         return []
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
         data = json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"cannot read the classes: {exc}", field="classes") from None
+        raise InvalidInput(f"cannot read the classes: {exc}", field=where) from None
     try:
-        return ready_classes(data, "classes")
+        return ready_classes(data, where)
     except ProtocolError as exc:
         raise InvalidInput(exc.message, field=exc.field) from None
 
@@ -437,7 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the imports by starting ComfyUI once (main.py --quick-test-for-ci --cpu)",
     )
     p.add_argument(
-        "--verify-timeout", type=float, default=120.0, metavar="SECONDS", help="per node import"
+        "--verify-timeout",
+        type=float,
+        default=DEFAULT_VERIFY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per node import (default {DEFAULT_VERIFY_TIMEOUT:g})",
     )
     p.add_argument("--lock", default=None, metavar="FILE", help="reproduce a lock.json (- stdin)")
     p.add_argument(
@@ -458,6 +466,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-check",
         action="store_true",
         help="without a restart, ask the running ComfyUI for its classes afterwards",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long a restarted ComfyUI has to answer (default {DEFAULT_READY_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--ready-classes",
+        default=None,
+        metavar="FILE",
+        help="JSON list of the node classes ComfyUI must have (- for stdin); "
+        "a missing one fails the install",
+    )
+    p.add_argument(
+        "--no-low-priority",
+        dest="low_priority",
+        action="store_false",
+        help="run git, pip and install.py at normal priority (default: lowered)",
     )
     p.add_argument(
         "nodes",

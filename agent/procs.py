@@ -151,7 +151,8 @@ def run(
     timer.start()
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # started with stdout=PIPE above
+            raise RuntimeError("the child has no stdout pipe")
         for raw in proc.stdout:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             # pip and git redraw progress with \r; keep the last state of the line.
@@ -171,6 +172,8 @@ def run(
         # The leader is gone; make sure nothing it left behind in its group lingers.
         _kill_group(proc.pid, signal.SIGKILL)
         children.remove(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
     seconds = time.monotonic() - started
     result = Result(argv, returncode, list(tail), seconds, timed_out.is_set())
     if result.timed_out:

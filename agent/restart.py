@@ -258,7 +258,8 @@ class Restarter:
                 )
             return
         if plan.kind == "process":
-            assert plan.old is not None
+            if plan.old is None:  # detect() makes a process plan only with its process
+                raise NotReady("no process to restart in a plain-process plan")
             nice = _nice_of(plan.old.pid, self.system.proc)
             self._stop(plan.old.pid)
             env = {k: v for k, v in plan.old.env.items() if k != TASK_ENV}

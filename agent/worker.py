@@ -529,7 +529,8 @@ class Installer:
 
     def _verify_with_comfyui(self, ready: List[int]) -> bool:
         """``verify: "comfyui"``: read ComfyUI's own import report; False to fall back."""
-        assert self.python is not None
+        if self.python is None:  # the caller found none and skipped verification
+            raise RuntimeError("verify 'comfyui' without an interpreter")
         if not (self.ui_home / "main.py").is_file():
             self._warn("verify 'comfyui': no main.py in the ComfyUI home; imported each node")
             return False
@@ -580,7 +581,8 @@ class Installer:
     # lock -------------------------------------------------------------------------------
 
     def _pin_to_lock(self, python: str) -> None:
-        assert self.spec.lock is not None
+        if self.spec.lock is None:  # called only for a spec with a lock
+            raise RuntimeError("no lock to pin to")
         have = requirements.installed_versions(python, requirements.TORCH_FAMILY)
         pins, warnings = self.spec.lock.constraints(have)
         self.lock_pins = pins

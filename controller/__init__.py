@@ -1,11 +1,9 @@
 """The nodeferry controller: an aiohttp service that drives agents over SSH.
 
-Grouped by role, with imports flowing one way (left may import right):
-
-- ``api/``, ``cli/``: the HTTP service and dashboard; the terminal programs.
-- ``client.py``: the Python client of the HTTP API.
-- ``core/``: the task core (settings, errors, registry, the task service);
-  ``ssh/`` and ``transports/`` reach the machines and belong to the core.
-- ``sandbox/``: local stand-ins (git daemon, wheelhouse, fake ComfyUI) for the
-  demo and the tests.
+Grouped by role, in layers that import only downwards (docs/ARCHITECTURE.md's
+"Layers", checked by tests/test_architecture.py): ``cli/``; ``api/`` and
+``client.py``; ``core/`` (the task service) over ``core/sources/``;
+``transports/`` over ``ssh/`` (reaching the machines); ``common/`` (settings,
+errors, targets: what every layer shares) and ``sandbox/`` (local stand-ins for
+the demo and the tests) at the bottom.
 """

@@ -13,6 +13,7 @@ Progress documents are plain dicts in the shape of
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import threading
@@ -24,7 +25,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from controller.core.apitoken import discover_token
+from controller.common.apitoken import discover_token
+from controller.core.install_fields import InstallField, options_doc
+from controller.core.schemas import INSTALL_FIELDS
 
 Document = dict[str, Any]
 ProgressCallback = Callable[[Document], Awaitable[None] | None]
@@ -213,6 +216,48 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[ServerSentEve
             event.id = value
 
 
+# -- the install's options ------------------------------------------------------
+
+#: What :meth:`AsyncClient.start` takes as keywords: every field of the install
+#: request (``controller.core.schemas.InstallRequest``, the one declaration) but
+#: those it takes as arguments.
+START_OPTIONS: dict[str, InstallField] = {
+    f.name: f for f in INSTALL_FIELDS if f.name not in ("ssh_connection", "ui_home", "nodes")
+}
+#: :meth:`AsyncClient.start_fleet`'s: the same, with ``ui_home`` shared by the targets.
+FLEET_OPTIONS: dict[str, InstallField] = {
+    f.name: f for f in INSTALL_FIELDS if f.name not in ("ssh_connection", "nodes")
+}
+
+
+def _install_payload(
+    given: Document, options: dict[str, Any], known: dict[str, InstallField]
+) -> Document:
+    """The request body: ``given`` and each option that is set and not its default
+    (so an older controller, which lacks a newer field, still accepts the rest)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"unknown install option(s) {', '.join(unknown)}; the options are: " + ", ".join(known)
+        )
+    payload: Document = {}
+    for name, value in {**given, **options}.items():
+        if value is None:
+            continue
+        field = known.get(name)
+        if field is not None and not field.required and _same(value, field.default):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+        payload[name] = value
+    return payload
+
+
+def _same(value: Any, default: Any) -> bool:
+    # True == 1 in Python; an option of 1 is not the default True.
+    return type(value) is type(default) and value == default
+
+
 # -- the async client ----------------------------------------------------------
 
 
@@ -320,23 +365,7 @@ class AsyncClient:
         ssh_connection: str,
         ui_home: str,
         nodes: Sequence[NodeRef] | None = None,
-        *,
-        python: str | None = None,
-        pip_args: Sequence[str] | None = None,
-        jobs: int | None = None,
-        update: bool = False,
-        workflow: Document | None = None,
-        snapshot: Document | str | None = None,
-        strict: bool = False,
-        verify: bool | str | None = None,
-        verify_timeout: float | None = None,
-        lock: Document | None = None,
-        queue: bool = False,
-        auto_retry: int = 0,
-        low_priority: bool = True,
-        restart: str | Document | None = None,
-        ready_check: bool = False,
-        ready_timeout: float | None = None,
+        **options: Any,
     ) -> str:
         """Start an install; returns its task id. Raises :class:`Conflict` when one
         runs in that ComfyUI home, unless ``queue`` (then the install waits its turn,
@@ -345,50 +374,15 @@ class AsyncClient:
         ``nodes`` (URLs or Comfy Registry ids), ``workflow`` and ``snapshot`` say what
         to install, in any combination; none of them installs the controller's
         ``default_nodes``. ``lock``: a lock (``lock.json``) to reproduce instead.
-        ``verify``: True (import each node as ComfyUI does; the controller's
-        default), False, or ``"comfyui"``. ``restart``: ``"auto"`` restarts ComfyUI
-        the way the instance runs it after the install (``{"command": [...]}`` when
-        nothing runs it), ``ready_check`` asks a running one without restarting;
-        the final document's ``ready`` says what the server has.
+        Every other keyword is an option of the install by its API name; one left
+        out (or None) is the controller's default. A name that is no option is a
+        :class:`TypeError`.
         """
-        payload: Document = {
-            "ssh_connection": ssh_connection,
-            "ui_home": ui_home,
-            "update": update,
-        }
-        if nodes:
-            payload["nodes"] = list(nodes)
-        if workflow is not None:
-            payload["workflow"] = workflow
-        if snapshot is not None:
-            payload["snapshot"] = snapshot
-        if strict:
-            payload["strict"] = True
-        if verify is not None:
-            payload["verify"] = verify
-        if verify_timeout is not None:
-            payload["verify_timeout"] = verify_timeout
-        if lock is not None:
-            payload["lock"] = lock
-        # Only what differs from the defaults, so older controllers still accept it.
-        if queue:
-            payload["queue"] = True
-        if auto_retry:
-            payload["auto_retry"] = auto_retry
-        if not low_priority:
-            payload["low_priority"] = False
-        if restart is not None and restart != "never":
-            payload["restart"] = restart
-        if ready_check:
-            payload["ready_check"] = True
-        if ready_timeout is not None:
-            payload["ready_timeout"] = ready_timeout
-        if python is not None:
-            payload["python"] = python
-        if pip_args is not None:
-            payload["pip_args"] = list(pip_args)
-        if jobs is not None:
-            payload["jobs"] = jobs
+        payload = _install_payload(
+            {"ssh_connection": ssh_connection, "ui_home": ui_home, "nodes": nodes},
+            options,
+            START_OPTIONS,
+        )
         # Not retried on 503: a start is not idempotent.
         body = await self._request_once("POST", "/ssh/install-custom-nodes", payload)
         task_id = body.get("task_id")
@@ -473,45 +467,18 @@ class AsyncClient:
     async def start_fleet(
         self,
         targets: Sequence[str | Document],
-        nodes: Sequence[NodeRef] | None,
-        *,
-        ui_home: str | None = None,
-        python: str | None = None,
-        pip_args: Sequence[str] | None = None,
-        jobs: int | None = None,
-        update: bool = False,
-        workflow: Document | None = None,
-        snapshot: Document | str | None = None,
-        strict: bool = False,
-        restart: str | Document | None = None,
-        ready_check: bool = False,
-        ready_timeout: float | None = None,
+        nodes: Sequence[NodeRef] | None = None,
+        **options: Any,
     ) -> Document:
         """Start one node set on many instances (``POST /api/fleet``); the 202 body,
         with ``fleet_id`` and one entry per target in ``tasks``. The node set is
-        named as for :meth:`start`: ``nodes``, ``workflow``, ``snapshot``, or none."""
-        payload: Document = {"targets": list(targets), "update": update}
-        if nodes is not None:
-            payload["nodes"] = list(nodes)
-        if strict:
-            payload["strict"] = True
-        for name, value in (
-            ("ui_home", ui_home),
-            ("python", python),
-            ("jobs", jobs),
-            ("workflow", workflow),
-            ("snapshot", snapshot),
-        ):
-            if value is not None:
-                payload[name] = value
-        if pip_args is not None:
-            payload["pip_args"] = list(pip_args)
-        if restart is not None and restart != "never":
-            payload["restart"] = restart
-        if ready_check:
-            payload["ready_check"] = True
-        if ready_timeout is not None:
-            payload["ready_timeout"] = ready_timeout
+        named as for :meth:`start`: ``nodes``, ``workflow``, ``snapshot``, or none;
+        ``ui_home`` and ``python`` may instead be given per target
+        (``{"ssh_connection", "ui_home", "python"}``), and every option of
+        :meth:`start` applies to each instance."""
+        payload = _install_payload(
+            {"targets": list(targets), "nodes": nodes}, options, FLEET_OPTIONS
+        )
         # Not retried on 503: a start is not idempotent.
         body = await self._request_once("POST", "/api/fleet", payload)
         if not isinstance(body.get("fleet_id"), str):
@@ -769,6 +736,7 @@ class Client:
     def start(
         self, ssh_connection: str, ui_home: str, nodes: Sequence[NodeRef] | None = None, **kw: Any
     ) -> str:
+        """:meth:`AsyncClient.start`, blocking."""
         return self._run(self._async.start(ssh_connection, ui_home, nodes, **kw))
 
     def resolve(self, **fields: Any) -> Document:
@@ -787,7 +755,7 @@ class Client:
         return self._run(self._async.tasks(prefix))
 
     def start_fleet(
-        self, targets: Sequence[str | Document], nodes: Sequence[NodeRef], **kw: Any
+        self, targets: Sequence[str | Document], nodes: Sequence[NodeRef] | None = None, **kw: Any
     ) -> Document:
         return self._run(self._async.start_fleet(targets, nodes, **kw))
 
@@ -843,3 +811,14 @@ class Client:
                 cancel_on_timeout=cancel_on_timeout,
             )
         )
+
+
+# help(Client.start) lists every option with its default, from the declaration.
+AsyncClient.start.__doc__ = inspect.cleandoc(AsyncClient.start.__doc__ or "") + options_doc(
+    tuple(START_OPTIONS.values())
+)
+AsyncClient.start_fleet.__doc__ = inspect.cleandoc(
+    AsyncClient.start_fleet.__doc__ or ""
+) + options_doc(tuple(FLEET_OPTIONS.values()))
+Client.start.__doc__ = AsyncClient.start.__doc__
+Client.start_fleet.__doc__ = AsyncClient.start_fleet.__doc__

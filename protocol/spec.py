@@ -356,15 +356,17 @@ class InstallSpec:
             "verify_timeout": self.verify_timeout,
             "installer": self.installer,
             "low_priority": self.low_priority,
+            # The controller ships its own agent (by the bundle's hash), so the agent
+            # that reads this knows every field: each is written, defaults too.
+            "restart": (
+                {"command": list(self.restart["command"])}
+                if isinstance(self.restart, dict)
+                else self.restart
+            ),
+            "ready_check": self.ready_check,
+            "ready_timeout": self.ready_timeout,
+            "ready_classes": list(self.ready_classes),
         }
-        if self.wants_ready or self.ready_classes:
-            # Absent otherwise: the spec an older agent reads stays the one it knows.
-            out.update(
-                restart=self.restart,
-                ready_check=self.ready_check,
-                ready_timeout=self.ready_timeout,
-                ready_classes=list(self.ready_classes),
-            )
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it
         else:

@@ -17,11 +17,11 @@ from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTING
 from controller.api.guard import guard_middleware
 from controller.api.middleware import auth_middleware, error_middleware
 from controller.api.routes import setup_routes
-from controller.core.apitoken import ensure_token
-from controller.core.config import Settings
+from controller.common.apitoken import ensure_token
+from controller.common.config import Settings
+from controller.common.stats import Stats
 from controller.core.registry import Registry
 from controller.core.service import TaskService
-from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
 from controller.transports import Transports

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from controller.core.config import Settings
+from controller.common.config import Settings
+from controller.common.stats import Stats
 from controller.core.fleet import Fleets
 from controller.core.service import TaskService
-from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
 

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from controller.api.appkeys import SETTINGS, STATS
 from controller.api.middleware import Handler, is_public
-from controller.core.config import Settings
-from controller.core.errors import (
+from controller.common.config import Settings
+from controller.common.errors import (
     ControllerError,
     Forbidden,
     MisdirectedRequest,

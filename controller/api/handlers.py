@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from controller.api.appkeys import SERVICE, SETTINGS, STATS
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
+from controller.common.target import parse_target
 from controller.core.history import DEFAULT_LIMIT as HISTORY_DEFAULT_LIMIT
 from controller.core.reader import DEFAULT_PAGE
 from controller.core.schemas import (
@@ -19,7 +20,6 @@ from controller.core.schemas import (
     parse_body,
 )
 from controller.core.service import LOG_DEFAULT_LIMIT, Admission, TaskView
-from controller.core.target import parse_target
 from protocol import __version__
 
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from controller.api.appkeys import SETTINGS
-from controller.core.errors import ControllerError, Unauthorized
+from controller.common.errors import ControllerError, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from controller.api.appkeys import FLEETS, SERVICE, SETTINGS
-from controller.core.config import Settings
-from controller.core.errors import ControllerError
+from controller.common.config import Settings
+from controller.common.errors import ControllerError
 from controller.core.fleet import Fleets
 from controller.core.service import TaskService, TaskView
 from protocol import ProtocolError

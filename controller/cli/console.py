@@ -32,8 +32,8 @@ from rich.text import Text
 
 from controller.cli import display, fleet_view
 from controller.cli.exits import EXIT_CODES_HELP
+from controller.cli.install_flags import add_install_flags, install_options
 from controller.cli.lockfile import read_lock_file
-from controller.cli.restart_flags import restart_options
 from controller.client import (
     AsyncClient,
     BadRequest,
@@ -46,8 +46,8 @@ from controller.client import (
     WaitTimeout,
     is_final,
 )
-from controller.core.config import Settings, load_settings
-from controller.core.errors import ConfigError
+from controller.common.config import Settings, load_settings
+from controller.common.errors import ConfigError
 from controller.core.sources.registry_ids import is_registry_id
 from protocol import ExitCode, ProtocolError, parse_node
 from protocol.errors import count_nodes_from_one
@@ -107,23 +107,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "e.g. NODEFERRY_ALLOW_LOCAL=1); repeat it to install on many instances at once "
         "(one fleet, one live view)",
     )
-    install.add_argument("--ui-home", required=True, help="the ComfyUI folder on the instance")
-    install.add_argument("--python", help="ComfyUI's interpreter (default: discovered)")
-    install.add_argument(
-        "--pip-arg",
-        dest="pip_args",
-        action="append",
-        default=None,
-        metavar="ARG",
-        help="an argument for pip (repeat; e.g. --pip-arg=--no-index)",
-    )
-    install.add_argument("--jobs", type=int, help="parallel clones (default 4)")
-    install.add_argument(
-        "--update",
-        action="store_true",
-        help="bring nodes already present up to date (without it they are skipped, "
-        "unless another @REF than the one checked out is asked for)",
-    )
+    # Every option of the install, from its one declaration (InstallRequest).
+    add_install_flags(install)
     install.add_argument(
         "--nodes-file",
         type=Path,
@@ -146,78 +131,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--snapshot", type=Path, metavar="FILE", help="a ComfyUI-Manager snapshot (JSON or YAML)"
     )
     install.add_argument(
-        "--strict", action="store_true", help="refuse when a workflow class does not resolve"
-    )
-    install.add_argument(
         "--lock",
         dest="lock_file",
         metavar="FILE",
         help="reproduce a lock (from `nodeferry lock`; - for stdin): its nodes at its "
         "commits, its package versions; instead of NODEs",
-    )
-    verify = install.add_mutually_exclusive_group()
-    verify.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not import each node to check it loads (importing runs the node's code)",
-    )
-    verify.add_argument(
-        "--verify-comfyui",
-        dest="verify",
-        action="store_const",
-        const="comfyui",
-        help="check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
-    )
-    install.add_argument(
-        "--verify-timeout", type=float, metavar="SECONDS", help="per node import (default 120)"
-    )
-    install.add_argument(
-        "--queue",
-        action="store_true",
-        help="when the ComfyUI home is busy or a limit is reached, wait in the queue",
-    )
-    install.add_argument(
-        "--auto-retry",
-        type=int,
-        default=0,
-        metavar="N",
-        help="retry transient failures (network, timeouts) up to N times",
-    )
-    install.add_argument(
-        "--no-low-priority",
-        dest="low_priority",
-        action="store_false",
-        help="run git, pip and install.py at normal priority on the instance",
-    )
-    restart = install.add_mutually_exclusive_group()
-    restart.add_argument(
-        "--restart",
-        choices=("auto", "never"),
-        default=None,
-        metavar="[=auto|never]",
-        help="after the install, restart ComfyUI the way the instance runs it (supervisord, "
-        "systemd or the plain process) and ask it whether the workflow's classes are there; "
-        "--restart alone is --restart=auto",
-    )
-    restart.add_argument(
-        "--restart-command",
-        metavar="CMD",
-        help="like --restart, and when no running ComfyUI is found run CMD (split like a "
-        "shell would, run without one) in the ComfyUI folder",
-    )
-    install.add_argument(
-        "--ready-check",
-        action="store_true",
-        help="without a restart, ask the running ComfyUI for the workflow's classes afterwards",
-    )
-    install.add_argument(
-        "--ready-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="how long a restarted ComfyUI has to answer (default 300)",
     )
     install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
@@ -654,30 +572,21 @@ async def _install(args: argparse.Namespace) -> int:
         named = args.nodes or args.nodes_file is not None
         nodes = collect_nodes(args) if named else None
     targets = args.ssh_connection or ["local"]
+    # One set of options for one instance and for many: what the person gave.
+    options = install_options(args)
+    options.update(
+        {
+            name: value
+            for name, value in (("workflow", workflow), ("snapshot", snapshot), ("lock", lock))
+            if value is not None
+        }
+    )
     if len(targets) > 1:
         async with connect(args) as client:
-            return await fleet_view.install(args, client, nodes, workflow, snapshot)
+            return await fleet_view.install(args, client, targets, nodes, options)
     args.ssh_connection = targets[0]
     async with connect(args) as client:
-        task_id = await client.start(
-            args.ssh_connection,
-            args.ui_home,
-            nodes,
-            python=args.python,
-            pip_args=args.pip_args,
-            jobs=args.jobs,
-            update=args.update,
-            workflow=workflow,
-            snapshot=snapshot,
-            strict=args.strict,
-            verify=getattr(args, "verify", None),
-            verify_timeout=getattr(args, "verify_timeout", None),
-            lock=lock,
-            queue=args.queue,
-            auto_retry=args.auto_retry,
-            low_priority=args.low_priority,
-            **restart_options(args),
-        )
+        task_id = await client.start(args.ssh_connection, nodes=nodes, **options)
         if not args.json:
             Console(highlight=False).print(f"task {task_id}", style="dim")
         return await follow_and_report(
@@ -784,8 +693,8 @@ def logs_command(args: argparse.Namespace) -> int:
 
 def task_row(task: Document) -> tuple[str, str, str, str, str]:
     """(id, target, ui_home, state, progress) for one entry of ``GET /api/tasks``."""
-    progress = task.get("progress") if isinstance(task.get("progress"), dict) else task
-    assert isinstance(progress, dict)
+    nested = task.get("progress")
+    progress: Document = nested if isinstance(nested, dict) else task
     total = progress.get("total_nodes") or 0
     done = progress.get("processed") or 0
     target = task.get("target") or task.get("ssh_connection") or ""

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from rich.console import Console
 from rich.text import Text
 
 from controller.cli import console as commands
+from controller.cli.server import dashboard_line
 from controller.client import AsyncClient
-from controller.core.config import Settings, load_settings
+from controller.common.config import Settings, load_settings
 from controller.sandbox import playground as sandboxes
 from controller.sandbox.errors import SandboxError
 from controller.sandbox.gitserver import free_port
@@ -84,6 +86,33 @@ def _isolate_pip() -> None:
             del os.environ[name]
 
 
+def demo_installer(sandbox: sandboxes.Sandbox, uv: str | None) -> tuple[str, str]:
+    """What installs the sandbox's requirements, and the line that tells the person.
+
+    The demo is offline, so the agent cannot fetch uv the way it does on an
+    instance; uv from this machine (``uv`` on PATH, or beside this Python, as
+    ``pip install nodeferry[test]`` puts it) goes into the sandbox's tools folder,
+    where the agent looks first. Without one, pip installs, and that is no fault
+    worth a warning: the demo says so once, as information."""
+    if uv is None:
+        return "pip", "installer: pip (this machine has no uv, and the demo stays offline)"
+    shipped = sandbox.state_dir / "tools" / "uv" / "bin" / "uv"
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    shipped.unlink(missing_ok=True)
+    shipped.symlink_to(uv)
+    return "uv", f"installer: uv ({uv})"
+
+
+def find_uv() -> str | None:
+    """uv on PATH, else next to this interpreter (a venv not activated)."""
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        found: str | None = str(beside)
+    else:
+        found = shutil.which("uv")
+    return found
+
+
 def _port_or_free(port: int) -> int:
     import socket
 
@@ -128,6 +157,8 @@ async def run_demo(
     settings = demo_settings(sandbox)
     async with commands.in_process_controller(settings, port) as url:
         out.print(f"controller on {url} (local transport)", style="dim")
+        installer, about = demo_installer(sandbox, find_uv())
+        out.print(about, style="dim")
         async with AsyncClient(url, token=settings.token) as client:
             task_id = await client.start(
                 "local",
@@ -135,6 +166,7 @@ async def run_demo(
                 sandbox.node_refs(git_url),
                 python=str(sandbox.python),
                 pip_args=sandbox.pip_args,
+                installer=installer,
             )
             out.print(f"task {task_id}", style="dim")
             status = await commands.follow_and_report(
@@ -156,10 +188,10 @@ async def run_demo(
         importable = await asyncio.get_running_loop().run_in_executor(None, _check_imports, sandbox)
         out.print(f"ComfyUI's venv imports: {', '.join(importable) or '(nothing)'}")
         if serve:  # with --exit nothing would serve the address: don't print it
+            line = dashboard_line(f"{url}/", settings.token or "", settings.data_dir, sys.stdout)
+            label, _, address = line.partition(" ")
             out.print(
-                Text.assemble(
-                    ("dashboard: ", "bold"), (f"{url}/#token={settings.token}", "bold cyan")
-                ),
+                Text.assemble((f"{label} ", "bold"), (address, "bold cyan")),
                 soft_wrap=True,  # one line, so the address can be copied whole
             )
             out.print("serving the dashboard; press Ctrl-C to stop", style="dim")

@@ -17,7 +17,6 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli import display
-from controller.cli.restart_flags import restart_options
 from controller.client import AsyncClient, Document
 from protocol import ExitCode
 
@@ -151,23 +150,12 @@ def _print_changes(console: Console, doc: Document, seen: dict[str, str]) -> Non
 async def install(
     args: Any,
     client: AsyncClient,
+    targets: list[str],
     nodes: list[str] | None,
-    workflow: dict[str, Any] | None = None,
-    snapshot: dict[str, Any] | str | None = None,
+    options: dict[str, Any],
 ) -> int:
-    body = await client.start_fleet(
-        args.ssh_connection,
-        nodes,
-        ui_home=args.ui_home,
-        python=args.python,
-        pip_args=args.pip_args,
-        jobs=args.jobs,
-        update=args.update,
-        workflow=workflow,
-        snapshot=snapshot,
-        strict=args.strict,
-        **restart_options(args),
-    )
+    """Start the fleet with every option the command was given, and follow it."""
+    body = await client.start_fleet(targets, nodes, **options)
     fleet_id = str(body["fleet_id"])
     if not args.json:
         Console(highlight=False).print(f"fleet {fleet_id}", style="dim")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from controller.cli import quiet
 from controller.cli.exits import EXIT_CODES_HELP
+from controller.cli.install_flags import bare_flags
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
@@ -40,13 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bare_flags(words: Sequence[str]) -> list[str]:
-    """``--restart`` alone means ``--restart=auto``: an optional value would swallow
-    the NODE after it, so its value is only ever given with ``=``."""
-    return ["--restart=auto" if word == "--restart" else word for word in words]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    # A bare flag (``--restart``) has its value only after "=": given alone, its own.
     args = build_parser().parse_args(bare_flags(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":  # serve logs to stderr by design (--log-level)
         quiet.configure(getattr(args, "verbose", False))

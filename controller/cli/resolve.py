@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.cli.console import _add_connection_options, connect, run
-from controller.core.config import load_settings
-from controller.core.errors import ControllerError
+from controller.common.config import load_settings
+from controller.common.errors import ControllerError
 from controller.core.sources import nodedb, snapshot, workflow
 from controller.core.sources.errors import SourceError
 from controller.core.sources.plan import sources_from_bytes

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
-from controller.core.apitoken import ensure_token
-from controller.core.config import load_settings
-from controller.core.errors import ControllerError
-from controller.core.target import parse_host_port
+from controller.common.apitoken import ensure_token
+from controller.common.config import load_settings
+from controller.common.errors import ControllerError
+from controller.common.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
 
 
@@ -86,8 +87,7 @@ def serve_command(args: argparse.Namespace) -> int:
     url = f"http://{host}:{settings.port}/"
     print(f"nodeferry controller on {url} (data in {settings.data_dir})", flush=True)
     if settings.token:
-        # Once, here: a URL fragment never reaches a server or its access log.
-        print(f"dashboard: {url}#token={settings.token}", flush=True)
+        print(dashboard_line(url, settings.token, settings.data_dir, sys.stdout), flush=True)
     else:
         print(
             "WARNING: serving without an API token (--no-auth): every local user and "
@@ -103,6 +103,19 @@ def serve_command(args: argparse.Namespace) -> int:
         access_log_class=RedactingAccessLogger,
     )
     return 0
+
+
+def dashboard_line(url: str, token: str, data_dir: Path, stream: TextIO) -> str:
+    """Where the dashboard is. The token goes into the address only for a person at
+    a terminal: a URL fragment never reaches a server or its access log, but
+    serve's own output often ends up in one (journald, docker logs, a file), and
+    the token there would let anyone who reads the log start installs."""
+    if stream.isatty():
+        return f"dashboard: {url}#token={token}"
+    return (
+        f"dashboard: {url} (it asks for the API token; print it on this machine with "
+        f"`nodeferry token --data-dir {shlex.quote(str(data_dir))}`)"
+    )
 
 
 def token_command(args: argparse.Namespace) -> int:

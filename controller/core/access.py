@@ -9,9 +9,9 @@ connection to whatever host and port a request names.
 
 from __future__ import annotations
 
-from controller.core.config import Settings
-from controller.core.errors import InvalidRequest, UnknownTask
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.errors import InvalidRequest, UnknownTask
+from controller.common.target import Target
 from controller.ssh.hostkeys import KnownHosts, host_entry
 
 LOCAL_REFUSED = (

@@ -19,13 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.core.config import Settings
-from controller.core.errors import ControllerError, InvalidRequest, UnknownFleet, UnknownTask
+from controller.common.config import Settings
+from controller.common.errors import ControllerError, InvalidRequest, UnknownFleet, UnknownTask
+from controller.common.target import parse_target
 from controller.core.fleet_store import FleetRecord, FleetStore, Member
 from controller.core.registry import home_key
 from controller.core.schemas import InstallRequest, parse_body
 from controller.core.service import TaskService
-from controller.core.target import parse_target
 from protocol import ProtocolError
 from protocol import fields as checks
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
+from controller.common.target import parse_target
 from controller.core.live import Tasks
 from controller.core.reader import make_cursor, parse_cursor, summary
-from controller.core.target import parse_target
 from protocol.progress import parse_time
 
 DEFAULT_LIMIT = 50

@@ -9,21 +9,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.access import check_start
-from controller.core.errors import (
+from controller.common.errors import (
     ControllerError,
     InvalidRequest,
     RemoteError,
     UnknownTask,
 )
+from controller.common.target import Target, parse_target
+from controller.core.access import check_start
 from controller.core.live import Live, Tasks, TaskView
 from controller.core.ready import workflow_classes
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
-from controller.core.schemas import InstallRequest
+from controller.core.schemas import SPEC_FIELDS, InstallRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.service import SourceService
-from controller.core.target import Target, parse_target
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
 
@@ -45,16 +45,10 @@ class Launcher:
         self.sources = sources
         self.scheduler = Scheduler(tasks, self._launch_live)
 
-    async def prepare(
-        self,
-        request: InstallRequest,
-        target: Target | None = None,
-        ready_classes: list[str] | None = None,
-    ) -> Prepared:
+    async def prepare(self, request: InstallRequest, target: Target | None = None) -> Prepared:
         """Everything a start checks and resolves, with nothing registered or run yet:
         a bad request is an :class:`InvalidRequest` that changed nothing. ``target``
-        (a retry's) stands for the request's ``ssh_connection`` when given;
-        ``ready_classes`` (a retry's) for the classes of the request's workflow."""
+        (a retry's) stands for the request's ``ssh_connection`` when given."""
         tasks = self.tasks
         target = target or parse_target(request.ssh_connection, tasks.settings)
         check_start(tasks.settings, target)
@@ -73,34 +67,21 @@ class Launcher:
             )
             nodes = [choice.node() for choice in plan.nodes]
             resolution = plan.to_dict()
-        fields: dict[str, object] = {}
-        if nodes is not None:  # absent when a lock names the nodes
+        # Every field the declaration says reaches the spec, by its own name.
+        fields: dict[str, object] = {name: getattr(request, name) for name in SPEC_FIELDS}
+        fields["pip_args"] = pip_args
+        if nodes is None:  # a lock names the nodes
+            fields.pop("nodes")
+        else:
             fields["nodes"] = nodes
-        if ready_classes is None and request.workflow is not None:
-            # What the restarted ComfyUI must list for the workflow to run.
-            ready_classes = workflow_classes(request.workflow)
-        try:
-            spec = InstallSpec.from_dict(
-                {
-                    **fields,
-                    "task_id": task_id,
-                    "ui_home": request.ui_home,
-                    "python": request.python,
-                    "pip_args": pip_args,
-                    "jobs": request.jobs,
-                    "clone_jobs": request.clone_jobs,
-                    "update": request.update,
-                    "verify": request.verify,
-                    "verify_timeout": request.verify_timeout,
-                    "installer": request.installer,
-                    "lock": request.lock,
-                    "low_priority": request.low_priority,
-                    "restart": request.restart,
-                    "ready_check": request.ready_check,
-                    "ready_timeout": request.ready_timeout,
-                    "ready_classes": ready_classes or [],
-                }
+        if request.ready_classes is None:
+            # What the restarted ComfyUI must list for the workflow to run (a retry
+            # gives the original's: its workflow is gone).
+            fields["ready_classes"] = (
+                workflow_classes(request.workflow) if request.workflow is not None else []
             )
+        try:
+            spec = InstallSpec.from_dict({**fields, "task_id": task_id})
         except ProtocolError as exc:
             raise InvalidRequest(exc.field, exc.message) from None
         return Prepared(target, spec, resolution)
@@ -114,12 +95,11 @@ class Launcher:
         retry_of: TaskRecord | None = None,
         not_before: float | None = None,
         target: Target | None = None,
-        ready_classes: list[str] | None = None,
     ) -> Admission:
         """Register a task and launch it in the background, or queue it; answers at
         once. ``queue``/``auto_retry`` default to the request's; ``retry_of`` links
         the new task to the one it retries (the caller links the other way)."""
-        prepared = await self.prepare(request, target, ready_classes)
+        prepared = await self.prepare(request, target)
         return await self.admit(
             prepared,
             request,

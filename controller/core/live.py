@@ -13,11 +13,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from controller.core.config import Settings
-from controller.core.errors import ExpiredTask, InvalidRequest, UnknownTask
+from controller.common.config import Settings
+from controller.common.errors import ExpiredTask, InvalidRequest, UnknownTask
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.core.registry import Registry, TaskRecord
-from controller.core.stats import Stats
-from controller.core.target import Target
 from controller.ssh.executor import HostLimitedExecutor
 from controller.transports import FileStat, Transports
 from protocol import InstallSpec, NodeProgress, Progress, ProtocolError, utc_now

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from controller.common.errors import InvalidRequest, NoLock, RemoteError, Unreachable
+from controller.common.target import parse_target
 from controller.core.access import check_start
-from controller.core.errors import InvalidRequest, NoLock, RemoteError, Unreachable
 from controller.core.live import Tasks
 from controller.core.reader import Reader
 from controller.core.schemas import DiffRequest
-from controller.core.target import parse_target
 from protocol import ExitCode, ProtocolError
 from protocol import fields as checks
 from protocol.lock import Lock

@@ -21,8 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from controller.core.access import check_lookup
-from controller.core.errors import (
+from controller.common.errors import (
     ExpiredTask,
     InvalidRequest,
     RemoteError,
@@ -30,10 +29,11 @@ from controller.core.errors import (
     Unreachable,
     UnreadableProgress,
 )
+from controller.common.target import Target
+from controller.core.access import check_lookup
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import SUMMARY_FIELDS, TaskRecord
 from controller.core.registry_schema import SUMMARY_ERROR_CHARS
-from controller.core.target import Target
 from controller.transports import FileStat, Transport
 from protocol import ExitCode, Progress, ProtocolError
 from protocol import fields as checks

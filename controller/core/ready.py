@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from controller.common.errors import InvalidRequest, RemoteError
+from controller.common.target import parse_target
 from controller.core.access import check_start
-from controller.core.errors import InvalidRequest, RemoteError
 from controller.core.live import Tasks
 from controller.core.schemas import ReadyRequest
 from controller.core.sources import workflow as workflows
 from controller.core.sources.errors import SourceError
 from controller.core.sources.resolver import FRONTEND_ONLY
-from controller.core.target import parse_target
 from protocol import ExitCode, ProtocolError, ReadyResult
 from protocol import fields as checks
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.common.target import Target
 from controller.core.registry_schema import SUMMARY_ERROR_CHARS, migrate, summary_values
-from controller.core.target import Target
 from protocol import FINAL_STATES, Progress
 
 #: A stored document larger than this loses its nodes' error texts beyond a short

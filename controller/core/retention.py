@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.core.errors import ControllerError
+from controller.common.errors import ControllerError
 from controller.core.live import Tasks
 from controller.core.reader import Reader
 from controller.core.registry import TaskRecord

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
-from controller.core.errors import Conflict, InvalidRequest
+from controller.common.errors import Conflict, InvalidRequest
 from controller.core.launcher import Launcher
 from controller.core.live import Live, Tasks
 from controller.core.scheduler import Admission
-from controller.core.schemas import InstallRequest
-from protocol import TRANSIENT_NODE_ERROR_CODES, InstallSpec, Progress
+from controller.core.schemas import RETRIED_FIELDS, InstallRequest
+from protocol import TRANSIENT_NODE_ERROR_CODES, InstallSpec, NodeSpec, Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +69,7 @@ class Retrier:
         record = live.record
         if not record.spec:
             raise InvalidRequest("", f"task {record.task_id} has no spec left to retry")
-        spec = InstallSpec.from_dict(record.spec)
-        nodes = [node.to_dict() for node in spec.nodes if node.dir_name in names]
-        request = InstallRequest(
-            ssh_connection=str(record.target),
-            ui_home=spec.ui_home,
-            nodes=[{k: v for k, v in node.items() if v is not None} for node in nodes],
-            python=spec.python,
-            pip_args=list(spec.pip_args),
-            jobs=spec.jobs,
-            update=spec.update,
-            low_priority=spec.low_priority,
-            restart=spec.restart,
-            ready_check=spec.ready_check,
-            ready_timeout=spec.ready_timeout,
-            queue=queue,
-            auto_retry=auto_retry,
-        )
+        request = retry_request(record.spec, str(record.target), names, queue, auto_retry)
         async with self._lock:
             if record.retried_by is not None:
                 raise Conflict(
@@ -93,11 +78,7 @@ class Retrier:
                     task_id=record.retried_by,
                 )
             admission = await self.launcher.start(
-                request,
-                retry_of=record,
-                not_before=not_before,
-                target=record.target,
-                ready_classes=list(spec.ready_classes),
+                request, retry_of=record, not_before=not_before, target=record.target
             )
             await self.tasks.run(self.tasks.registry.link_retry, record.task_id, admission.task_id)
             record.retried_by = admission.task_id
@@ -136,6 +117,37 @@ class Retrier:
             delay,
             record.auto_retry - 1,
         )
+
+
+def retry_request(
+    original: dict[str, Any], ssh_connection: str, names: set[str], queue: bool, auto_retry: int
+) -> InstallRequest:
+    """The original request again, for the nodes ``names`` only.
+
+    Every field the declaration marks as carried (``retry=True``) is read back
+    from the task's spec by name, so a field added to ``InstallRequest`` later is
+    carried without touching this file. Not carried: the node list (what failed
+    replaces it, and with it the workflow or snapshot it was resolved from) and
+    what the retry sets itself (``queue``, ``auto_retry``'s countdown)."""
+    spec = InstallSpec.from_dict(original).to_dict()  # an older spec gets today's defaults
+    fields: dict[str, Any] = {name: spec[name] for name in RETRIED_FIELDS if name in spec}
+    lock = fields.get("lock")
+    if lock is not None:
+        # A lock names the nodes: keep its package versions, narrow its nodes.
+        fields["lock"] = {**lock, "nodes": [n for n in lock["nodes"] if n["name"] in names]}
+    else:
+        fields["nodes"] = [
+            {key: value for key, value in node.items() if value is not None}
+            for node in spec["nodes"]
+            if _dir_name(node) in names
+        ]
+    return InstallRequest.model_validate(
+        {**fields, "ssh_connection": ssh_connection, "queue": queue, "auto_retry": auto_retry}
+    )
+
+
+def _dir_name(node: dict[str, Any]) -> str:
+    return NodeSpec(node["url"], node.get("ref"), node.get("name")).dir_name
 
 
 def transient_failures(progress: Progress) -> set[str]:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.errors import Conflict, TooManyTasks
+from controller.common.errors import Conflict, TooManyTasks
 from controller.core.live import Live, Tasks, TaskView, queued_document, starting_document
 from controller.core.registry import TaskRecord, home_key
 from protocol import utc_now
@@ -93,8 +93,7 @@ class Scheduler:
                 live.launch = tasks.spawn(self._launch(live))
                 return Admission(record.task_id, "starting")
             if not queue:
-                if reason == HOME_BUSY:
-                    assert holder is not None
+                if holder is not None:  # the home is busy (reason HOME_BUSY)
                     raise Conflict(
                         f"an install into {record.ui_home} on {record.target} is already "
                         f"running or queued (task {holder}); wait for it, cancel it, or "

@@ -11,67 +11,302 @@ from __future__ import annotations
 
 import datetime
 import re
+import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
+from controller.core.install_fields import Const, Hand, Valued, declared_fields, option
+from protocol import ProtocolError
+from protocol.spec import (
+    DEFAULT_CLONE_JOBS,
+    DEFAULT_JOBS,
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
+    MAX_CLONE_JOBS,
+    MAX_JOBS,
+    MAX_READY_CLASSES,
+    MAX_READY_TIMEOUT,
+    MAX_VERIFY_TIMEOUT,
+    RESTART_MODES,
+    restart_mode,
+)
 
 MAX_NODES = 500
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+def restart_command(text: str) -> dict[str, list[str]]:
+    """``--restart-command CMD``'s value: CMD split as a shell would, run without one."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot split it: {exc}") from None
+    if not argv:
+        raise ValueError("is empty: name the command that starts ComfyUI")
+    try:
+        restart_mode({"command": argv})  # the checks the agent makes, on the command line
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+    return {"command": argv}
+
+
 class InstallRequest(BaseModel):
-    """``POST /ssh/install-custom-nodes``."""
+    """``POST /ssh/install-custom-nodes``: the one declaration of an install's fields.
+
+    Each :func:`option` says, beside its type and default, its help, its flag on
+    ``nodeferry install``, whether it reaches the agent's spec and whether a retry
+    carries it (``controller/core/install_fields.py``); the command line, the
+    clients, the spec, the fleet path and retries are derived from this table.
+    A new field is one entry here (and, if ``spec``, its field in InstallSpec).
+    """
 
     model_config = _STRICT
 
-    ssh_connection: str = Field(max_length=512)
-    ui_home: str = Field(max_length=4096)
+    # -- where --------------------------------------------------------------------
+    ssh_connection: str = option(
+        help="the instance: 'root@host -p 22', 'root@host:22', the ssh command VastAI "
+        "shows, or 'local' for the controller's own machine",
+        cli=Hand(("--ssh",)),
+        spec=False,  # the controller connects; the agent never sees it
+        retry=True,  # the task's own (parsed) target
+        max_length=512,
+    )
+    ui_home: str = option(
+        help="the ComfyUI folder on the instance",
+        cli="--ui-home",
+        spec=True,
+        retry=True,
+        metavar="DIR",
+        max_length=4096,
+    )
+    # -- what ---------------------------------------------------------------------
     #: ``"URL"``, ``"URL@REF"``, ``{"url", "ref", "name"}`` or a Comfy Registry id
     #: (``"id"``, ``"id@version"``); ``protocol.parse_node`` checks each URL and names
     #: the field precisely. With ``workflow`` and ``snapshot`` optional: none of the
     #: three installs the controller's ``default_nodes``; left out when ``lock``
     #: names the nodes.
-    nodes: list[Any] | None = Field(default=None, max_length=MAX_NODES)
-    #: A ComfyUI workflow, UI or API format (``controller.core.sources.workflow``).
-    workflow: dict[str, Any] | None = None
-    #: A ComfyUI-Manager snapshot, as an object or its JSON/YAML text.
-    snapshot: dict[str, Any] | str | None = Field(default=None)
-    #: Refuse (400) when a workflow class resolves to no custom node.
-    strict: bool = False
-    python: str | None = Field(default=None, max_length=4096)
-    pip_args: list[str] | None = Field(default=None, max_length=64)
-    jobs: int = Field(default=4, ge=1, le=32)
-    clone_jobs: int = Field(default=16, ge=1, le=64)
-    update: bool = False
-    #: Import each node as ComfyUI does (true), not at all (false), or run
-    #: ComfyUI itself once and read its import report ("comfyui"). ``Any`` here so
-    #: an error names ``verify`` itself (a union would name its members);
-    #: ``InstallSpec`` checks the value.
-    verify: Any = True
-    verify_timeout: float = Field(default=120.0, ge=1, le=3600)
+    nodes: list[Any] | None = option(
+        None,
+        help="the nodes: URL[@REF][#NAME], {url, ref, name} or Comfy Registry ids",
+        cli=Hand(("nodes", "--nodes-file")),
+        spec=True,
+        retry=False,  # a retry names the nodes that did not install
+        max_length=MAX_NODES,
+    )
+    workflow: dict[str, Any] | None = option(
+        None,
+        help="install what a ComfyUI workflow (UI or API format) needs",
+        cli=Hand(("--workflow",)),
+        spec=False,  # resolved into nodes before the start
+        retry=False,
+    )
+    snapshot: dict[str, Any] | str | None = option(
+        None,
+        help="a ComfyUI-Manager snapshot, as an object or its JSON/YAML text",
+        cli=Hand(("--snapshot",)),
+        spec=False,  # resolved into nodes before the start
+        retry=False,
+    )
+    strict: bool = option(
+        False,
+        help="refuse (400) when a workflow class resolves to no custom node",
+        cli="--strict",
+        spec=False,  # only the resolution reads it
+        retry=False,
+    )
     #: A ``lock.json`` to reproduce; ``protocol.Lock`` checks it field by field.
-    lock: dict[str, Any] | None = None
-    #: What installs requirements: uv when found or installable (auto), uv, pip.
-    installer: Literal["auto", "uv", "pip"] = "auto"
-    #: Run git, pip/uv and install.py at a lower CPU and I/O priority on the instance.
-    low_priority: bool = True
-    #: When the ComfyUI home is busy or a limit is reached: wait in the queue (202,
-    #: state ``queued``) instead of answering 409 or 429.
-    queue: bool = False
-    #: Retry transient failures (network, timeouts, a killed agent) up to this many times.
-    auto_retry: int = Field(default=0, ge=0, le=10)
-    #: After the install: "never" (the default, as before), "auto" (supervisord,
-    #: systemd, the plain process, in that order) or {"command": [argv…]} (auto,
-    #: else this command). ``Any`` so an error names ``restart``;
-    #: ``protocol.spec.restart_mode`` checks the value.
-    restart: Any = "never"
-    #: Without a restart, still ask the running ComfyUI for the workflow's classes.
-    ready_check: bool = False
-    #: Seconds a restarted ComfyUI has to answer on its port.
-    ready_timeout: float = Field(default=300.0, ge=1, le=3600)
+    lock: dict[str, Any] | None = option(
+        None,
+        help="a lock (lock.json) to reproduce instead of nodes: its nodes at its commits, "
+        "its package versions",
+        cli=Hand(("--lock",)),
+        spec=True,
+        retry=True,  # narrowed to the nodes that did not install
+    )
+    # -- how ----------------------------------------------------------------------
+    python: str | None = option(
+        None,
+        help="ComfyUI's interpreter",
+        cli="--python",
+        spec=True,
+        retry=True,
+        shown_default="discovered",
+        max_length=4096,
+    )
+    pip_args: list[str] | None = option(
+        None,
+        help="arguments for pip, e.g. --no-index (on the command line: --pip-arg=--no-index, "
+        "once per argument)",
+        cli="--pip-arg",
+        spec=True,
+        retry=True,
+        metavar="ARG",
+        shown_default="the controller's default_pip_args",
+        max_length=64,
+    )
+    jobs: int = option(
+        DEFAULT_JOBS,
+        help="CPU-bound steps at a time (the import checks; clones have their own limit)",
+        cli="--jobs",
+        spec=True,
+        retry=True,
+        metavar="N",
+        ge=1,
+        le=MAX_JOBS,
+    )
+    clone_jobs: int = option(
+        DEFAULT_CLONE_JOBS,
+        help="git clones at a time",
+        cli="--clone-jobs",
+        spec=True,
+        retry=True,
+        metavar="N",
+        ge=1,
+        le=MAX_CLONE_JOBS,
+    )
+    update: bool = option(
+        False,
+        help="bring nodes already present up to date (without it they are skipped, "
+        "unless another @REF than the one checked out is asked for)",
+        cli="--update",
+        spec=True,
+        retry=True,
+    )
+    #: ``Any`` so an error names ``verify`` itself (a union would name its members);
+    #: ``InstallSpec`` checks the value.
+    verify: Any = option(
+        True,
+        help="check each node loads: import it as ComfyUI does (true), not at all (false), "
+        'or start ComfyUI itself once and read its import report ("comfyui")',
+        cli=(
+            Const(
+                "--no-verify",
+                False,
+                "do not import each node to check it loads (importing runs the node's code)",
+            ),
+            Const(
+                "--verify-comfyui",
+                "comfyui",
+                "check the nodes by starting ComfyUI itself once (main.py --quick-test-for-ci)",
+            ),
+        ),
+        spec=True,
+        retry=True,
+        shown_default="import each node",
+    )
+    verify_timeout: float = option(
+        DEFAULT_VERIFY_TIMEOUT,
+        help="seconds for each node's import check",
+        cli="--verify-timeout",
+        spec=True,
+        retry=True,
+        metavar="SECONDS",
+        ge=1,
+        le=MAX_VERIFY_TIMEOUT,
+    )
+    installer: Literal["auto", "uv", "pip"] = option(
+        "auto",
+        help="what installs requirements: uv when found or installable (auto), uv, or pip",
+        cli="--installer",
+        spec=True,
+        retry=True,
+    )
+    low_priority: bool = option(
+        True,
+        help="run git, pip/uv and install.py at a lower CPU and I/O priority on the instance",
+        cli="--no-low-priority",
+        spec=True,
+        retry=True,
+        flag_help="run git, pip and install.py at normal priority on the instance",
+    )
+    # -- after the install ----------------------------------------------------------
+    #: ``Any`` so an error names ``restart`` itself; ``protocol.spec.restart_mode``
+    #: checks the value.
+    restart: Any = option(
+        "never",
+        help='after the install, restart ComfyUI the way the instance runs it: "never", '
+        '"auto" (a supervisord program, a systemd unit or the plain process, in that '
+        'order), or {"command": [argv...]} (auto, else that command), then ask it for '
+        "the workflow's classes",
+        cli=(
+            Valued(
+                "--restart",
+                "after the install, restart ComfyUI the way the instance runs it (supervisord, "
+                "systemd or the plain process) and ask it whether the workflow's classes are "
+                "there; --restart alone is --restart=auto",
+                metavar="[=auto|never]",
+                choices=RESTART_MODES,
+                bare="auto",
+            ),
+            Valued(
+                "--restart-command",
+                "like --restart, and when no running ComfyUI is found run CMD (split like a "
+                "shell would, run without one) in the ComfyUI folder",
+                metavar="CMD",
+                parse=restart_command,
+            ),
+        ),
+        spec=True,
+        retry=True,
+    )
+    ready_check: bool = option(
+        False,
+        help="without a restart, ask the running ComfyUI for the workflow's classes afterwards",
+        cli="--ready-check",
+        spec=True,
+        retry=True,
+    )
+    ready_timeout: float = option(
+        DEFAULT_READY_TIMEOUT,
+        help="seconds a restarted ComfyUI has to answer on its port",
+        cli="--ready-timeout",
+        spec=True,
+        retry=True,
+        metavar="SECONDS",
+        ge=1,
+        le=MAX_READY_TIMEOUT,
+    )
+    #: No flag of its own: ``--workflow`` fills it. Given in the API, it stands for the
+    #: workflow's (a retry gives the original's, its workflow being gone).
+    ready_classes: list[str] | None = option(
+        None,
+        help="the node classes the running ComfyUI must have; a missing one fails the install",
+        cli=None,
+        spec=True,
+        retry=True,  # the retry has no workflow left to read them from
+        shown_default="the workflow's",
+        max_length=MAX_READY_CLASSES,
+    )
+    # -- admission ----------------------------------------------------------------
+    queue: bool = option(
+        False,
+        help="when the ComfyUI home is busy or a limit is reached, wait in the queue (202, "
+        "state queued) instead of answering 409 or 429",
+        cli="--queue",
+        spec=False,
+        retry=False,  # a retry sets its own (an automatic one always queues)
+    )
+    auto_retry: int = option(
+        0,
+        help="retry transient failures (network, timeouts, a killed agent) up to this many times",
+        cli="--auto-retry",
+        spec=False,
+        retry=False,  # a retry sets its own countdown
+        metavar="N",
+        ge=0,
+        le=10,
+    )
+
+
+#: The table, in declaration order.
+INSTALL_FIELDS = declared_fields(InstallRequest)
+#: The fields the agent's spec (``protocol.InstallSpec``) takes under the same name.
+SPEC_FIELDS = tuple(f.name for f in INSTALL_FIELDS if f.spec)
+#: The fields a retry takes from the task's spec (``controller/core/retry.py``).
+RETRIED_FIELDS = tuple(f.name for f in INSTALL_FIELDS if f.retry and f.spec)
 
 
 class DiffRequest(BaseModel):
@@ -96,7 +331,7 @@ class ReadyRequest(BaseModel):
     #: answer only counts the classes.
     workflow: dict[str, Any] | None = None
     #: Seconds to wait for it to answer (a ComfyUI that is still starting).
-    timeout: float = Field(default=30.0, ge=1, le=3600)
+    timeout: float = Field(default=30.0, ge=1, le=MAX_READY_TIMEOUT)
 
 
 class ResolveRequest(BaseModel):

@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Any
 
+from controller.common.config import Settings
+from controller.common.stats import Stats
+from controller.common.target import Target, parse_target
 from controller.core import history, ready
 from controller.core.access import check_start
-from controller.core.config import Settings
 from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
 from controller.core.locks import Locks
@@ -30,8 +32,6 @@ from controller.core.schemas import DiffRequest, InstallRequest, ReadyRequest, R
 from controller.core.sources.plan import Sources
 from controller.core.sources.resolver import Plan
 from controller.core.sources.service import SourceService
-from controller.core.stats import Stats
-from controller.core.target import Target, parse_target
 from controller.transports import Transports
 from protocol.lock import Lock
 

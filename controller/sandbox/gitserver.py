@@ -195,8 +195,7 @@ class GitServer:
     def _wait_listening(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from controller.core.errors import Unreachable
+from controller.common.errors import Unreachable
 
 T = TypeVar("T")
 

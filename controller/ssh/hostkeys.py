@@ -12,7 +12,7 @@ from pathlib import Path
 
 import paramiko
 
-from controller.core.errors import HostKeyChanged, HostKeyError
+from controller.common.errors import HostKeyChanged, HostKeyError
 
 
 def host_entry(host: str, port: int) -> str:

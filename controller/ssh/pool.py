@@ -32,10 +32,10 @@ from typing import TypeVar
 
 import paramiko
 
-from controller.core.config import Settings
-from controller.core.errors import AuthFailed, RemoteError, Unreachable
-from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.errors import AuthFailed, RemoteError, Unreachable
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.ssh.hostkeys import KnownHosts
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,8 @@ class SSHPool:
                     finally:
                         if reserved:
                             self._release(conn)
-                    assert conn.sftp is not None and conn.home is not None
+                    if conn.sftp is None or conn.home is None:  # set together above
+                        raise paramiko.SSHException("the SFTP session did not open")
                     return operation(conn.sftp, conn.home)
             except DROPPED as exc:
                 if conn.transport.is_active() and not isinstance(

@@ -1,12 +1,16 @@
-"""Ways to reach the machine an install runs on: ``ssh`` and ``local``."""
+"""Ways to reach the machine an install runs on: ``ssh`` and ``local``.
+
+Imports ``controller.ssh`` and ``controller.common`` only (of the controller):
+the task core builds on it, never the reverse.
+"""
 
 from __future__ import annotations
 
 import threading
 
-from controller.core.config import Settings
-from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.ssh.pool import SSHPool
 from controller.transports.base import AgentReply, FileStat, Transport
 from controller.transports.local import LocalTransport

@@ -12,8 +12,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.errors import AgentMissingPython, RemoteCommandError
-from controller.core.target import Target
+from controller.common.errors import AgentMissingPython, RemoteCommandError
+from controller.common.target import Target
 from controller.ssh.pool import CommandResult
 
 #: Exit status of a POSIX shell that could not find the command.

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.core.config import Settings
-from controller.core.errors import RemoteError
-from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.errors import RemoteError
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.ssh.pool import CommandResult
 from controller.transports.base import FileStat, Transport, shell_command
 

@@ -9,9 +9,9 @@ import threading
 
 import paramiko
 
-from controller.core.config import Settings
-from controller.core.stats import Stats
-from controller.core.target import Target
+from controller.common.config import Settings
+from controller.common.stats import Stats
+from controller.common.target import Target
 from controller.ssh.pool import CommandResult, SSHPool
 from controller.transports.base import FileStat, Transport, shell_command
 

@@ -4,6 +4,7 @@ repository as a person on an instance would."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,9 +137,14 @@ def test_the_bundle_runs_outside_the_repo_and_a_new_ref_updates_the_node(
     assert "--update updates them" in again.stdout
 
     # Another ref than the one checked out: that node is brought to it.
-    moved = install(f"{url}@{second}#Pinned")
+    # (and at normal priority: every spec field has its flag here too)
+    moved = install("--no-low-priority", f"{url}@{second}#Pinned")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert "1 installed, 0 skipped" in moved.stdout
     assert (pinned / "version.txt").read_text() == "2\n"
     logs = sorted((tmp_path / "state" / "tasks").glob("*/agent.log"), key=os.path.getmtime)
     assert f"updated {first} -> {second} ({second} requested)" in logs[-1].read_text()
+    assert "lower priority" not in logs[-1].read_text()
+    assert "lower priority" in logs[0].read_text()
+    spec = json.loads((logs[-1].parent / "spec.json").read_text())
+    assert spec["low_priority"] is False

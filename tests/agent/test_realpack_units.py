@@ -3,6 +3,7 @@ package diffs, install.py warnings, installer choice, completion records, folder
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,13 @@ def test_bisection_drops_only_the_culprits() -> None:
 
 
 def test_bisection_with_nothing_wrong_asks_once() -> None:
-    calls = []
-    culprits = bisect.find_culprits([0, 1, 2], lambda nodes: (calls.append(1) or True, ""))
+    calls: list[Sequence[int]] = []
+
+    def dry_run(nodes: Sequence[int]) -> tuple[bool, str]:
+        calls.append(nodes)
+        return True, ""
+
+    culprits = bisect.find_culprits([0, 1, 2], dry_run)
     assert culprits == {} and len(calls) == 1
 
 

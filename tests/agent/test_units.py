@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -236,9 +237,26 @@ def test_descendants_finds_the_whole_tree() -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
+#: Logs the tests opened, closed after each test whatever happened (an unclosed
+#: file is a ResourceWarning, and warnings are errors).
+_OPEN_LOGS: list[TaskLog] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_logs() -> Iterator[None]:
+    yield
+    while _OPEN_LOGS:
+        _OPEN_LOGS.pop().close()
+
+
+def _open_log(path: Path) -> TaskLog:
+    _OPEN_LOGS.append(TaskLog.open(str(path)))
+    return _OPEN_LOGS[-1]
+
+
 def _log(tmp_path: Path) -> tuple[TaskLog, Path]:
     path = tmp_path / "agent.log"
-    return TaskLog.open(str(path)), path
+    return _open_log(path), path
 
 
 def test_run_streams_prefixed_output_and_keeps_the_tail(tmp_path: Path) -> None:
@@ -387,7 +405,7 @@ def test_clones_run_in_parallel_up_to_clone_jobs(
     )
     paths = state.create_task(spec.task_id)
     writer = ProgressWriter(paths.progress, initial_progress(spec, paths))
-    log = TaskLog.open(str(paths.log))
+    log = _open_log(paths.log)
     installer = Installer(spec, paths, writer, log)
     lock_ = threading.Lock()
     running = {"now": 0, "max": 0}
@@ -585,7 +603,7 @@ def test_an_unexpected_exception_still_writes_a_final_document(
     )
     paths = state.create_task(spec.task_id)
     writer = ProgressWriter(paths.progress, initial_progress(spec, paths))
-    installer = Installer(spec, paths, writer, TaskLog.open(str(paths.log)))
+    installer = Installer(spec, paths, writer, _open_log(paths.log))
 
     def boom() -> None:
         raise RuntimeError("disk on fire")

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import make_comfy_home
 from protocol.progress import parse_time
 from tests.bench.baselines import ParamikoPoller, SshCatPoller, SshTarget, time_polls

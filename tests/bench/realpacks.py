@@ -266,7 +266,9 @@ print(json.dumps(out))
 """
 
 
-def check_env(python: str, env: dict[str, str], packs: Sequence[Pack], torch_before: str | None):
+def check_env(
+    python: str, env: dict[str, str], packs: Sequence[Pack], torch_before: str | None
+) -> dict[str, Any]:
     """pip check, torch unchanged, one coherent cv2, each pack's requirements importable."""
     checks: dict[str, Any] = {}
     # What ComfyUI would see: not the benchmark's own PYTHONPATH (this checkout).

@@ -17,8 +17,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from controller.common.target import Target
 from controller.core.registry import Registry, TaskRecord
-from controller.core.target import Target
 from protocol import NodeProgress, Progress
 from tests.bench.controller_proc import ControllerProcess
 from tests.bench.lab import Lab

@@ -74,3 +74,21 @@ def test_ratio_is_baseline_over_value_and_smoke_claims_no_target(tmp_path: Path)
     table = markdown_table(data)
     assert "| poll | p50 | 10.0 ms | 500.0 ms | 50.0x | >= 20x | yes |" in table
     assert "**scale: not measured** — no sshd" in table
+
+
+@pytest.mark.timeout(30)
+def test_blackhole_counts_every_completed_connection_when_read() -> None:
+    import socket
+
+    from tests.bench.blackhole import Blackhole
+
+    with Blackhole() as hole:
+        clients = [socket.create_connection(("127.0.0.1", hole.port), timeout=10) for _ in range(3)]
+        # Read at once, before the background thread may have run: still all three.
+        assert hole.accepted == 3
+        clients[0].settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            clients[0].recv(1)  # and not a word from it
+        for client in clients:
+            client.close()
+        assert hole.accepted == 3

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from controller.api.app import create_app
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import NODE_INIT, ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
 from tests.support import nodedb

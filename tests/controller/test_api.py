@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,

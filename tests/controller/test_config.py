@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.core.config import Settings, load_settings, setting_names
-from controller.core.errors import ConfigError
+from controller.common.config import Settings, load_settings, setting_names
+from controller.common.errors import ConfigError
 
 
 def test_precedence_file_env_overrides(tmp_path: Path) -> None:

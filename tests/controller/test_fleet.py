@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import AppFactory, NodeRepos, comfy_home
 from tests.support.sshd import SshServer

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.apitoken import discover_token
+from controller.common.apitoken import discover_token
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
@@ -81,7 +81,8 @@ async def test_a_token_is_made_on_first_start_and_kept(
     make_client: AppFactory, tmp_path: Path, client_key: Path
 ) -> None:
     settings = make_settings(tmp_path, client_key)
-    assert settings.token is None
+    before = settings.token  # (a local: create_app sets the attribute)
+    assert before is None
     client = await make_client(settings, authenticated=False)
     token_file = settings.data_dir / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from controller.api.appkeys import SERVICE
-from controller.core.config import load_settings
+from controller.common.config import load_settings
 from controller.sandbox.comfy import ComfyHome, build_venv_template, make_comfy_home
 from controller.sandbox.gitserver import GitServer
 from controller.sandbox.wheels import build_wheel

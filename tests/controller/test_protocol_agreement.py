@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
 from controller.core.schemas import InstallRequest, ProgressModel, parse_body
 from protocol import InstallSpec, NodeProgress, Progress, ProtocolError
 

@@ -11,11 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from controller.cli import display
-from controller.cli.main import bare_flags, build_parser
-from controller.cli.restart_flags import restart_options
+from controller.cli.install_flags import bare_flags, install_options
+from controller.cli.main import build_parser
 from controller.client import AsyncClient
-from controller.core.config import Settings
-from controller.core.errors import InvalidRequest
+from controller.common.config import Settings
+from controller.common.errors import InvalidRequest
 from controller.core.ready import workflow_classes
 from controller.sandbox.comfy import ComfyHome
 from tests.agent.test_restart import FAKE_MAIN, start_server
@@ -103,16 +103,35 @@ def _install_args(*words: str) -> argparse.Namespace:
     return build_parser().parse_args(bare_flags(["install", "--ui-home", "/w", *words]))
 
 
+def _restart_options(args: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k, v in install_options(args).items() if k != "ui_home"}
+
+
 def test_the_restart_flags_become_start_fields() -> None:
     args = _install_args("--restart", "https://h/a/b")
-    assert args.nodes == ["https://h/a/b"] and restart_options(args) == {"restart": "auto"}
+    assert args.nodes == ["https://h/a/b"] and _restart_options(args) == {"restart": "auto"}
     args = _install_args("--restart=never", "--ready-check", "--ready-timeout", "30", "x")
-    assert restart_options(args) == {"restart": "never", "ready_check": True, "ready_timeout": 30}
+    assert _restart_options(args) == {"restart": "never", "ready_check": True, "ready_timeout": 30}
     args = _install_args("--restart-command", "/opt/start.sh --port '81 90'", "x")
-    assert restart_options(args) == {"restart": {"command": ["/opt/start.sh", "--port", "81 90"]}}
-    assert restart_options(_install_args("x")) == {}
+    assert _restart_options(args) == {"restart": {"command": ["/opt/start.sh", "--port", "81 90"]}}
+    assert _restart_options(_install_args("x")) == {}
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--restart=always"], "invalid choice: 'always'"),
+        (["--restart-command", "  "], "--restart-command: is empty"),
+        (["--restart-command", "'unclosed"], "--restart-command: cannot split it"),
+        (["--restart", "--restart-command", "/opt/start.sh"], "not allowed with argument"),
+    ],
+)
+def test_bad_restart_flags_are_refused_by_name(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        _install_args("--restart=always", "x")
+        _install_args(*words, "x")
+    assert message in capsys.readouterr().err
 
 
 def test_the_live_view_says_how_comfyui_came_back() -> None:

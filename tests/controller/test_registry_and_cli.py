@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.common.target import Target
 from controller.core.registry import Registry, TaskRecord
-from controller.core.target import Target
 from protocol import Progress
 from tests.support.procs import end_process
 
@@ -144,5 +144,8 @@ def test_serve_answers_http(tmp_path: Path) -> None:
     finally:
         end_process(process)
     output = log.read_text(errors="replace")
-    # The dashboard address is printed once, the token in its fragment.
-    assert f"http://127.0.0.1:{port}/#token={token}" in output
+    # Not a terminal (a log file, journald, docker logs): the address without the
+    # token, and how to get it; the token itself is nowhere in the log.
+    assert f"dashboard: http://127.0.0.1:{port}/ (it asks for the API token" in output
+    assert f"`nodeferry token --data-dir {tmp_path / 'data'}`" in output
+    assert token not in output

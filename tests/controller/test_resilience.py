@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from controller.api.appkeys import SERVICE
-from controller.core.config import Settings
+from controller.common.config import Settings
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import (
     AppFactory,
@@ -254,8 +254,8 @@ async def test_restart_during_a_start_that_never_reached_the_agent(
     # A controller died between answering 202 and running `agent start`.
     import uuid
 
+    from controller.common.target import parse_target
     from controller.core.registry import Registry, TaskRecord
-    from controller.core.target import parse_target
     from protocol import InstallSpec
 
     task_id = str(uuid.uuid4())

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from controller.api.appkeys import SERVICE
+from controller.common.target import Target
 from controller.core import registry_schema
 from controller.core.registry import Registry, TaskRecord
-from controller.core.target import Target
 from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
 from protocol import NodeProgress, Progress

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.core.config import Settings
-from controller.core.errors import AuthFailed, HostKeyChanged, HostKeyError, Unreachable
-from controller.core.stats import Stats
-from controller.core.target import Target, parse_target
+from controller.common.config import Settings
+from controller.common.errors import AuthFailed, HostKeyChanged, HostKeyError, Unreachable
+from controller.common.stats import Stats
+from controller.common.target import Target, parse_target
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
 from tests.bench.blackhole import Blackhole

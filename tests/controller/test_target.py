@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.core.config import Settings
-from controller.core.errors import InvalidRequest
-from controller.core.target import Target, parse_host_port, parse_target
+from controller.common.config import Settings
+from controller.common.errors import InvalidRequest
+from controller.common.target import Target, parse_host_port, parse_target
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ from controller.api.app import create_app
 from controller.api.appkeys import STATS
 from controller.api.events import HEARTBEAT
 from controller.client import Client, ClientError
-from controller.core.config import Settings, load_settings
-from controller.core.stats import Stats
+from controller.common.config import Settings, load_settings
+from controller.common.stats import Stats
 from controller.sandbox import playground as sandboxes
 from protocol import FINAL_STATES
 from tests.support.procs import end_processes_under

@@ -103,8 +103,8 @@ class FakeController:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        assert self.events is not None
         script = self.events if self.event_requests == 1 else self.events[-1:]
-        assert script is not None
         for item in script:
             if item == "drop":
                 return response  # the connection ends without a final event
@@ -174,7 +174,8 @@ async def test_wait_times_out_clearly_and_can_cancel(aiohttp_server: Any) -> Non
             await client.wait(TASK, timeout=0.3, poll_interval=0.05)
         assert "did not finish within 0.3 s" in str(caught.value)
         assert caught.value.last is not None and caught.value.last["state"] == "cloning"
-        assert not fake.cancelled
+        cancelled_yet = fake.cancelled  # (a local: the attribute changes below)
+        assert not cancelled_yet
         with pytest.raises(WaitTimeout) as caught:
             await client.wait(TASK, timeout=0.3, poll_interval=0.05, cancel_on_timeout=True)
     assert fake.cancelled

@@ -20,7 +20,7 @@ import pytest
 
 from controller.api.app import create_app
 from controller.client import Client
-from controller.core.config import load_settings
+from controller.common.config import load_settings
 from controller.sandbox.comfy import make_comfy_home
 from controller.sandbox.gitserver import GitServer
 from tests.frontends.conftest import (

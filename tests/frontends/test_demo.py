@@ -35,6 +35,10 @@ def test_demo_installs_and_exits(tmp_path: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "✓ done: 4 installed, 0 failed, 0 skipped" in out
+    # Which installer, as information (uv from beside this interpreter, shipped
+    # into the sandbox): no "uv unavailable" warning on a first run.
+    assert re.search(r"^installer: uv \(\S+\)$", out, re.MULTILINE), out
+    assert "warning" not in out.lower() and "uv unavailable" not in out
     # --exit: nothing serves the dashboard afterwards, so no address is printed.
     assert "dashboard" not in out
     # Without a terminal each node's line is printed once (no closing table).

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.core.config import load_settings
+from controller.common.config import load_settings
+from controller.common.target import Target
 from controller.core.live import failed_document, starting_document
 from controller.core.registry import Registry, TaskRecord
-from controller.core.target import Target
 from tests.frontends.test_cli import Terminal, cli_env, run_cli
 
 pytestmark = pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from controller.api.app import create_app
 from controller.client import Client
-from controller.core.config import Settings
+from controller.common.config import Settings
 from tests.frontends.conftest import DemoWorld, serve_in_thread, wait_until
 from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key
@@ -80,13 +81,13 @@ def test_wait_survives_the_instance_going_away(world: DemoWorld, tmp_path: Path)
                 waiter.start()
             for waiter in waiters:
                 wait_until(
-                    lambda w=waiter: w.saw(lambda d: d["state"] == "running_install_scripts"),
+                    partial(waiter.saw, lambda d: d["state"] == "running_install_scripts"),
                     60,
                     "the install to run",
                 )
             sshd.stop(drop_sessions=True)
             for waiter in waiters:
-                wait_until(lambda w=waiter: w.saw(lambda d: d.get("stale")), 30, "a stale view")
+                wait_until(partial(waiter.saw, lambda d: d.get("stale")), 30, "a stale view")
                 assert waiter.is_alive() and waiter.error is None
             sshd.start()
             with Client(controller.url, token=controller.token) as client:

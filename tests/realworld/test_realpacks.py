@@ -130,8 +130,8 @@ def _check_full_install(run: Run, packs: list[Pack]) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     # What changed: numpy down to 1.x, forced by the packs that pin it, and said so.
     down = final.packages.get("downgraded", {})
-    assert down.get("numpy", [None])[0].startswith("2."), final.packages
-    assert down["numpy"][1].startswith("1."), final.packages
+    assert str(down.get("numpy", [None])[0]).startswith("2."), final.packages
+    assert str(down["numpy"][1]).startswith("1."), final.packages
     assert "gguf" in final.packages.get("added", {})
     numpy_warning = [w for w in final.warnings if w.startswith("numpy downgraded")]
     assert numpy_warning and "numpy<2" in numpy_warning[0], final.warnings

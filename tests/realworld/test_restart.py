@@ -202,7 +202,7 @@ async def wait_final(inst: Instance, task_id: str, timeout: float = 150.0) -> di
         reply = await inst.client.post(
             "/ssh/install-custom-nodes/progress", json={"task_id": task_id}
         )
-        doc = await reply.json()
+        doc: dict[str, Any] = await reply.json()
         if not seen or seen[-1] != doc.get("state"):
             seen.append(str(doc.get("state")))
         if reply.status == 200 and doc.get("state") in FINAL:

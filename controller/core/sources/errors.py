@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
 
 
 class SourceError(InvalidRequest):

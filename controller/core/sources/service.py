@@ -15,20 +15,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from controller.core.config import Settings
-from controller.core.errors import InvalidRequest
+from controller.common.config import Settings
+from controller.common.errors import InvalidRequest
+from controller.common.target import Target
 from controller.core.sources import nodedb
 from controller.core.sources.errors import SourceError
 from controller.core.sources.nodedb import NodeDB
 from controller.core.sources.online import Online
 from controller.core.sources.plan import NO_SOURCE, Sources, build, read_default_nodes
 from controller.core.sources.resolver import Plan
-from controller.core.target import Target
 from controller.transports import Transports
 from protocol import ProtocolError
 from protocol import fields as checks
 
 T = TypeVar("T")
+#: What the database cache holds: a loader that always finds one, or one that may not.
+_DB = TypeVar("_DB", NodeDB, "NodeDB | None")
 Run = Callable[..., Awaitable[Any]]
 #: Seconds a loaded database is reused before its source is read again.
 DB_CACHE_SECONDS = 300.0
@@ -103,7 +105,7 @@ class SourceService:
 
     # -- the node database -----------------------------------------------------
 
-    def _cached(self, key: tuple[str, ...], load: Callable[[], NodeDB | None]) -> NodeDB | None:
+    def _cached(self, key: tuple[str, ...], load: Callable[[], _DB]) -> _DB:
         now = time.monotonic()
         with self._lock:
             hit = self._dbs.get(key)
@@ -123,9 +125,7 @@ class SourceService:
                     "node_db", f"the node_db setting names {configured}, which has no "
                     f"{nodedb.MAP_FILE}",
                 )  # fmt: skip
-            db = self._cached(("dir", str(configured)), lambda: nodedb.load_dir(configured))
-            assert db is not None
-            return db
+            return self._cached(("dir", str(configured)), lambda: nodedb.load_dir(configured))
         if target is not None and ui_home is not None and self.transports is not None:
             db = self._cached(
                 ("instance", target.key, ui_home), lambda: self._instance_db(target, ui_home)
@@ -134,9 +134,7 @@ class SourceService:
                 return db
         kept = nodedb.kept_dir(self.settings.data_dir)
         if nodedb.has_db(kept):
-            db = self._cached(("dir", str(kept)), lambda: nodedb.load_dir(kept))
-            assert db is not None
-            return db
+            return self._cached(("dir", str(kept)), lambda: nodedb.load_dir(kept))
         raise SourceError(
             "node_db",
             "resolving registry ids and workflows needs ComfyUI-Manager's node database and "
@@ -145,7 +143,8 @@ class SourceService:
         )
 
     def _instance_db(self, target: Target, ui_home: str) -> NodeDB | None:
-        assert self.transports is not None
+        if self.transports is None:  # no way to the instance: no database of its own
+            return None
         transport = self.transports.get(target)
         for name in nodedb.MANAGER_DIRS:
             directory = posixpath.join(ui_home, "custom_nodes", name)

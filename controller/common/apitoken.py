@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from controller.core.errors import ConfigError
+from controller.common.errors import ConfigError
 
 TOKEN_FILE = "token"  # noqa: S105 - a file name
 ENV_TOKEN = "NODEFERRY_TOKEN"  # noqa: S105 - a variable name

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.core.apitoken import check_token, default_data_dir
-from controller.core.errors import ConfigError
+from controller.common.apitoken import check_token, default_data_dir
+from controller.common.errors import ConfigError
 from protocol import fields as checks
 from protocol.errors import ProtocolError
 
@@ -267,7 +267,8 @@ _KINDS: dict[str, Any] = {
     "heartbeat_interval": float,
     "monitor_interval": float,
 }
-assert set(_KINDS) == {f.name for f in dataclasses.fields(Settings)}
+if set(_KINDS) != {f.name for f in dataclasses.fields(Settings)}:  # a setting without its kind
+    raise TypeError("_KINDS must name every field of Settings, and only those")
 
 
 def setting_names() -> list[str]:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.core.errors import InvalidRequest
-from controller.core.ssh_config import HostConfig, lookup_host
+from controller.common.errors import InvalidRequest
+from controller.common.ssh_config import HostConfig, lookup_host
 
 if TYPE_CHECKING:
-    from controller.core.config import Settings
+    from controller.common.config import Settings
 
 FIELD = "ssh_connection"
 MAX_LENGTH = 512
@@ -404,7 +404,8 @@ def _chain(spec: str, settings: Settings | None, depth: int) -> Target:
             )
         previous = target
         depth += 1
-    assert previous is not None
+    if previous is None:
+        raise _bad("ProxyJump names no host")
     return previous
 
 
@@ -427,7 +428,8 @@ def parse_target(value: object, settings: Settings | None = None) -> Target:
     except ValueError as exc:
         raise _bad(f"cannot be split into words ({exc})") from None
     found = _read_words(words)
-    assert found.destination is not None
+    if found.destination is None:
+        raise _bad("names no host")
     identities: tuple[str, ...] = ()
     if found.identity is not None:
         keys_dir = settings.keys_dir if settings is not None else None

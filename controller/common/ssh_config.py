@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paramiko
 
-from controller.core.errors import InvalidRequest
+from controller.common.errors import InvalidRequest
 
 _MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
 
