@@ -16,16 +16,26 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from agent import __version__, inventory, launch, lock, requirements, tasks, terminal
+from agent import __version__, inventory, launch, lock, procs, requirements, tasks, terminal
+from agent import restart as restartmod
 from agent.errors import AgentError, InvalidInput
 from agent.progress_file import read_progress, write_atomic
 from agent.statedir import StateDir, TaskPaths
+from agent.tasklog import TaskLog
 from agent.worker import run_worker
 from protocol import ExitCode, InstallSpec, Lock, Progress, ProtocolError
 from protocol import lock as lockdoc
 from protocol.errors import count_nodes_from_one
 from protocol.fields import new_task_id
-from protocol.spec import DEFAULT_CLONE_JOBS, DEFAULT_JOBS, DEFAULT_VERIFY_TIMEOUT, MAX_CLONE_JOBS
+from protocol.spec import (
+    DEFAULT_CLONE_JOBS,
+    DEFAULT_JOBS,
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
+    MAX_CLONE_JOBS,
+    MAX_READY_TIMEOUT,
+    ready_classes,
+)
 
 START_WAIT_SECONDS = 10.0
 
@@ -215,6 +225,10 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         else ("comfyui" if args.verify_comfyui else ("import" if args.verify_import else True)),
         "verify_timeout": args.verify_timeout,
         "installer": args.installer,
+        "restart": args.restart,
+        "ready_check": args.ready_check,
+        "ready_timeout": args.ready_timeout,
+        "ready_classes": _read_classes(args.ready_classes, "ready_classes"),
         "low_priority": args.low_priority,
     }
     if args.lock is not None:
@@ -230,9 +244,68 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     display.summary(final)
     if final.skipped:
         out.write("skipped nodes were already there at the asked ref; --update updates them\n")
-    if final.state == "completed" and final.failed == 0:
+    if final.ready is not None:
+        out.write(f"ComfyUI: {ready_line(final.ready.to_dict())}\n")
+    if final.succeeded:
         return ExitCode.OK
     return _exit_code_of(final) or ExitCode.INSTALL_FAILED
+
+
+def ready_line(ready: Dict[str, Any]) -> str:
+    """One line for people: how ComfyUI was restarted and what it has."""
+    if ready.get("classes") is None:
+        return str(ready.get("note") or "not asked")
+    how = ready.get("restarted_by")
+    head = f"restarted by {how}" if how else "running"
+    if ready.get("service"):
+        head += f" ({ready['service']})"
+    missing = ready.get("missing") or []
+    tail = f"missing {', '.join(missing)}" if missing else "every workflow class present"
+    return f"{head}, {ready['classes']} classes, {tail} ({float(ready.get('seconds') or 0):.1f}s)"
+
+
+def _read_classes(source: Optional[str], where: str = "classes") -> List[str]:
+    if source is None:
+        return []
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"cannot read the classes: {exc}", field=where) from None
+    try:
+        return ready_classes(data, where)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message, field=exc.field) from None
+
+
+def cmd_ready(args: argparse.Namespace, state: StateDir) -> int:
+    """Ask the home's running ComfyUI which classes it has (and which it lacks); no restart."""
+    home = Path(args.ui_home).expanduser()
+    if not (home / "main.py").is_file():
+        raise InvalidInput(f"{args.ui_home} has no main.py: not a ComfyUI home", "ui_home")
+    if not 1 <= args.timeout <= MAX_READY_TIMEOUT:
+        raise InvalidInput(f"must be from 1 to {MAX_READY_TIMEOUT:.0f} seconds", "timeout")
+    classes = _read_classes(args.classes)
+    # Commands it runs are logged to stderr, so stdout stays one JSON object.
+    log = TaskLog(sys.stderr)
+    try:
+        result = restartmod.bring_up(
+            home,
+            "never",
+            classes,
+            args.timeout,
+            log=log,
+            children=procs.Children(),
+            log_file=Path(os.devnull),
+        )
+    except restartmod.NotReady as exc:
+        body = exc.result.to_dict()
+        body["note"] = str(exc)
+        _emit({"ready": body})
+        return ExitCode.INSTALL_FAILED
+    _emit({"ready": result.to_dict()})
+    answered = result.classes is not None and not result.missing
+    return ExitCode.OK if answered else ExitCode.INSTALL_FAILED
 
 
 def cmd_diff(args: argparse.Namespace, state: StateDir) -> int:
@@ -393,6 +466,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="what installs requirements: uv if found or installable (auto), uv or pip",
     )
     p.add_argument(
+        "--restart",
+        default="never",
+        choices=("auto", "never"),
+        metavar="[=auto|never]",
+        help="after the install, restart ComfyUI the way it runs here "
+        "(supervisord, systemd or the plain process) and ask it for its classes",
+    )
+    p.add_argument(
+        "--ready-check",
+        action="store_true",
+        help="without a restart, ask the running ComfyUI for its classes afterwards",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long a restarted ComfyUI has to answer (default {DEFAULT_READY_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--ready-classes",
+        default=None,
+        metavar="FILE",
+        help="JSON list of the node classes ComfyUI must have (- for stdin); "
+        "a missing one fails the install",
+    )
+    p.add_argument(
         "--no-low-priority",
         dest="low_priority",
         action="store_false",
@@ -408,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ui-home", required=True)
     p.add_argument("--python", default=None, help="ComfyUI's interpreter")
     p.add_argument("--lock", required=True, metavar="FILE", help="lock JSON file, or - for stdin")
+    p = add(
+        "ready",
+        cmd_ready,
+        help="ask the home's running ComfyUI which node classes it has (changes nothing)",
+    )
+    p.add_argument("--ui-home", required=True)
+    p.add_argument(
+        "--classes", default=None, metavar="FILE", help="JSON list of class names, or - for stdin"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for it to answer",
+    )
     # Internal (started by start/run): no help, so --help does not list it.
     p = add("worker", cmd_worker)
     p.add_argument("--task-id", required=True)
@@ -420,9 +536,16 @@ def _require_command(args: argparse.Namespace) -> None:
         raise InvalidInput("a subcommand is required (see --help)", code="invalid_argument")
 
 
+def bare_option(argv: List[str], option: str, value: str) -> List[str]:
+    """``--restart`` alone means ``--restart=auto``: an optional value would swallow the
+    node URL that follows it, so the value is only ever given with ``=``."""
+    return [f"{option}={value}" if arg == option else arg for arg in argv]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     human = False
     try:
+        argv = bare_option(list(sys.argv[1:] if argv is None else argv), "--restart", "auto")
         args = build_parser().parse_args(argv)
         human = args.command == "install"
         if args.version:

@@ -13,7 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
-from typing import List
+from typing import List, Optional
 
 #: Niceness added to the worker (``nice -n 10``).
 NICENESS = 10
@@ -36,12 +36,17 @@ _IOPRIO_SET = {
     "ppc64": 273,
     "s390x": 282,
 }
+#: The niceness before :func:`lower` (None: never lowered). A ComfyUI the worker
+#: restarts gets it back, so the server does not run at the install's priority.
+original_nice: Optional[int] = None
 
 
 def lower() -> List[str]:
     """Lower this process's priorities; returns what was done, for the task's log."""
+    global original_nice
     done: List[str] = []
     try:
+        original_nice = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS))
         done.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
     except (AttributeError, OSError) as exc:

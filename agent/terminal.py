@@ -10,6 +10,7 @@ _STATE_TITLES = {
     "installing_requirements": "installing requirements",
     "running_install_scripts": "running install.py scripts",
     "verifying": "checking each node loads as ComfyUI loads it",
+    "restarting": "restarting ComfyUI and asking it for its node classes",
 }
 _COLOURS = {"installed": "32", "skipped": "36", "failed": "31", "cancelled": "33"}
 
@@ -76,7 +77,7 @@ class Display:
     def summary(self, progress: Progress) -> None:
         elapsed = time.monotonic() - self.started
         verdict = progress.state
-        if progress.state == "completed" and progress.failed:
+        if progress.state == "completed" and not progress.succeeded:
             verdict = "completed with failures"
         self.stream.write(
             f"\n{verdict}: {progress.total_nodes} node(s), {progress.successful} installed, "

@@ -33,6 +33,7 @@ from agent import (
     requirements,
 )
 from agent import git as gitmod
+from agent import restart as restartmod
 from agent import verify as verifymod
 from agent.completion import Completion, records_path
 from agent.errors import Cancelled, StepFailed
@@ -117,8 +118,11 @@ class Installer:
     def run(self) -> int:
         """Install everything and write the final document; returns the exit code."""
         started = time.monotonic()
+        not_ready: Optional[str] = None
         try:
             self._install()
+            if self.spec.wants_ready:
+                not_ready = self._bring_up()
         except Cancelled:
             self.log.line(None, "cancelled: stopping")
             self._stop_stragglers()
@@ -151,8 +155,53 @@ class Installer:
             f"{doc.skipped} skipped, {doc.failed} failed",
         )
         self._write_lock()
-        self.writer.finish("completed", exit_code=code)
+        if not_ready is not None:
+            # The nodes are on disk, but nobody can press "Queue": the task failed.
+            self.writer.finish(
+                "failed",
+                exit_code=ExitCode.INSTALL_FAILED,
+                error=not_ready,
+                error_code="not_ready",
+            )
+            return int(ExitCode.INSTALL_FAILED)
+        missing = doc.ready.missing if doc.ready is not None else []
+        error = None
+        if missing:
+            code = ExitCode.INSTALL_FAILED
+            error = (
+                f"the running ComfyUI lacks {len(missing)} class(es) the workflow needs: "
+                + ", ".join(missing)
+            )
+        self.writer.finish("completed", exit_code=code, error=error)
         return int(code)
+
+    def _bring_up(self) -> Optional[str]:
+        """Restart ComfyUI (when asked) and ask it for its classes; the failure, if any."""
+        restarting = self.spec.restart != "never"
+        with self.writer.change() as doc:
+            doc.move_to("restarting")
+            doc.current_node = None
+            doc.current_status = "restarting ComfyUI" if restarting else "asking ComfyUI"
+        try:
+            result = restartmod.bring_up(
+                self.ui_home,
+                self.spec.restart,
+                self.spec.ready_classes,
+                self.spec.ready_timeout,
+                log=self.log,
+                children=self.children,
+                log_file=self.paths.dir / "comfyui.log",
+            )
+        except restartmod.NotReady as exc:
+            self.log.line(None, f"ComfyUI is not ready: {exc}")
+            with self.writer.change() as doc:
+                doc.ready = exc.result
+            return str(exc)
+        with self.writer.change() as doc:
+            doc.ready = result
+            if result.note:
+                doc.warnings.append(result.note)
+        return None
 
     def cancel(self) -> None:
         """Stop every child now (called on SIGTERM/SIGINT/SIGHUP); the main flow unwinds."""

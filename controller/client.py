@@ -514,6 +514,24 @@ class AsyncClient:
             payload["python"] = python
         return await self._request("POST", "/api/diff", payload)
 
+    async def ready(
+        self,
+        ssh_connection: str,
+        ui_home: str,
+        workflow: Document | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Document:
+        """Can ``workflow`` run on the instance's running ComfyUI? ``{"success",
+        "can_run", "ready": {"classes", "missing", "port", "pid", "note", …}}``.
+        Restarts and changes nothing."""
+        payload: Document = {"ssh_connection": ssh_connection, "ui_home": ui_home}
+        if workflow is not None:
+            payload["workflow"] = workflow
+        if timeout is not None:
+            payload["timeout"] = timeout
+        return await self._request("POST", "/api/ready", payload)
+
     async def logs(self, task_id: str, offset: int = 0) -> LogChunk:
         body = await self._request("GET", f"/api/tasks/{task_id}/log?offset={int(offset)}")
         return LogChunk(
@@ -773,6 +791,11 @@ class Client:
         self, ssh_connection: str, ui_home: str, lock: Document, *, python: str | None = None
     ) -> Document:
         return self._run(self._async.diff(ssh_connection, ui_home, lock, python=python))
+
+    def ready(
+        self, ssh_connection: str, ui_home: str, workflow: Document | None = None, **kw: Any
+    ) -> Document:
+        return self._run(self._async.ready(ssh_connection, ui_home, workflow, **kw))
 
     def wait(
         self,

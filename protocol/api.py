@@ -14,7 +14,8 @@ def progress_response(progress: Progress, *, stale: bool = False) -> Dict[str, A
 
     In progress: ``in_progress`` true. Finished (any final state): ``in_progress``
     false, ``completed`` true, and ``success`` true only when the install
-    completed with no failed node. ``stale`` marks a last known document served
+    completed with no failed node and no workflow class missing from the
+    restarted ComfyUI. ``stale`` marks a last known document served
     while the instance cannot be reached.
     """
     doc = progress.to_dict()
@@ -22,7 +23,7 @@ def progress_response(progress: Progress, *, stale: bool = False) -> Dict[str, A
     body.update(doc)
     if progress.is_final:
         body.update(
-            success=progress.state == "completed" and progress.failed == 0,
+            success=progress.succeeded,
             completed=True,
             successful_clones=progress.successful,
             failed_clones=progress.failed,

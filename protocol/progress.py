@@ -26,6 +26,7 @@ STATES = (
     "installing_requirements",
     "running_install_scripts",
     "verifying",
+    "restarting",
     "completed",
     "failed",
     "cancelled",
@@ -61,7 +62,20 @@ INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
 PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
-ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
+ERROR_CODES = (
+    "conflict",
+    "invalid_spec",
+    "agent_crashed",
+    "lost",
+    "cancelled",
+    "start_failed",
+    # ComfyUI was restarted but did not answer in time (or the restart failed).
+    "not_ready",
+)
+#: How the agent restarted ComfyUI after the install (``ready.restarted_by``).
+RESTARTED_BY = ("supervisor", "systemd", "process", "command")
+#: Class names the ready check carries in ``ready.missing`` (the rest is counted).
+MAX_READY_CLASSES = 20000
 
 #: Why one node failed, in the node's ``error_code``. Only the transient ones are
 #: worth an automatic retry; the others fail the same way every time.
@@ -213,6 +227,59 @@ def _masked(value: Any) -> Any:
     return value
 
 
+@dataclass
+class ReadyResult:
+    """What the running ComfyUI said after the install (``ready`` in the document).
+
+    ``restarted_by`` is how it was restarted (None: it was not, only asked);
+    ``classes`` how many node classes its ``/object_info`` lists (None: no server
+    answered); ``missing`` the classes the workflow needs that it lacks; ``seconds``
+    the restart and wait; ``note`` an honest answer that is not a failure, such as
+    "no running ComfyUI found for this home"; ``service`` the supervisord program
+    or systemd unit.
+    """
+
+    restarted_by: Optional[str] = None
+    classes: Optional[int] = None
+    missing: List[str] = field(default_factory=list)
+    seconds: Optional[float] = None
+    port: Optional[int] = None
+    pid: Optional[int] = None
+    service: Optional[str] = None
+    note: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "ready") -> "ReadyResult":
+        if not isinstance(data, Mapping):
+            raise ProtocolError(where, "must be an object")
+        _reject_unknown(data, cls, where)
+        restarted_by = data.get("restarted_by")
+        if restarted_by is not None:
+            _check_choice(restarted_by, where + ".restarted_by", RESTARTED_BY)
+        classes = data.get("classes")
+        missing = _check_warnings(data.get("missing", []), where + ".missing")
+        if len(missing) > MAX_READY_CLASSES:
+            raise ProtocolError(where + ".missing", f"must have at most {MAX_READY_CLASSES}")
+        seconds = _check(data.get("seconds"), where + ".seconds", (int, float), optional=True)
+        if seconds is not None and seconds < 0:
+            raise ProtocolError(where + ".seconds", "must not be negative")
+        port = data.get("port")
+        pid = data.get("pid")
+        return cls(
+            restarted_by=restarted_by,
+            classes=None if classes is None else _check_count(classes, where + ".classes"),
+            missing=missing,
+            seconds=None if seconds is None else float(seconds),
+            port=None if port is None else _check_count(port, where + ".port"),
+            pid=None if pid is None else _check_count(pid, where + ".pid"),
+            service=_check(data.get("service"), where + ".service", (str,), optional=True),
+            note=_check(data.get("note"), where + ".note", (str,), optional=True),
+        )
+
+
 #: ``NodeProgress.import_result`` travels as ``import`` (a keyword in Python).
 _NODE_ALIASES = {"import_result": "import"}
 
@@ -334,12 +401,21 @@ class Progress:
     #: own torch overrode.
     warnings: List[str] = field(default_factory=list)
     packages: Dict[str, Dict[str, List[Optional[str]]]] = field(default_factory=dict)
+    #: The restart and the running server's answer (None: neither was asked for).
+    ready: Optional[ReadyResult] = None
 
     # -- state -----------------------------------------------------------------
 
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        """Completed, every node installed, and the running ComfyUI lacks no class
+        the workflow needs: a missing class fails the task as a failed node does."""
+        missing = self.ready is not None and bool(self.ready.missing)
+        return self.state == "completed" and self.failed == 0 and not missing
 
     def can_move_to(self, state: str) -> bool:
         """Whether ``state`` is a legal next state: forward only, nothing after final."""
@@ -368,6 +444,8 @@ class Progress:
     def to_dict(self) -> Dict[str, Any]:
         doc = asdict(self)
         doc["nodes"] = [node.to_dict() for node in self.nodes]
+        if self.ready is None:
+            del doc["ready"]  # the document older readers know, when nothing was asked
         # Error texts and warnings quote git's and pip's words, URLs included.
         return {key: _masked(value) for key, value in doc.items()}
 
@@ -436,4 +514,5 @@ class Progress:
             installer=_check(data.get("installer"), "installer", (str,), optional=True),
             warnings=_check_warnings(data.get("warnings", []), "warnings"),
             packages=_check_packages(data.get("packages", {}), "packages"),
+            ready=None if data.get("ready") is None else ReadyResult.from_dict(data["ready"]),
         )

@@ -2,7 +2,7 @@
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from protocol import fields
 from protocol.errors import ProtocolError
@@ -24,6 +24,65 @@ MAX_CLONE_JOBS = 64
 MAX_NODES = 500
 #: What installs requirements: uv if found or installable, else pip; or one of them.
 INSTALLERS = ("auto", "uv", "pip")
+#: ``restart``: leave ComfyUI alone (the default, as before), restart it the way
+#: this instance runs it, or (an object) ``{"command": [argv…]}`` when none is found.
+RESTART_MODES = ("never", "auto")
+MAX_RESTART_ARGS = 64
+DEFAULT_READY_TIMEOUT = 300.0
+MAX_READY_TIMEOUT = 3600.0
+#: Classes the ready check looks for; a workflow has at most this many distinct ones.
+MAX_READY_CLASSES = 20000
+MAX_CLASS_NAME = 256
+
+
+def restart_mode(value: object, where: str = "restart") -> "Union[str, Dict[str, List[str]]]":
+    """``"never"``, ``"auto"`` or ``{"command": [argv…]}`` (an argv list, never a shell line)."""
+    if isinstance(value, str):
+        if value not in RESTART_MODES:
+            raise ProtocolError(where, 'must be "never", "auto" or {"command": [...]}')
+        return value
+    if not isinstance(value, Mapping):
+        raise ProtocolError(where, 'must be "never", "auto" or {"command": [...]}')
+    unknown = set(value) - {"command"}
+    if unknown:
+        raise ProtocolError(
+            where, "unknown field(s): {}".format(", ".join(sorted(map(str, unknown))))
+        )
+    command = value.get("command")
+    if not isinstance(command, list) or not command:
+        raise ProtocolError(where + ".command", "must be a non-empty list of arguments")
+    if len(command) > MAX_RESTART_ARGS:
+        raise ProtocolError(where + ".command", f"must have at most {MAX_RESTART_ARGS} arguments")
+    for i, arg in enumerate(command):
+        if not isinstance(arg, str) or "\0" in arg or len(arg) > 4096:
+            raise ProtocolError(
+                f"{where}.command.{i}", "must be a string without NUL, at most 4096 characters"
+            )
+    if not command[0]:
+        raise ProtocolError(where + ".command.0", "must name a program")
+    return {"command": list(command)}
+
+
+def ready_classes(value: object, where: str = "ready_classes") -> List[str]:
+    """Node class names (printable, at most 256 characters), duplicates dropped."""
+    if not isinstance(value, list):
+        raise ProtocolError(where, "must be a list of node class names")
+    if len(value) > MAX_READY_CLASSES:
+        raise ProtocolError(where, f"must have at most {MAX_READY_CLASSES} entries")
+    out: List[str] = []
+    seen = set()
+    for i, name in enumerate(value):
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > MAX_CLASS_NAME
+            or not name.isprintable()
+        ):
+            raise ProtocolError(f"{where}.{i}", "must be a node class name")
+        if name not in seen:
+            seen.add(name)
+            out.append(name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -124,6 +183,19 @@ class InstallSpec:
     #: Run git, pip/uv and install.py at a lower CPU and I/O priority, so a ComfyUI
     #: serving on the same machine stays responsive.
     low_priority: bool = True
+    #: After the install: "never" (as before), "auto" (supervisord, systemd, the
+    #: plain process, in that order) or {"command": [...]} (auto, else this argv).
+    restart: "Union[str, Dict[str, List[str]]]" = "never"
+    #: Without a restart: still ask a running ComfyUI which classes it has.
+    ready_check: bool = False
+    #: Seconds a restarted ComfyUI has to answer on its port.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    #: The classes the workflow needs (its ``ready.missing`` is what the server lacks).
+    ready_classes: List[str] = field(default_factory=list)
+
+    @property
+    def wants_ready(self) -> bool:
+        return self.restart != "never" or self.ready_check
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -144,6 +216,10 @@ class InstallSpec:
             "lock",
             "installer",
             "low_priority",
+            "restart",
+            "ready_check",
+            "ready_timeout",
+            "ready_classes",
         }
         unknown = set(data) - known
         if unknown:
@@ -225,6 +301,19 @@ class InstallSpec:
         low_priority = data.get("low_priority", True)
         if not isinstance(low_priority, bool):
             raise ProtocolError("low_priority", "must be true or false")
+        restart = restart_mode(data.get("restart", "never"))
+        ready_check = data.get("ready_check", False)
+        if not isinstance(ready_check, bool):
+            raise ProtocolError("ready_check", "must be true or false")
+        ready_timeout = data.get("ready_timeout", DEFAULT_READY_TIMEOUT)
+        if (
+            isinstance(ready_timeout, bool)
+            or not isinstance(ready_timeout, (int, float))
+            or not 1 <= ready_timeout <= MAX_READY_TIMEOUT
+        ):
+            raise ProtocolError(
+                "ready_timeout", f"must be a number of seconds from 1 to {MAX_READY_TIMEOUT:.0f}"
+            )
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -241,6 +330,10 @@ class InstallSpec:
             lock=lock,
             installer=str(installer),
             low_priority=low_priority,
+            restart=restart,
+            ready_check=ready_check,
+            ready_timeout=float(ready_timeout),
+            ready_classes=ready_classes(data.get("ready_classes", [])),
         )
 
     @classmethod
@@ -265,6 +358,16 @@ class InstallSpec:
             "verify_timeout": self.verify_timeout,
             "installer": self.installer,
             "low_priority": self.low_priority,
+            # The controller ships its own agent (by the bundle's hash), so the agent
+            # that reads this knows every field: each is written, defaults too.
+            "restart": (
+                {"command": list(self.restart["command"])}
+                if isinstance(self.restart, dict)
+                else self.restart
+            ),
+            "ready_check": self.ready_check,
+            "ready_timeout": self.ready_timeout,
+            "ready_classes": list(self.ready_classes),
         }
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import dashboard, events, fleet, handlers, locks, ws
+from controller.api import dashboard, events, fleet, handlers, locks, ready, ws
 
 
 def setup_routes(app: web.Application) -> None:
@@ -30,3 +30,5 @@ def setup_routes(app: web.Application) -> None:
     ws.add_routes(app)
     # Locks, snapshots and diffs (issue 11).
     locks.add_routes(app)
+    # Whether a workflow can run on an instance's running ComfyUI (issue 22).
+    ready.add_routes(app)

@@ -151,6 +151,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     install.set_defaults(func=install_command)
 
+    ready = subparsers.add_parser(
+        "ready",
+        help="can a workflow run on an instance's running ComfyUI? (changes nothing)",
+        description="Ask the instance's running ComfyUI (/object_info, read on the instance) "
+        "which node classes it has; exit 0 when it answers and lacks none of the workflow's.",
+    )
+    _add_connection_options(ready)
+    ready.add_argument("--ssh", dest="ssh_connection", default="local", metavar="TARGET")
+    ready.add_argument("--ui-home", required=True, help="the ComfyUI folder on the instance")
+    ready.add_argument("--workflow", type=Path, metavar="FILE", help="JSON or a PNG ComfyUI saved")
+    ready.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS", help="for one still starting"
+    )
+    ready.add_argument("--json", action="store_true", help="print the answer as JSON")
+    ready.set_defaults(func=ready_command)
+
     status = subparsers.add_parser("status", help="show a task's progress")
     _add_connection_options(status)
     status.add_argument("task_id", metavar="TASK")
@@ -585,6 +601,23 @@ async def _install(args: argparse.Namespace) -> int:
 
 def install_command(args: argparse.Namespace) -> int:
     return run(args, _install)
+
+
+async def _ready(args: argparse.Namespace) -> int:
+    from controller.cli.resolve import read_workflow_file
+
+    workflow = read_workflow_file(args.workflow) if args.workflow else None
+    async with connect(args) as client:
+        body = await client.ready(args.ssh_connection, args.ui_home, workflow, timeout=args.wait)
+    if args.json:
+        print(json.dumps(body, indent=1, sort_keys=True))
+    else:
+        Console(highlight=False).print(display.ready_text(body.get("ready") or {}))
+    return ExitCode.OK if body.get("can_run") else ExitCode.INSTALL_FAILED
+
+
+def ready_command(args: argparse.Namespace) -> int:
+    return run(args, _ready)
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ STATUS_STYLES = {
     "queued": "dim",
     "installing": "magenta",
     "running_install_scripts": "magenta",
+    "restarting": "magenta",
     "completed": "green",
     "lost": "bold red",
     "none": "dim",
@@ -225,12 +226,40 @@ def render(
     changes = package_changes(doc)
     if changes:
         parts.append(Text(f"packages: {changes}", style="dim"))
+    if state == "restarting" and not doc.get("ready"):
+        doing = doc.get("current_status") or "restarting"
+        parts.append(Text(f"ComfyUI: {doing}…", style="magenta"))
+    elif isinstance(doc.get("ready"), dict):
+        parts.append(ready_text(doc["ready"]))
     for warning in all_warnings(doc):
         parts.append(Text(f"warning: {one_line(warning)}", style="yellow"))
     if doc.get("error") and state not in ("failed", "lost"):
         # A failed or lost task's error is the reason summary() gives: said once.
         parts.append(Text(f"error: {one_line(doc.get('error'))}", style="bold red"))
     return Group(*parts)
+
+
+def ready_line(ready: Document) -> str:
+    """``ComfyUI: restarted by supervisor (comfyui), 812 classes, every workflow class
+    present (14.2s)``: what the running server said after the install."""
+    if ready.get("classes") is None:
+        return "ComfyUI: " + str(ready.get("note") or "did not answer")
+    how = ready.get("restarted_by")
+    head = f"restarted by {how}" if how else "running"
+    if ready.get("service"):
+        head += f" ({ready['service']})"
+    if ready.get("pid"):
+        head += f", pid {ready['pid']}"
+    missing = [str(name) for name in ready.get("missing") or []]
+    tail = f"missing {', '.join(missing)}" if missing else "every workflow class present"
+    seconds = float(ready.get("seconds") or 0)
+    return f"ComfyUI: {head}, {ready.get('classes')} classes, {tail} ({seconds:.1f}s)"
+
+
+def ready_text(ready: Document) -> Text:
+    ok = ready.get("classes") is not None and not ready.get("missing")
+    style = "green" if ok else ("yellow" if ready.get("classes") is None else "bold red")
+    return Text(ready_line(ready), style=style)
 
 
 def all_warnings(doc: Document) -> list[str]:
@@ -272,7 +301,8 @@ def summary(doc: Document) -> Text:
         hint = " (skipped: already there; --update updates them)" if doc.get("skipped") else ""
         return Text(f"✓ done: {counts}{took}{hint}", style="bold green")
     if state == "completed":
-        return Text(f"✗ finished with failures: {counts}{took}", style="bold red")
+        why = f": {one_line(doc.get('error'))}" if doc.get("error") else ""
+        return Text(f"✗ finished with failures: {counts}{took}{why}", style="bold red")
     if state == "cancelled":
         return Text(f"✗ cancelled: {counts}{took}", style="bold red")
     if state in ("failed", "lost"):
@@ -294,6 +324,7 @@ class ChangeLog:
         self._requirements: str | None = None
         self._warnings: set[str] = set()
         self._packages = ""
+        self._ready = ""
 
     def lines(self, doc: Document) -> list[str]:
         out: list[str] = []
@@ -323,6 +354,10 @@ class ChangeLog:
         if changes and changes != self._packages:
             self._packages = changes
             out.append(f"packages: {changes}")
+        ready = doc.get("ready")
+        if isinstance(ready, dict) and ready_line(ready) != self._ready:
+            self._ready = ready_line(ready)
+            out.append(self._ready)
         for warning in all_warnings(doc):
             if warning not in self._warnings:
                 self._warnings.add(warning)

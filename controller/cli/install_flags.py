@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from controller.core.install_fields import Hand, InstallField
+from controller.core.install_fields import Const, Hand, InstallField, Valued
 from controller.core.schemas import INSTALL_FIELDS
 
 
@@ -33,15 +34,26 @@ def _add(parser: argparse.ArgumentParser, field: InstallField) -> None:
     declared = field.declared
     if isinstance(cli, tuple):
         group = parser.add_mutually_exclusive_group()
-        for const in cli:
-            group.add_argument(
-                const.flag,
-                dest=field.name,
-                action="store_const",
-                const=const.value,
-                default=None,
-                help=f"{const.help} (default: {field.default_text})",
-            )
+        for flag in cli:
+            if isinstance(flag, Const):
+                group.add_argument(
+                    flag.flag,
+                    dest=field.name,
+                    action="store_const",
+                    const=flag.value,
+                    default=None,
+                    help=f"{flag.help} (default: {field.default_text})",
+                )
+            else:
+                group.add_argument(
+                    flag.flag,
+                    dest=field.name,
+                    type=_parser(flag.parse, flag.flag),
+                    choices=flag.choices,
+                    metavar=flag.metavar,
+                    default=None,
+                    help=f"{flag.help} (default: {field.default_text})",
+                )
         return
     if not isinstance(cli, str):
         raise TypeError(f"{field.name}: cli must be a flag, Const flags, Hand or None")
@@ -76,6 +88,36 @@ def _add(parser: argparse.ArgumentParser, field: InstallField) -> None:
             "its own: declare it with Const flags, Hand (the command reads it) or cli=None"
         )
     parser.add_argument(cli, **options)
+
+
+def _parser(parse: Callable[[str], Any], flag: str) -> Callable[[str], Any]:
+    """``parse`` for argparse: its ``ValueError`` becomes the flag's own error message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = flag  # what argparse names in "invalid … value"
+    return convert
+
+
+def _bare_values() -> dict[str, str]:
+    return {
+        flag.flag: flag.bare
+        for field in INSTALL_FIELDS
+        if isinstance(field.cli, tuple)
+        for flag in field.cli
+        if isinstance(flag, Valued) and flag.bare is not None
+    }
+
+
+def bare_flags(words: Sequence[str]) -> list[str]:
+    """The command line with each declared bare flag given its value: ``--restart``
+    alone is ``--restart=auto`` (an optional value would swallow the NODE after it)."""
+    bare = _bare_values()
+    return [f"{word}={bare[word]}" if word in bare else word for word in words]
 
 
 def add_install_flags(parser: argparse.ArgumentParser) -> None:

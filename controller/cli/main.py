@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from controller.cli import quiet
 from controller.cli.exits import EXIT_CODES_HELP
+from controller.cli.install_flags import bare_flags
 from protocol import __version__
 
 #: Modules that contribute subcommands: the server side (serve, hosts), the
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # A bare flag (``--restart``) has its value only after "=": given alone, its own.
+    args = build_parser().parse_args(bare_flags(sys.argv[1:] if argv is None else argv))
     if args.command != "serve":  # serve logs to stderr by design (--log-level)
         quiet.configure(getattr(args, "verbose", False))
     result: int = args.func(args)

@@ -213,7 +213,7 @@ class Fleets:
         return {
             **entry,
             "state": doc.state,
-            "success": doc.state == "completed" and doc.failed == 0,
+            "success": doc.succeeded,
             "stale": view.stale,
             "total_nodes": doc.total_nodes,
             "processed": doc.processed,

@@ -25,6 +25,7 @@ This module holds only the vocabulary; it imports nothing of the controller, so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,28 @@ class Const:
 
 
 @dataclass(frozen=True)
+class Valued:
+    """A flag that takes a value and makes the field's value of it; beside other
+    :class:`Const` or :class:`Valued` flags of the field, mutually exclusive with them.
+
+    ``parse`` turns the text into the value (a ``ValueError`` says why a text is
+    bad); ``choices`` limits the text. ``bare``: the value the flag means given
+    alone (``--restart`` is ``--restart=auto``): its value then only ever follows
+    ``=``, since an optional value would swallow the NODE after the flag."""
+
+    flag: str
+    help: str
+    metavar: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    bare: str | None = None
+
+
+#: The flags of a field that has several (mutually exclusive).
+Flags = tuple[Const | Valued, ...]
+
+
+@dataclass(frozen=True)
 class Hand:
     """The install command reads this field itself (a file, the positional NODEs):
     ``flags`` names what it adds, so a test can check they are there."""
@@ -55,8 +78,9 @@ class Declared:
 
     help: str
     #: ``"--flag"`` (takes a value, or toggles a bool away from its default), a
-    #: tuple of :class:`Const` flags, :class:`Hand`, or None (no command-line flag).
-    cli: str | tuple[Const, ...] | Hand | None
+    #: tuple of :class:`Const`/:class:`Valued` flags, :class:`Hand`, or None (no
+    #: command-line flag: only the API and the clients take it).
+    cli: str | Flags | Hand | None
     spec: bool
     retry: bool
     metavar: str | None = None
@@ -70,7 +94,7 @@ def option(
     default: Any = PydanticUndefined,
     *,
     help: str,
-    cli: str | tuple[Const, ...] | Hand | None,
+    cli: str | Flags | Hand | None,
     spec: bool,
     retry: bool,
     metavar: str | None = None,
@@ -99,7 +123,7 @@ class InstallField:
         return self.declared.help
 
     @property
-    def cli(self) -> str | tuple[Const, ...] | Hand | None:
+    def cli(self) -> str | Flags | Hand | None:
         return self.declared.cli
 
     @property

@@ -18,6 +18,7 @@ from controller.common.errors import (
 from controller.common.target import Target, parse_target
 from controller.core.access import check_start
 from controller.core.live import Live, Tasks, TaskView
+from controller.core.ready import workflow_classes
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import SPEC_FIELDS, InstallRequest
@@ -73,6 +74,12 @@ class Launcher:
             fields.pop("nodes")
         else:
             fields["nodes"] = nodes
+        if request.ready_classes is None:
+            # What the restarted ComfyUI must list for the workflow to run (a retry
+            # gives the original's: its workflow is gone).
+            fields["ready_classes"] = (
+                workflow_classes(request.workflow) if request.workflow is not None else []
+            )
         try:
             spec = InstallSpec.from_dict({**fields, "task_id": task_id})
         except ProtocolError as exc:

@@ -11,24 +11,46 @@ from __future__ import annotations
 
 import datetime
 import re
+import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from controller.common.errors import InvalidRequest
-from controller.core.install_fields import Const, Hand, declared_fields, option
+from controller.core.install_fields import Const, Hand, Valued, declared_fields, option
+from protocol import ProtocolError
 from protocol.spec import (
     DEFAULT_CLONE_JOBS,
     DEFAULT_JOBS,
+    DEFAULT_READY_TIMEOUT,
     DEFAULT_VERIFY_TIMEOUT,
     MAX_CLONE_JOBS,
     MAX_JOBS,
+    MAX_READY_CLASSES,
+    MAX_READY_TIMEOUT,
     MAX_VERIFY_TIMEOUT,
+    RESTART_MODES,
+    restart_mode,
 )
 
 MAX_NODES = 500
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def restart_command(text: str) -> dict[str, list[str]]:
+    """``--restart-command CMD``'s value: CMD split as a shell would, run without one."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot split it: {exc}") from None
+    if not argv:
+        raise ValueError("is empty: name the command that starts ComfyUI")
+    try:
+        restart_mode({"command": argv})  # the checks the agent makes, on the command line
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+    return {"command": argv}
 
 
 class InstallRequest(BaseModel):
@@ -209,6 +231,64 @@ class InstallRequest(BaseModel):
         retry=True,
         flag_help="run git, pip and install.py at normal priority on the instance",
     )
+    # -- after the install ----------------------------------------------------------
+    #: ``Any`` so an error names ``restart`` itself; ``protocol.spec.restart_mode``
+    #: checks the value.
+    restart: Any = option(
+        "never",
+        help='after the install, restart ComfyUI the way the instance runs it: "never", '
+        '"auto" (a supervisord program, a systemd unit or the plain process, in that '
+        'order), or {"command": [argv...]} (auto, else that command), then ask it for '
+        "the workflow's classes",
+        cli=(
+            Valued(
+                "--restart",
+                "after the install, restart ComfyUI the way the instance runs it (supervisord, "
+                "systemd or the plain process) and ask it whether the workflow's classes are "
+                "there; --restart alone is --restart=auto",
+                metavar="[=auto|never]",
+                choices=RESTART_MODES,
+                bare="auto",
+            ),
+            Valued(
+                "--restart-command",
+                "like --restart, and when no running ComfyUI is found run CMD (split like a "
+                "shell would, run without one) in the ComfyUI folder",
+                metavar="CMD",
+                parse=restart_command,
+            ),
+        ),
+        spec=True,
+        retry=True,
+    )
+    ready_check: bool = option(
+        False,
+        help="without a restart, ask the running ComfyUI for the workflow's classes afterwards",
+        cli="--ready-check",
+        spec=True,
+        retry=True,
+    )
+    ready_timeout: float = option(
+        DEFAULT_READY_TIMEOUT,
+        help="seconds a restarted ComfyUI has to answer on its port",
+        cli="--ready-timeout",
+        spec=True,
+        retry=True,
+        metavar="SECONDS",
+        ge=1,
+        le=MAX_READY_TIMEOUT,
+    )
+    #: No flag of its own: ``--workflow`` fills it. Given in the API, it stands for the
+    #: workflow's (a retry gives the original's, its workflow being gone).
+    ready_classes: list[str] | None = option(
+        None,
+        help="the node classes the running ComfyUI must have; a missing one fails the install",
+        cli=None,
+        spec=True,
+        retry=True,  # the retry has no workflow left to read them from
+        shown_default="the workflow's",
+        max_length=MAX_READY_CLASSES,
+    )
     # -- admission ----------------------------------------------------------------
     queue: bool = option(
         False,
@@ -247,6 +327,20 @@ class DiffRequest(BaseModel):
     ui_home: str = Field(max_length=4096)
     python: str | None = Field(default=None, max_length=4096)
     lock: dict[str, Any]
+
+
+class ReadyRequest(BaseModel):
+    """``POST /api/ready``: ask an instance's running ComfyUI whether a workflow can run."""
+
+    model_config = _STRICT
+
+    ssh_connection: str = Field(max_length=512)
+    ui_home: str = Field(max_length=4096)
+    #: The workflow (UI or API format) whose classes must be there; without it the
+    #: answer only counts the classes.
+    workflow: dict[str, Any] | None = None
+    #: Seconds to wait for it to answer (a ComfyUI that is still starting).
+    timeout: float = Field(default=30.0, ge=1, le=MAX_READY_TIMEOUT)
 
 
 class ResolveRequest(BaseModel):
@@ -329,6 +423,7 @@ State = Literal[
     "installing_requirements",
     "running_install_scripts",
     "verifying",
+    "restarting",
     "completed",
     "failed",
     "cancelled",
@@ -362,7 +457,7 @@ NodeErrorCode = Literal[
     "failed",
 ]
 ErrorCode = Literal[
-    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
+    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed", "not_ready"
 ]
 
 
@@ -393,6 +488,21 @@ class NodeProgressModel(BaseModel):
     install_script_status: RequirementsStatus = "none"
     warnings: list[str] = Field(default_factory=list)
     error_code: NodeErrorCode | None = None
+
+
+class ReadyModel(BaseModel):
+    """``ready``: how ComfyUI was restarted and what its ``/object_info`` lists."""
+
+    model_config = _STRICT
+
+    restarted_by: Literal["supervisor", "systemd", "process", "command"] | None = None
+    classes: Count | None = None
+    missing: Annotated[list[str], Field(max_length=20000)] = Field(default_factory=list)
+    seconds: Annotated[float, Field(ge=0)] | None = None
+    port: Count | None = None
+    pid: Count | None = None
+    service: str | None = None
+    note: str | None = None
 
 
 PackageChangeKind = Literal["added", "upgraded", "downgraded", "removed"]
@@ -430,6 +540,10 @@ class ProgressModel(BaseModel):
     installer: str | None = None
     warnings: list[str] = Field(default_factory=list)
     packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
+    ready: ReadyModel | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        doc = self.model_dump(by_alias=True)
+        if doc.get("ready") is None:
+            doc.pop("ready", None)  # as protocol.Progress writes it
+        return doc

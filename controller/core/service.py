@@ -18,7 +18,7 @@ from typing import Any
 from controller.common.config import Settings
 from controller.common.stats import Stats
 from controller.common.target import Target, parse_target
-from controller.core import history
+from controller.core import history, ready
 from controller.core.access import check_start
 from controller.core.launcher import Launcher, Prepared
 from controller.core.live import Tasks, TaskView
@@ -28,7 +28,7 @@ from controller.core.registry import Registry
 from controller.core.retention import Retention
 from controller.core.retry import Retrier
 from controller.core.scheduler import Admission
-from controller.core.schemas import DiffRequest, InstallRequest, ResolveRequest
+from controller.core.schemas import DiffRequest, InstallRequest, ReadyRequest, ResolveRequest
 from controller.core.sources.plan import Sources
 from controller.core.sources.resolver import Plan
 from controller.core.sources.service import SourceService
@@ -106,6 +106,10 @@ class TaskService:
         return await history.history(
             self.tasks, target=target, ui_home=ui_home, limit=limit, before=before
         )
+
+    async def ready(self, request: ReadyRequest) -> dict[str, Any]:
+        """Ask the instance's running ComfyUI for the workflow's classes (no restart)."""
+        return await ready.ask(self.tasks, request)
 
     async def prepare(self, request: InstallRequest) -> Prepared:
         """Check and resolve a start without registering it (for many at once)."""

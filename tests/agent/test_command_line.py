@@ -137,10 +137,16 @@ def test_the_bundle_runs_outside_the_repo_and_a_new_ref_updates_the_node(
     assert "--update updates them" in again.stdout
 
     # Another ref than the one checked out: that node is brought to it.
-    # (and at normal priority: every spec field has its flag here too)
-    moved = install("--no-low-priority", f"{url}@{second}#Pinned")
+    # (and at normal priority, asking a ComfyUI for its classes afterwards: every
+    # spec field has its flag here too)
+    classes = tmp_path / "classes.json"
+    classes.write_text('["KSampler", "Seed (rgthree)"]')
+    ready = ("--ready-check", "--ready-timeout", "12", "--ready-classes", str(classes))
+    moved = install("--no-low-priority", *ready, f"{url}@{second}#Pinned")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert "1 installed, 0 skipped" in moved.stdout
+    # No ComfyUI runs for that home: said, and not a failure.
+    assert "ComfyUI: no running ComfyUI found for this home" in moved.stdout
     assert (pinned / "version.txt").read_text() == "2\n"
     logs = sorted((tmp_path / "state" / "tasks").glob("*/agent.log"), key=os.path.getmtime)
     assert f"updated {first} -> {second} ({second} requested)" in logs[-1].read_text()
@@ -148,3 +154,5 @@ def test_the_bundle_runs_outside_the_repo_and_a_new_ref_updates_the_node(
     assert "lower priority" in logs[0].read_text()
     spec = json.loads((logs[-1].parent / "spec.json").read_text())
     assert spec["low_priority"] is False
+    assert (spec["restart"], spec["ready_check"], spec["ready_timeout"]) == ("never", True, 12.0)
+    assert spec["ready_classes"] == ["KSampler", "Seed (rgthree)"]

@@ -12,10 +12,17 @@ import pytest
 from pydantic import BaseModel
 
 from agent import cli as agent_cli
-from controller.cli.install_flags import install_options
+from controller.cli.install_flags import bare_flags, install_options
 from controller.cli.main import build_parser
 from controller.client import FLEET_OPTIONS, START_OPTIONS, _install_payload
-from controller.core.install_fields import Hand, UndeclaredField, declared_fields, option
+from controller.core.install_fields import (
+    Const,
+    Hand,
+    UndeclaredField,
+    Valued,
+    declared_fields,
+    option,
+)
 from controller.core.retry import retry_request
 from controller.core.schemas import (
     INSTALL_FIELDS,
@@ -26,7 +33,7 @@ from controller.core.schemas import (
 )
 from protocol import InstallSpec
 from protocol import fields as checks
-from tests.support.options import command_line, non_default
+from tests.support.options import command_line, non_default, with_flags
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -116,11 +123,74 @@ def test_every_option_is_a_flag_of_install_and_reads_back() -> None:
         if isinstance(field.cli, Hand):
             # read by the command itself (a file, the positional NODEs): still there
             assert set(field.cli.flags) <= flags, field.name
-    options = non_default(python="/usr/bin/python3", pip_args=["--no-index", "--pre"])
+    options = with_flags(non_default(python="/usr/bin/python3", pip_args=["--no-index", "--pre"]))
     args = parser.parse_args(["--ui-home", "/c", *command_line(options)])
     assert install_options(args) == {**options, "ui_home": "/c"}
     # Nothing given, nothing sent: the controller's defaults apply.
     assert install_options(parser.parse_args(["--ui-home", "/c"])) == {"ui_home": "/c"}
+
+
+#: A value for each flag of a field with several, beside the one non_default picks.
+SAMPLES: dict[str, list[Any]] = {
+    "--restart-command": [
+        {"command": ["/opt/start.sh", "--port", "81 90"]},
+        {"command": ["supervisorctl", "restart", "comfyui"]},
+    ],
+}
+
+
+def test_each_of_a_fields_flags_reads_back_and_they_exclude_each_other() -> None:
+    parser = _install_parser()
+    for field in INSTALL_FIELDS:
+        if not isinstance(field.cli, tuple):
+            continue
+        for flag in field.cli:
+            if isinstance(flag, Const):
+                values = [flag.value]
+            elif flag.choices is not None:
+                values = list(flag.choices)
+            else:
+                assert flag.flag in SAMPLES, f"SAMPLES has no value for {flag.flag}"
+                values = SAMPLES[flag.flag]
+            for value in values:
+                args = parser.parse_args(["--ui-home", "/c", *command_line({field.name: value})])
+                assert install_options(args) == {field.name: value, "ui_home": "/c"}, flag
+        if len(field.cli) > 1:
+            both = [command_line({field.name: _value_of(flag)})[0] for flag in field.cli[:2]]
+            with pytest.raises(SystemExit):
+                parser.parse_args(["--ui-home", "/c", *both])
+
+
+def _value_of(flag: Const | Valued) -> Any:
+    if isinstance(flag, Const):
+        return flag.value
+    return flag.choices[0] if flag.choices else SAMPLES[flag.flag][0]
+
+
+def test_a_bare_flag_takes_its_own_value_and_leaves_the_node_after_it() -> None:
+    parser = build_parser()
+    bare = [
+        (field.name, flag)
+        for field in INSTALL_FIELDS
+        if isinstance(field.cli, tuple)
+        for flag in field.cli
+        if isinstance(flag, Valued) and flag.bare is not None
+    ]
+    assert [name for name, _ in bare] == ["restart"]
+    for name, flag in bare:
+        words = ["install", "--ui-home", "/c", flag.flag, "https://github.com/a/b"]
+        args = parser.parse_args(bare_flags(words))
+        assert getattr(args, name) == flag.bare and args.nodes == ["https://github.com/a/b"]
+
+
+def test_a_bad_restart_command_is_refused_before_anything_is_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = _install_parser()
+    for text, message in (("", "is empty"), ("'open", "cannot split it")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--ui-home", "/c", f"--restart-command={text}"])
+        assert f"--restart-command: {message}" in capsys.readouterr().err
 
 
 def test_every_help_text_states_the_real_default() -> None:

@@ -26,7 +26,7 @@ from controller.common.config import Settings
 from controller.core.schemas import INSTALL_FIELDS
 from controller.sandbox.comfy import ComfyHome
 from tests.controller.conftest import NodeRepos, comfy_home, make_settings
-from tests.support.options import command_line, non_default
+from tests.support.options import command_line, non_default, with_flags
 from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer
 
@@ -144,7 +144,7 @@ async def test_a_fleet_install_passes_every_option_to_every_instance(
     }
     lock_file = tmp_path / "lock.json"
     lock_file.write_text(json.dumps(lock))
-    options = non_default()
+    options = with_flags(non_default())
     targets = [arg for i in instances for arg in ("--ssh", i.sshd.connection_string())]
     status, out, err = await nodeferry(
         client,
@@ -179,7 +179,7 @@ async def test_a_single_install_passes_every_option(
 ) -> None:
     client, settings, recorded = controller
     instance = instances[0]
-    options = non_default()
+    options = with_flags(non_default())
     status, out, err = await nodeferry(
         client,
         settings,

@@ -94,6 +94,27 @@ VALID_DOCUMENTS = {
             "removed": {"old": ["1.0", None]},
         },
     ),
+    "restarting": _doc(state="restarting", current_status="restarting ComfyUI"),
+    "ready_missing": _finished(
+        "completed",
+        error="the running ComfyUI lacks 1 class(es) the workflow needs: X",
+        ready={
+            "restarted_by": "supervisor",
+            "classes": 812,
+            "missing": ["X"],
+            "seconds": 14.2,
+            "port": 8188,
+            "pid": 4242,
+            "service": "comfyui",
+            "note": None,
+        },
+    ),
+    "ready_note_only": _finished(
+        "completed", exit_code=0, ready={"note": "no running ComfyUI found for this home"}
+    ),
+    "not_ready": _finished(
+        "failed", error="did not answer", error_code="not_ready", ready={"restarted_by": "process"}
+    ),
     "minimal": {
         "schema": 1,
         "task_id": TASK_ID,
@@ -147,6 +168,14 @@ INVALID_DOCUMENTS = {
     "packages_pair_not_list": _doc(packages={"added": {"numpy": "2"}}),
     "packages_version_number": _doc(packages={"added": {"numpy": [None, 2]}}),
     "packages_not_object": _doc(packages=["numpy"]),
+    "ready_bad_restarted_by": _doc(ready={"restarted_by": "magic"}),
+    "ready_unknown_field": _doc(ready={"colour": "blue"}),
+    "ready_negative_classes": _doc(ready={"classes": -1}),
+    "ready_bool_classes": _doc(ready={"classes": True}),
+    "ready_missing_not_list": _doc(ready={"missing": "X"}),
+    "ready_missing_number": _doc(ready={"missing": [5]}),
+    "ready_negative_seconds": _doc(ready={"seconds": -1.0}),
+    "ready_not_object": _doc(ready=["x"]),
     "not_an_object": [1, 2, 3],
 }
 
@@ -253,6 +282,20 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     ),
     "lock_not_object": ({"nodes": None, "lock": "{}"}, "lock"),
     "no_nodes_no_lock": ({"nodes": None}, "nodes"),
+    "restart_auto": ({"restart": "auto"}, None),
+    "restart_never_ready_check": ({"restart": "never", "ready_check": True}, None),
+    "restart_command": ({"restart": {"command": ["supervisorctl", "start", "x"]}}, None),
+    "restart_ready_timeout": ({"restart": "auto", "ready_timeout": 30}, None),
+    "restart_unknown": ({"restart": "always"}, "restart"),
+    "restart_true": ({"restart": True}, "restart"),
+    "restart_shell_string": ({"restart": {"command": "systemctl restart x"}}, "restart.command"),
+    "restart_empty_command": ({"restart": {"command": []}}, "restart.command"),
+    "restart_command_number": ({"restart": {"command": ["a", 5]}}, "restart.command.1"),
+    "restart_command_nul": ({"restart": {"command": ["a\0b"]}}, "restart.command.0"),
+    "restart_extra_key": ({"restart": {"command": ["a"], "shell": True}}, "restart"),
+    "ready_check_string": ({"ready_check": "yes"}, "ready_check"),
+    "ready_timeout_zero": ({"ready_timeout": 0}, "ready_timeout"),
+    "ready_timeout_huge": ({"ready_timeout": 1e6}, "ready_timeout"),
 }
 
 
@@ -274,6 +317,9 @@ def _controller_pipeline(body: dict[str, Any]) -> tuple[dict[str, Any] | None, s
                 "verify": request.verify,
                 "verify_timeout": request.verify_timeout,
                 "lock": request.lock,
+                "restart": request.restart,
+                "ready_check": request.ready_check,
+                "ready_timeout": request.ready_timeout,
             }
         )
     except InvalidRequest as exc:

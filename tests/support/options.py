@@ -10,12 +10,13 @@ asking for a value in its ``overrides``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import types
 import typing
 from typing import Any, Literal
 
-from controller.core.install_fields import Const, Hand, InstallField
+from controller.core.install_fields import Const, Hand, InstallField, Valued
 from controller.core.schemas import INSTALL_FIELDS, InstallRequest
 
 #: The fields that say where and what to install: each test gives its own.
@@ -26,6 +27,13 @@ INSTALLABLE: dict[str, Any] = {
     "python": sys.executable,
     "pip_args": ["--no-cache-dir", "--prefer-binary"],
     "installer": "pip",
+    # Classes no fake home's ComfyUI could have; with none running the answer is a
+    # note, not a failure, so the install still succeeds.
+    "ready_classes": ["KSampler", "Seed (rgthree)"],
+}
+#: The text of a :class:`Valued` flag that has no ``choices``, for a value.
+VALUED_TEXT: dict[str, Any] = {
+    "--restart-command": lambda value: shlex.join(value["command"]),
 }
 
 
@@ -43,7 +51,11 @@ def _guess(field: InstallField) -> Any:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = members[0] if len(members) == 1 else annotation
     if isinstance(field.cli, tuple):
-        return field.cli[0].value
+        first = field.cli[0]
+        if isinstance(first, Const):
+            return first.value
+        if first.choices:
+            return next(choice for choice in first.choices if choice != field.default)
     if annotation is bool:
         return not field.default
     if annotation in (int, float):
@@ -80,6 +92,13 @@ def non_default(**overrides: Any) -> dict[str, Any]:
     return values
 
 
+def with_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """Those of ``options`` that ``nodeferry install`` has a flag for (``ready_classes``
+    has none: ``--workflow`` fills it)."""
+    by_name = {field.name: field for field in INSTALL_FIELDS}
+    return {name: value for name, value in options.items() if by_name[name].cli is not None}
+
+
 def command_line(options: dict[str, Any]) -> list[str]:
     """The flags of ``nodeferry install`` that ask for ``options``."""
     by_name = {field.name: field for field in INSTALL_FIELDS}
@@ -89,7 +108,7 @@ def command_line(options: dict[str, Any]) -> list[str]:
         cli = field.cli
         assert cli is not None and not isinstance(cli, Hand), f"{name} has no flag of its own"
         if isinstance(cli, tuple):
-            argv.append(next(c.flag for c in cli if _const_is(c, value)))
+            argv.append(next(text for c in cli if (text := _flag_for(c, value)) is not None))
         elif isinstance(value, bool):
             assert value != field.default
             argv.append(cli)
@@ -100,5 +119,16 @@ def command_line(options: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _const_is(const: Const, value: Any) -> bool:
-    return type(const.value) is type(value) and const.value == value
+def _flag_for(flag: Const | Valued, value: Any) -> str | None:
+    """The word(s) of ``flag`` that ask for ``value``; None: another flag's value."""
+    if isinstance(flag, Const):
+        same = type(flag.value) is type(value) and flag.value == value
+        return flag.flag if same else None
+    if flag.choices is not None:
+        return f"{flag.flag}={value}" if value in flag.choices else None
+    if isinstance(value, str):
+        return None
+    assert flag.flag in VALUED_TEXT, f"tests/support/options.py: no text for {flag.flag}"
+    text = VALUED_TEXT[flag.flag](value)
+    assert flag.parse(text) == value, flag.flag
+    return f"{flag.flag}={text}"

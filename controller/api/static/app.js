@@ -149,6 +149,7 @@ function renderCard(entry) {
   const card = entry.card;
   card.dataset.state = state;
   card.dataset.success = String(Boolean(doc.success) && state === "completed");
+  card.dataset.ready = doc.ready ? (doc.ready.missing && doc.ready.missing.length ? "missing" : (doc.ready.classes == null ? "unknown" : "ok")) : "";
 
   const target = summary.target || "";
   const uiHome = doc.ui_home || summary.ui_home || "";
@@ -169,7 +170,9 @@ function renderCard(entry) {
     h("div", {class: "meta"},
       state === "completed" && doc.failed
         ? h("span", {class: "badge s-failed"}, `completed · ${doc.failed} failed`)
-        : badge(state),
+        : state === "completed" && doc.ready && (doc.ready.missing || []).length
+          ? h("span", {class: "badge s-failed"}, `completed · ${doc.ready.missing.length} class(es) missing`)
+          : badge(state),
       doc.stale ? h("span", {class: "stale", title: "the instance is unreachable; this is the last known progress"}, "stale") : null,
       state === "queued" && doc.queue_position
         ? h("span", {class: "queue", title: doc.queued_reason || ""}, `#${doc.queue_position} in line · ${(doc.queued_reason || "").replace(/_/g, " ")}`)
@@ -211,6 +214,7 @@ function renderCard(entry) {
   const footer = h("div", {class: "card-foot"},
     doc.has_requirements ? h("span", {class: "requirements"}, "requirements ", badge(doc.requirements_status)) : null,
     packageChanges(doc.packages),
+    readyLine(doc),
     (doc.nodes || []).flatMap((node) => (node.warnings || []).map((warning) =>
       h("span", {class: "task-warning node-warning"}, `warning: ${node.name}: ${warning}`))),
     (doc.warnings || []).map((warning) => h("span", {class: "task-warning"}, `warning: ${warning}`)),
@@ -226,6 +230,26 @@ function renderCard(entry) {
 
   // The log box stays in place (moving it would reset its scroll position).
   entry.body.replaceChildren(head, bar, table || h("p", {class: "waiting"}, "waiting for the agent…"), footer);
+}
+
+// What the restarted (or running) ComfyUI said: the answer to "can I press Queue now?".
+function readyLine(doc) {
+  const ready = doc.ready;
+  if (!ready) {
+    return doc.state === "restarting"
+      ? h("span", {class: "ready busy"}, `ComfyUI: ${doc.current_status || "restarting"}…`)
+      : null;
+  }
+  if (ready.classes === null || ready.classes === undefined) {
+    return h("span", {class: "ready unknown"}, `ComfyUI: ${ready.note || "did not answer"}`);
+  }
+  const missing = ready.missing || [];
+  let how = ready.restarted_by ? `restarted by ${ready.restarted_by}` : "running";
+  if (ready.service) how += ` (${ready.service})`;
+  if (ready.pid) how += `, pid ${ready.pid}`;
+  const what = missing.length ? `missing ${missing.join(", ")}` : "every workflow class present";
+  return h("span", {class: `ready ${missing.length ? "bad" : "good"}`, "data-missing": missing.join(",")},
+    `ComfyUI: ${how}, ${ready.classes} classes, ${what} (${Number(ready.seconds || 0).toFixed(1)}s)`);
 }
 
 function ensureEntry(taskId) {
@@ -624,6 +648,7 @@ async function startInstall(event) {
   const pipArgs = form.pip_args.value.trim();
   if (pipArgs) body.pip_args = pipArgs.split(/\s+/);
   if (form.queue && form.queue.checked) body.queue = true;
+  if (form.restart && form.restart.checked) body.restart = "auto";
   const autoRetry = form.auto_retry ? parseInt(form.auto_retry.value, 10) : 0;
   if (autoRetry > 0) body.auto_retry = autoRetry;
   message.className = "message";
