@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.frontends.conftest import DemoWorld, RunningController
-from tests.frontends.test_cli import install_args, run_cli
+from tests.frontends.test_cli import (  # the autouse fixture: commands find the token
+    _commands_find_the_token,  # noqa: F401
+    install_args,
+    run_cli,
+)
 
 
 @pytest.mark.timeout(150)
