@@ -17,13 +17,15 @@ from controller.api.appkeys import EXECUTOR, KNOWN_HOSTS, POOL, SERVICE, SETTING
 from controller.api.guard import guard_middleware
 from controller.api.middleware import auth_middleware, error_middleware
 from controller.api.routes import setup_routes
-from controller.core.apitoken import ensure_token
+from controller.core.apitoken import ensure_token, read_token, store_token
 from controller.core.config import Settings
 from controller.core.registry import Registry
 from controller.core.service import TaskService
 from controller.core.stats import Stats
 from controller.ssh.hostkeys import KnownHosts
 from controller.ssh.pool import SSHPool
+from controller.storage.database import Database
+from controller.storage.shared import HostKeyStore, shared_token
 from controller.transports import Transports
 
 #: Threads for paramiko, SQLite and file I/O. Many tasks poll at once and a
@@ -37,21 +39,26 @@ def create_app(settings: Settings) -> web.Application:
 
     settings.validate()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.registry_url)
     if settings.no_auth:
         settings.token = None
     elif settings.token is None:
-        settings.token = ensure_token(settings.data_dir)
+        settings.token = controller_token(settings, database)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[error_middleware, guard_middleware, auth_middleware],
     )
     stats = Stats()
-    known_hosts = KnownHosts(settings.known_hosts_path, settings.host_key_policy)
+    known_hosts = KnownHosts(
+        settings.known_hosts_path,
+        settings.host_key_policy,
+        HostKeyStore(database) if database.shared else None,
+    )
     executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="nodeferry-io")
     pool = SSHPool(settings, known_hosts, stats)
     agent_bundle = bundle()
     transports = Transports(settings, pool, stats, agent_bundle.data, agent_bundle.sha256)
-    registry = Registry(settings.database_path)
+    registry = Registry(database)
     app[SETTINGS] = settings
     app[STATS] = stats
     app[KNOWN_HOSTS] = known_hosts
@@ -63,6 +70,17 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def controller_token(settings: Settings, database: Database) -> str:
+    """The API token: ``<data_dir>/token``, made on first start; with a shared
+    registry, the one stored there (every replica answers to the same token),
+    copied into the data dir so ``nodeferry token`` on this machine prints it."""
+    if not database.shared:
+        return ensure_token(settings.data_dir)
+    token = shared_token(database, read_token(settings.data_dir))
+    store_token(settings.data_dir, token)
+    return token
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     await service.start_jobs()
@@ -72,4 +90,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.close()
         app[POOL].close()
         service.registry.close()
+        service.registry.db.close()
         app[EXECUTOR].shutdown(wait=False, cancel_futures=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api.appkeys import FLEETS, SERVICE, SETTINGS
+from controller.api.appkeys import FLEETS, SERVICE
 from controller.api.handlers import read_json
 from controller.core.fleet import FleetRequest, Fleets
 from controller.core.fleet_store import FleetStore
@@ -49,7 +49,8 @@ async def _close_store(app: web.Application) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    store = FleetStore(app[SETTINGS].database_path)
+    # The registry's database: fleets are shared by the controllers that share it.
+    store = FleetStore(app[SERVICE].registry.db)
     app[FLEETS] = Fleets(app[SERVICE], store)
     app.on_cleanup.append(_close_store)
     app.router.add_post("/api/fleet", start_fleet)

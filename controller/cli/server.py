@@ -10,11 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
+from controller.api.app import controller_token
 from controller.core.apitoken import ensure_token
 from controller.core.config import load_settings
 from controller.core.errors import ControllerError
 from controller.core.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
+from controller.storage.database import Database
+from controller.storage.shared import HostKeyStore
 
 
 def register(subparsers: Any) -> None:
@@ -108,7 +111,14 @@ def serve_command(args: argparse.Namespace) -> int:
 def token_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={"data_dir": args.data_dir})
-        token = settings.token or ensure_token(settings.data_dir)
+        if settings.token is None and settings.database_url:
+            database = Database(settings.registry_url)
+            try:
+                token = controller_token(settings, database)
+            finally:
+                database.close()
+        else:
+            token = settings.token or ensure_token(settings.data_dir)
     except ControllerError as exc:
         print(f"nodeferry token: {exc.message}", file=sys.stderr)
         return 2
@@ -126,9 +136,23 @@ def forget_command(args: argparse.Namespace) -> int:
     except ControllerError as exc:
         print(f"nodeferry hosts forget: {exc.message}", file=sys.stderr)
         return 2
-    known = KnownHosts(settings.known_hosts_path, settings.host_key_policy)
-    if known.forget(host, port):
-        print(f"forgot the host key of {host_entry(host, port)} ({settings.known_hosts_path})")
+    if settings.database_url:
+        # Shared by every controller on the registry: forgotten for all of them.
+        try:
+            database = Database(settings.registry_url)
+        except ControllerError as exc:
+            print(f"nodeferry hosts forget: {exc.message}", file=sys.stderr)
+            return 2
+        where = "the shared registry"
+        try:
+            forgot = HostKeyStore(database).forget(host_entry(host, port))
+        finally:
+            database.close()
+    else:
+        where = str(settings.known_hosts_path)
+        forgot = KnownHosts(settings.known_hosts_path, settings.host_key_policy).forget(host, port)
+    if forgot:
+        print(f"forgot the host key of {host_entry(host, port)} ({where})")
         return 0
-    print(f"{host_entry(host, port)} is not in {settings.known_hosts_path}", file=sys.stderr)
+    print(f"{host_entry(host, port)} is not in {where}", file=sys.stderr)
     return 1
