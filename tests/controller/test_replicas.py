@@ -322,3 +322,60 @@ async def test_postgres_restarted_mid_run_503_then_recovery(
     finally:
         if not restarted:
             postgres.start()
+
+
+async def _first_sight(
+    ws: aiohttp.ClientWebSocketResponse, task_ids: set[str], timeout: float
+) -> dict[str, float]:
+    """When each of ``task_ids`` first appears in a ``tasks: all`` feed."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while set(seen) != task_ids:
+        message = await ws.receive_json(timeout=max(0.1, deadline - time.monotonic()))
+        tasks = message.get("tasks") or ([message["task"]] if "task" in message else [])
+        for task in tasks:
+            if task["task_id"] in task_ids:
+                seen.setdefault(task["task_id"], time.monotonic())
+    return seen
+
+
+async def test_a_dashboard_on_one_replica_sees_starts_through_another_as_fresh(
+    fleet_factory: Any, sshd: SshServer, tmp_path: Path, node_repos: NodeRepos
+) -> None:
+    """The task list of a WebSocket on replica 0 shows a start made through replica 1
+    as soon as one made through replica 0 itself (one LIST_INTERVAL), and a
+    subscription there follows it to its end."""
+    fleet = await fleet_factory(2)
+    assert fleet.session is not None
+    ws = await fleet.session.ws_connect(f"{fleet.replicas[0].url}/api/ws?token={fleet.token}")
+    try:
+        assert (await ws.receive_json(timeout=30))["type"] == "ready"
+        await ws.send_json({"op": "subscribe", "tasks": "all"})
+        assert (await ws.receive_json(timeout=30))["type"] == "tasks"
+        lags: dict[int, list[float]] = {0: [], 1: []}
+        for round_ in range(3):
+            for through in (0, 1):
+                home = comfy_home(tmp_path / f"home-{round_}-{through}")
+                sent = time.monotonic()
+                status, answer = await fleet.call(
+                    through,
+                    "POST",
+                    "/ssh/install-custom-nodes",
+                    _body(sshd, home, node_repos.plain.url),
+                )
+                assert status == 202, answer
+                seen = await _first_sight(ws, {answer["task_id"]}, 30)
+                lags[through].append(seen[answer["task_id"]] - sent)
+        local, remote = max(lags[0]), max(lags[1])
+        print(f"\nfirst sight on replica 0: own starts {lags[0]}, replica 1's {lags[1]}")
+        # One list interval (1 s) plus a loaded machine's slack, either way.
+        assert local < 3.0 and remote < 3.0, lags
+
+        await ws.send_json({"op": "subscribe", "task_id": answer["task_id"]})
+        while True:
+            message = await ws.receive_json(timeout=60)
+            if message.get("type") == "final" and message["task_id"] == answer["task_id"]:
+                assert message["progress"]["state"] == "completed"
+                break
+    finally:
+        await ws.close()
