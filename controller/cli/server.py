@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.api.app import controller_token
 from controller.core.apitoken import ensure_token
 from controller.core.config import load_settings
 from controller.core.errors import ControllerError
@@ -112,6 +111,8 @@ def token_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={"data_dir": args.data_dir})
         if settings.token is None and settings.database_url:
+            from controller.api.app import controller_token
+
             database = Database(settings.registry_url)
             try:
                 token = controller_token(settings, database)

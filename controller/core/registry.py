@@ -448,17 +448,6 @@ class Registry:
             ).first()
         return row is not None
 
-    def claim(self, task_id: str, progress: Progress) -> bool:
-        """Move a queued task to ``starting`` with ``progress``; False if it is no
-        longer queued (cancelled meanwhile)."""
-        with self.db.begin() as conn:
-            done = conn.execute(
-                sa.update(_T)
-                .where(_T.c.task_id == task_id, _T.c.state == "queued")
-                .values(state=progress.state, progress_json=stored_document(progress))
-            )
-        return bool(done.rowcount == 1)
-
     def cancel_queued(self, task_id: str, progress: Progress, finished_at: float) -> bool:
         """Store ``progress`` (cancelled) if the task is still queued; False when a
         controller started it meanwhile."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller.core.errors import ControllerError
+from controller.core.errors import ControllerError, StorageUnavailable
 from controller.core.live import Tasks
 from controller.core.reader import Reader
 from controller.core.registry import TaskRecord
@@ -52,6 +52,10 @@ class Retention:
                 await job()
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable as exc:
+                # The database is away (a restart): said once a round, without a
+                # traceback; the job runs again next round.
+                log.warning("periodic job %s: %s", getattr(job, "__name__", job), exc.message)
             except Exception:
                 log.exception("periodic job %s failed", getattr(job, "__name__", job))
 

@@ -230,12 +230,13 @@ class Scheduler:
         controller that launched it was this one, before a restart). The agent
         refuses a task id it already has, so an install is never started twice."""
         tasks = self.tasks
-        mine = {
-            task_id
-            for task_id, live in tasks.live.items()
-            if live.launch is not None and not live.launch.done()
-        }
         async with self._lock:
+            # Under the lock: a start admitted meanwhile is launching already.
+            mine = {
+                task_id
+                for task_id, live in tasks.live.items()
+                if live.launch is not None and not live.launch.done()
+            }
             taken = await tasks.run(
                 tasks.registry.take_over,
                 tasks.replica,

@@ -55,8 +55,9 @@ def run(lab: Lab, report: Report, log: Any) -> None:
     lab.stack.callback(sshd.stop)
     sshd.start()
     lab.stack.callback(_kill_leftover_workers, remote_state)
-    # Not in the lab's folder: the server runs as the postgres user, who must reach it.
-    postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="nodeferry-bench-pg-")))
+    # Not in the lab's folder: the server runs as the postgres user, who must reach
+    # it. Durable (fsync on), as SQLite's commits are.
+    postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="nodeferry-bench-pg-")), durable=True)
     postgres.__enter__()
     lab.stack.callback(postgres.__exit__, None, None, None)
 

@@ -50,11 +50,13 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, root: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, bin_dir: Path | None = None, *, durable: bool = False) -> None:
         found = bin_dir or find_bin_dir()
         if found is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
         self.bin = found
+        #: fsync on (a benchmark against SQLite's durable commits); off for tests.
+        self.durable = durable
         self.root = root
         self.data = root / "data"
         self.sockets = root / "sockets"
@@ -135,7 +137,7 @@ class PostgresServer:
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",
-                    "fsync=off",
+                    f"fsync={'on' if self.durable else 'off'}",
                     "-c",
                     "max_connections=200",
                     "-c",
