@@ -346,6 +346,20 @@ class Tasks:
         if record.progress is not None:
             await self.publish(live, record.progress, persist=False)
 
+    async def sync_retry(self, live: Live) -> None:
+        """With a shared registry, whether another controller retried this final
+        task meanwhile (at most once a refresh interval, until one did)."""
+        if not self.registry.db.shared or live.record.retried_by is not None:
+            return
+        now = time.monotonic()
+        if now - live.synced_mono < self.settings.refresh_interval:
+            return
+        live.synced_mono = now
+        retried_by = await self.run(self.registry.retried_by, live.record.task_id)
+        if retried_by is not None:
+            live.record.retried_by = retried_by
+            self.annotate(live, retried_by=retried_by)
+
     async def fail(self, live: Live, error_code: str, message: str) -> None:
         log.info("task %s failed: %s", live.record.task_id, message)
         await self.publish(live, failed_document(live.view.progress, error_code, message))

@@ -84,6 +84,8 @@ class Reader:
             if not live.record.launched:
                 self.tasks.stats.add("cache_hits")
                 return live.view
+        if live.view.progress.is_final:
+            await self.tasks.sync_retry(live)
         if (
             live.view.progress.is_final
             or live.record.state == "queued"  # nothing on the machine yet

@@ -92,6 +92,7 @@ class Retrier:
             # this task fail, exactly one starts its retry.
             if not await self.tasks.run(registry.link_retry, record.task_id, new_id):
                 record.retried_by = await self.tasks.run(registry.retried_by, record.task_id)
+                self.tasks.annotate(live, retried_by=record.retried_by)
                 raise _already(record.task_id, record.retried_by or "?")
             try:
                 admission = await self.launcher.admit(

@@ -379,3 +379,54 @@ async def test_a_dashboard_on_one_replica_sees_starts_through_another_as_fresh(
                 break
     finally:
         await ws.close()
+
+
+async def test_fleets_and_retries_are_the_same_through_any_replica(
+    fleet_factory: Any, sshd: SshServer, tmp_path: Path, node_repos: NodeRepos
+) -> None:
+    fleet = await fleet_factory(2)
+    homes = [comfy_home(tmp_path / f"fleet-home-{i}") for i in range(2)]
+    missing = node_repos.plain.url.replace("ComfyUI-Plain", "ComfyUI-Missing")
+    status, started = await fleet.call(
+        0,
+        "POST",
+        "/api/fleet",
+        {
+            "targets": [
+                {"ssh_connection": sshd.connection_string(), "ui_home": str(h.root)} for h in homes
+            ],
+            "ui_home": str(homes[0].root),
+            "nodes": [node_repos.plain.url, missing],
+            "python": sys.executable,
+        },
+    )
+    assert status == 202, started
+
+    async def settled() -> Any:
+        status, body = await fleet.call(1, "GET", f"/api/fleet/{started['fleet_id']}")
+        assert status == 200, body
+        return body if body["running"] == 0 else None
+
+    body = await fleet.wait(settled, 120, "the fleet, read through the other replica")
+    assert [i["task_id"] for i in body["per_instance"]] == [t["task_id"] for t in started["tasks"]]
+    assert all(i["successful"] == 1 and i["failed"] == 1 for i in body["per_instance"]), body
+
+    # Two replicas asked at once to retry the same failed task: one retry, one 409.
+    task_id = started["tasks"][0]["task_id"]
+    answers = await asyncio.gather(
+        *(fleet.call(i, "POST", f"/api/tasks/{task_id}/retry", {}) for i in (0, 1, 0, 1))
+    )
+    assert sorted(status for status, _ in answers) == [202, 409, 409, 409], answers
+    [retry] = [a for status, a in answers if status == 202]
+    assert all(a["task_id"] == retry["task_id"] for status, a in answers if status == 409)
+    for index in (0, 1):
+
+        async def linked(index: int = index) -> Any:
+            status, view = await fleet.call(
+                index, "POST", "/ssh/install-custom-nodes/progress", {"task_id": task_id}
+            )
+            assert status == 200, view
+            return view["retried_by"] == retry["task_id"]
+
+        # Within a refresh interval (0.2 s here) on the replica that did not retry.
+        await fleet.wait(linked, 5, f"replica {index} shows the retry link")
