@@ -19,11 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
+from controller.core.errors import HostKeyChanged, HostKeyError
 from controller.core.fleet_store import FleetRecord, FleetStore, Member
 from controller.core.registry import Registry, Slot, TaskRecord
 from controller.core.target import Target
+from controller.ssh.hostkeys import KnownHosts
 from controller.storage.database import Database
 from controller.storage.shared import HostKeyStore, shared_token
 from protocol import Progress
@@ -124,6 +127,28 @@ def test_fleets_host_keys_and_the_token_are_shared(registry_url: str) -> None:
 
         token = shared_token(one, "token-from-a-file")
         assert token == "token-from-a-file" == shared_token(two, None)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_host_keys_are_trusted_once_for_every_controller(registry_url: str, tmp_path: Path) -> None:
+    one, two = Database(registry_url), Database(registry_url)
+    first, other = paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
+    try:
+        a = KnownHosts(tmp_path / "known-a", "tofu", HostKeyStore(one))
+        b = KnownHosts(tmp_path / "known-b", "tofu", HostKeyStore(two))
+        a.check("127.0.0.1", 2222, first)
+        b.check("127.0.0.1", 2222, first)  # what the first controller accepted
+        with pytest.raises(HostKeyChanged):
+            b.check("127.0.0.1", 2222, other)
+        assert b.knows("127.0.0.1", 2222)
+        assert not (tmp_path / "known-a").exists()  # the shared registry holds it
+        strict = KnownHosts(tmp_path / "known-c", "strict", HostKeyStore(two))
+        with pytest.raises(HostKeyError, match="strict"):
+            strict.check("127.0.0.1", 2223, first)
+        strict.check("127.0.0.1", 2222, first)
+        assert a.forget("127.0.0.1", 2222) and not b.knows("127.0.0.1", 2222)
     finally:
         one.close()
         two.close()
