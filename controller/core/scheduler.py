@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.errors import Conflict, TooManyTasks
+from controller.core.errors import Conflict, StorageUnavailable, TooManyTasks
 from controller.core.live import Live, Tasks, TaskView, queued_document, starting_document
 from controller.core.registry import Slot, TaskRecord, home_key
 from protocol import utc_now
@@ -162,7 +162,16 @@ class Scheduler:
 
     def kick(self) -> None:
         """Start whatever queued tasks may start now, in the background."""
-        self.tasks.spawn(self.pump())
+        self.tasks.spawn(self._pump_in_background())
+
+    async def _pump_in_background(self) -> None:
+        try:
+            await self.pump()
+        except StorageUnavailable as exc:
+            # The database is away: the next kick or queue look starts them.
+            log.warning("the queue could not be pumped: %s", exc.message)
+        except Exception:
+            log.exception("the queue could not be pumped")
 
     async def pump(self) -> list[str]:
         """Start the queued tasks whose turn it is, oldest first; returns their ids.
