@@ -40,6 +40,12 @@ class Retrier:
         live = await self.tasks.get(task_id)
         progress = live.view.progress
         if not progress.is_final:
+            # Another controller sharing the registry may have seen it end first.
+            stored = await self.tasks.run(self.tasks.registry.get, live.record.task_id)
+            if stored is not None and stored.progress is not None and stored.progress.is_final:
+                await self.tasks.publish(live, stored.progress, persist=False)
+                progress = live.view.progress
+        if not progress.is_final:
             raise Conflict(
                 f"task {live.record.task_id} is still {progress.state}; "
                 "retry it once it has finished (or cancel it first)",
