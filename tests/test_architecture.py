@@ -49,7 +49,7 @@ def listed_modules(description: str) -> set[str]:
     names = set()
     for item in items.split(","):
         name = item.rpartition(":")[2].strip()
-        assert re.fullmatch(r"[a-z_][a-z0-9_]*", name), f"not a module name: {item!r}"
+        assert re.fullmatch(r"[a-z0-9_]+", name), f"not a module name: {item!r}"
         names.add(name)
     return names
 

@@ -16,6 +16,8 @@ from controller.common.config import load_settings
 from controller.common.errors import ControllerError
 from controller.common.target import parse_host_port
 from controller.ssh.hostkeys import KnownHosts, host_entry
+from controller.storage.database import Database
+from controller.storage.shared import HostKeyStore
 from protocol import mask_credentials
 
 
@@ -133,7 +135,16 @@ class MaskCredentials(logging.Filter):
 def token_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={"data_dir": args.data_dir})
-        token = settings.token or ensure_token(settings.data_dir)
+        if settings.token is None and settings.database_url:
+            from controller.api.app import controller_token
+
+            database = Database(settings.registry_url)
+            try:
+                token = controller_token(settings, database)
+            finally:
+                database.close()
+        else:
+            token = settings.token or ensure_token(settings.data_dir)
     except ControllerError as exc:
         print(f"nodeferry token: {exc.message}", file=sys.stderr)
         return 2
@@ -151,9 +162,23 @@ def forget_command(args: argparse.Namespace) -> int:
     except ControllerError as exc:
         print(f"nodeferry hosts forget: {exc.message}", file=sys.stderr)
         return 2
-    known = KnownHosts(settings.known_hosts_path, settings.host_key_policy)
-    if known.forget(host, port):
-        print(f"forgot the host key of {host_entry(host, port)} ({settings.known_hosts_path})")
+    if settings.database_url:
+        # Shared by every controller on the registry: forgotten for all of them.
+        try:
+            database = Database(settings.registry_url)
+        except ControllerError as exc:
+            print(f"nodeferry hosts forget: {exc.message}", file=sys.stderr)
+            return 2
+        where = "the shared registry"
+        try:
+            forgot = HostKeyStore(database).forget(host_entry(host, port))
+        finally:
+            database.close()
+    else:
+        where = str(settings.known_hosts_path)
+        forgot = KnownHosts(settings.known_hosts_path, settings.host_key_policy).forget(host, port)
+    if forgot:
+        print(f"forgot the host key of {host_entry(host, port)} ({where})")
         return 0
-    print(f"{host_entry(host, port)} is not in {settings.known_hosts_path}", file=sys.stderr)
+    print(f"{host_entry(host, port)} is not in {where}", file=sys.stderr)
     return 1

@@ -97,3 +97,20 @@ def discover_token(base_url: str, data_dir: Path | None = None) -> str | None:
         env_dir = os.environ.get(ENV_DATA_DIR)
         data_dir = Path(env_dir).expanduser() if env_dir else default_data_dir()
     return read_token(data_dir)
+
+
+def store_token(data_dir: Path, token: str) -> None:
+    """Write ``token`` to ``data_dir`` (mode 0600 from the first byte) unless it is
+    there already: a shared registry's token, for clients on this machine."""
+    if read_token(data_dir) == token:
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = token_path(data_dir)
+    temp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(token + "\n")
+        temp.replace(path)
+    finally:
+        temp.unlink(missing_ok=True)

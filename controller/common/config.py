@@ -55,6 +55,15 @@ class Settings:
 
     # -- state ----------------------------------------------------------------
     data_dir: Path = field(default_factory=default_data_dir)
+    #: Where the registry lives. Unset: SQLite in ``<data_dir>/tasks.sqlite3``
+    #: (embedded, one controller). ``postgresql://user:password@host/db`` lets
+    #: several controllers share one registry, queue, limits, host keys and token.
+    database_url: str | None = None
+    #: Seconds a controller's claim on a launch holds: if it dies before the agent
+    #: confirmed the start, another controller launches the task after this long.
+    #: 0: connect_timeout + command_timeout + 60 (what one launch may take, and
+    #: slack). Set, it must exceed connect_timeout + command_timeout.
+    launch_lease: float = 0.0
     #: Finished tasks older than this many seconds are removed (with their files on
     #: the instance) by a periodic job.
     retention: float = 2 * 3600.0
@@ -143,6 +152,16 @@ class Settings:
     def database_path(self) -> Path:
         return self.data_dir / "tasks.sqlite3"
 
+    @property
+    def lease_seconds(self) -> float:
+        """``launch_lease``, or what it is when 0 (see there)."""
+        return self.launch_lease or self.connect_timeout + self.command_timeout + 60.0
+
+    @property
+    def registry_url(self) -> str:
+        """``database_url``, else the SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{self.database_path}"
+
     def validate(self) -> Settings:
         if self.host_key_policy not in HOST_KEY_POLICIES:
             raise ConfigError("host_key_policy must be one of: " + ", ".join(HOST_KEY_POLICIES))
@@ -174,6 +193,19 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         if self.max_client_connections < 1:
             raise ConfigError("max_client_connections must be at least 1")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")
+        ):
+            raise ConfigError(
+                "database_url must be postgresql://USER:PASSWORD@HOST:PORT/DB or sqlite:///PATH"
+            )
+        if self.launch_lease < 0 or (
+            self.launch_lease and self.launch_lease <= self.connect_timeout + self.command_timeout
+        ):
+            raise ConfigError(
+                "launch_lease must exceed connect_timeout + command_timeout: a launch still "
+                "running must never be taken over"
+            )
         if self.ssh_threads < 2 or self.ssh_jobs_per_host < 1:
             raise ConfigError("ssh_threads must be at least 2 and ssh_jobs_per_host at least 1")
         if self.max_channels_per_connection < 2 or self.max_connections_per_host < 1:
@@ -248,6 +280,8 @@ _KINDS: dict[str, Any] = {
     "max_client_connections": int,
     "client_idle_timeout": float,
     "data_dir": "path",
+    "database_url": "optional_str",
+    "launch_lease": float,
     "retention": float,
     "cleanup_interval": float,
     "history_days": float,

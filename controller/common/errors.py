@@ -125,6 +125,18 @@ class TooManyTasks(ControllerError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class StorageUnavailable(ControllerError):
+    """The registry's database cannot be reached (a PostgreSQL restart, a network
+    cut): nothing was written; the request may be sent again."""
+
+    status = 503
+    code = "database_unavailable"
+    retry_after = 2
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ExpiredTask(UnknownTask):
     """Finished longer ago than the retention: only its summary is left."""
 

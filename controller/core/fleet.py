@@ -31,6 +31,8 @@ from protocol import fields as checks
 
 #: An operator runs fifty; a few hundred is still one request's worth.
 MAX_TARGETS = 256
+#: Seconds the task -> fleet map is kept when other controllers may add fleets.
+SHARED_FLEETS_TTL = 2.0
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -121,6 +123,7 @@ class Fleets:
         self.service = service
         self.store = store
         self._task_fleets: dict[str, str] | None = None
+        self._task_fleets_mono = 0.0
 
     async def start(self, request: FleetRequest) -> FleetRecord:
         """Check every target, start one task per instance, persist the fleet."""
@@ -226,9 +229,15 @@ class Fleets:
         }
 
     async def task_fleets(self) -> dict[str, str]:
-        """task id -> fleet id (cached: fleets only grow while the controller runs)."""
-        if self._task_fleets is None:
+        """task id -> fleet id (cached: fleets only grow while the controller runs;
+        with a shared registry, read again every ``SHARED_FLEETS_TTL`` seconds, for
+        the fleets other controllers started)."""
+        now = time.monotonic()
+        if self._task_fleets is None or (
+            self.store.db.shared and now - self._task_fleets_mono >= SHARED_FLEETS_TTL
+        ):
             self._task_fleets = await self.service.tasks.run(self.store.task_fleets)
+            self._task_fleets_mono = now
         return self._task_fleets
 
 

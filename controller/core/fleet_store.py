@@ -1,6 +1,5 @@
-"""Fleets on disk: which tasks one ``POST /api/fleet`` started, in the registry's
-SQLite database (a table pair of its own, its own connection; WAL lets both
-connections share the file).
+"""Fleets in the registry's database: which tasks one ``POST /api/fleet``
+started (a table pair of their own, beside the tasks).
 
 Blocking: the fleet service calls it in the app's executor.
 """
@@ -8,30 +7,17 @@ Blocking: the fleet service calls it in the app's executor.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fleets (
-    fleet_id     TEXT PRIMARY KEY,
-    created_at   REAL NOT NULL,
-    request_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fleet_members (
-    fleet_id   TEXT NOT NULL REFERENCES fleets (fleet_id) ON DELETE CASCADE,
-    position   INTEGER NOT NULL,
-    target     TEXT NOT NULL,
-    ui_home    TEXT NOT NULL,
-    task_id    TEXT,
-    error_code TEXT,
-    error      TEXT,
-    PRIMARY KEY (fleet_id, position)
-);
-CREATE INDEX IF NOT EXISTS fleet_members_task ON fleet_members (task_id);
-"""
+import sqlalchemy as sa
+
+from controller.storage import tables
+from controller.storage.database import Database, sqlite_url
+
+_F = tables.fleets
+_M = tables.fleet_members
 
 
 @dataclass
@@ -54,58 +40,66 @@ class FleetRecord:
 
 
 class FleetStore:
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+    """``FleetStore(path)`` opens a SQLite file and ``FleetStore(url)`` any
+    database (closed with it); ``FleetStore(database)`` shares the registry's."""
+
+    def __init__(self, where: Path | str | Database) -> None:
+        self._own = not isinstance(where, Database)
+        if isinstance(where, Database):
+            self.db = where
+        else:
+            self.db = Database(sqlite_url(where) if isinstance(where, Path) else where)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._own:
+            self.db.close()
 
     def add(self, record: FleetRecord) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO fleets (fleet_id, created_at, request_json) VALUES (?, ?, ?)",
-                    (record.fleet_id, record.created_at, json.dumps(record.request)),
+        with self.db.begin() as conn:
+            conn.execute(
+                sa.insert(_F).values(
+                    fleet_id=record.fleet_id,
+                    created_at=record.created_at,
+                    request_json=json.dumps(record.request),
                 )
-                self._db.executemany(
-                    "INSERT INTO fleet_members (fleet_id, position, target, ui_home, task_id, "
-                    "error_code, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            if record.members:
+                conn.execute(
+                    sa.insert(_M),
                     [
-                        (record.fleet_id, i, m.target, m.ui_home, m.task_id, m.error_code, m.error)
+                        {
+                            "fleet_id": record.fleet_id,
+                            "position": i,
+                            "target": m.target,
+                            "ui_home": m.ui_home,
+                            "task_id": m.task_id,
+                            "error_code": m.error_code,
+                            "error": m.error,
+                        }
                         for i, m in enumerate(record.members)
                     ],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def get(self, fleet_id: str) -> FleetRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT fleet_id, created_at, request_json FROM fleets WHERE fleet_id = ?",
-                (fleet_id,),
-            ).fetchone()
+        with self.db.begin() as conn:
+            row = conn.execute(
+                sa.select(_F.c.fleet_id, _F.c.created_at, _F.c.request_json).where(
+                    _F.c.fleet_id == fleet_id
+                )
+            ).first()
             if row is None:
                 return None
-            members = self._db.execute(
-                "SELECT target, ui_home, task_id, error_code, error FROM fleet_members "
-                "WHERE fleet_id = ? ORDER BY position",
-                (fleet_id,),
+            members = conn.execute(
+                sa.select(_M.c.target, _M.c.ui_home, _M.c.task_id, _M.c.error_code, _M.c.error)
+                .where(_M.c.fleet_id == fleet_id)
+                .order_by(_M.c.position)
             ).fetchall()
         return FleetRecord(row[0], row[1], json.loads(row[2]), [Member(*m) for m in members])
 
     def task_fleets(self) -> dict[str, str]:
         """task id -> fleet id, for every task started as part of a fleet."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT task_id, fleet_id FROM fleet_members WHERE task_id IS NOT NULL"
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                sa.select(_M.c.task_id, _M.c.fleet_id).where(_M.c.task_id.is_not(None))
             ).fetchall()
         return {task_id: fleet_id for task_id, fleet_id in rows}

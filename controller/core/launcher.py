@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.common.errors import (
+    Conflict,
     ControllerError,
     InvalidRequest,
     RemoteError,
@@ -170,6 +171,20 @@ class Launcher:
             live.read_mono = 0.0  # the next reader fetches the agent's first document
             return
         message = str(document.get("message") or document.get("error") or "no message")
+        if (
+            reply.exit_status == ExitCode.INVALID
+            and document.get("field") == "task_id"
+            and "already exists" in message
+        ):
+            # A take-over: the controller that died had launched it after all. The
+            # agent refused a second start; follow the one that runs.
+            log.info("task %s was already launched; following it", record.task_id)
+            record.launched = True
+            await tasks.run(
+                tasks.registry.save_progress, record.task_id, live.view.progress, None, True
+            )
+            live.read_mono = 0.0
+            return
         if reply.exit_status == ExitCode.CONFLICT:
             holder = document.get("task_id")
             await tasks.fail(
@@ -201,6 +216,14 @@ class Launcher:
                 return view
         if live.launch is not None and not live.launch.done():
             await asyncio.shield(live.launch)
+        if not live.record.launched and not live.view.progress.is_final:
+            await tasks.sync(live)
+            if not live.record.launched and not live.view.progress.is_final:
+                raise Conflict(
+                    f"task {live.record.task_id} is being started by another controller; "
+                    "cancel it again in a moment",
+                    task_id=live.record.task_id,
+                )
         if live.view.progress.is_final:
             return live.view
         record = live.record

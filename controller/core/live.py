@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -79,6 +82,8 @@ class Live:
     signature_seen_mono: float = 0.0
     #: When the document last changed, by the controller's clock.
     changed_mono: float = field(default_factory=time.monotonic)
+    #: When the record was last read again from the registry (see ``Tasks.sync``).
+    synced_mono: float = field(default_factory=time.monotonic)
     liveness_mono: float = 0.0
     #: What was last written to the registry, and when.
     persisted_milestone: tuple[Any, ...] = ()
@@ -153,6 +158,8 @@ class Tasks:
         self.executor = executor
         self.stats = stats
         self.live: dict[str, Live] = {}
+        #: Who this controller is in the registry (``owner`` of the launches it claims).
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._background: set[asyncio.Task[Any]] = set()
         #: SSH work runs apart, so unresponsive hosts cannot starve the rest.
         self.ssh = HostLimitedExecutor(settings.ssh_threads, settings.ssh_jobs_per_host)
@@ -257,8 +264,10 @@ class Tasks:
         stale: bool = False,
         problem: str | None = None,
         problem_code: str = "unreachable",
+        persist: bool = True,
     ) -> TaskView:
-        """Install a new view; persist and wake watchers when the document changed."""
+        """Install a new view; persist (unless the registry already has it) and wake
+        watchers when the document changed."""
         previous = live.view
         changed = progress.to_dict() != previous.progress.to_dict()
         version = previous.version + 1 if changed or stale != previous.stale else previous.version
@@ -283,7 +292,9 @@ class Tasks:
             # Heartbeats change the document every second or two; the registry only
             # needs what a restarted controller would show before its first read.
             milestone = _milestone(progress)
-            if (
+            if not persist:
+                live.persisted_milestone, live.persisted_mono = milestone, live.read_mono
+            elif (
                 milestone != live.persisted_milestone
                 or live.read_mono - live.persisted_mono >= PERSIST_INTERVAL
             ):
@@ -305,6 +316,49 @@ class Tasks:
                 except Exception:
                     log.exception("a final-state hook failed for task %s", live.record.task_id)
         return live.view
+
+    async def sync(self, live: Live) -> None:
+        """Read a task this controller does not drive again from the registry, at most
+        once a refresh interval: another controller sharing it may have started a
+        queued task, confirmed a launch, or cancelled it."""
+        now = time.monotonic()
+        if now - live.synced_mono < self.settings.refresh_interval:
+            return
+        live.synced_mono = now
+        record = await self.run(self.registry.get, live.record.task_id)
+        if record is None:
+            return
+        mine = live.record
+        mine.retried_by = record.retried_by
+        if (record.state, record.launched) == (mine.state, mine.launched):
+            return
+        mine.state, mine.launched, mine.finished_at = (
+            record.state,
+            record.launched,
+            record.finished_at,
+        )
+        mine.owner, mine.lease_until = record.owner, record.lease_until
+        if record.state != "queued":
+            live.annotations.pop("queue_position", None)
+            live.annotations.pop("queued_reason", None)
+        if record.launched:
+            live.read_mono = 0.0  # the next read fetches the agent's document
+        if record.progress is not None:
+            await self.publish(live, record.progress, persist=False)
+
+    async def sync_retry(self, live: Live) -> None:
+        """With a shared registry, whether another controller retried this final
+        task meanwhile (at most once a refresh interval, until one did)."""
+        if not self.registry.db.shared or live.record.retried_by is not None:
+            return
+        now = time.monotonic()
+        if now - live.synced_mono < self.settings.refresh_interval:
+            return
+        live.synced_mono = now
+        retried_by = await self.run(self.registry.retried_by, live.record.task_id)
+        if retried_by is not None:
+            live.record.retried_by = retried_by
+            self.annotate(live, retried_by=retried_by)
 
     async def fail(self, live: Live, error_code: str, message: str) -> None:
         log.info("task %s failed: %s", live.record.task_id, message)

@@ -34,9 +34,9 @@ from controller.common.target import Target
 from controller.core.access import check_lookup
 from controller.core.live import Live, Tasks, TaskView, failed_document
 from controller.core.registry import SUMMARY_FIELDS, TaskRecord
-from controller.core.registry_schema import SUMMARY_ERROR_CHARS
+from controller.storage.registry_schema import SUMMARY_ERROR_CHARS
 from controller.transports import FileStat, Transport
-from protocol import ExitCode, Progress, ProtocolError
+from protocol import FINAL_STATES, ExitCode, Progress, ProtocolError
 from protocol import fields as checks
 
 #: A ``stat`` reports whole seconds over SFTP, so an unchanged (mtime, size) only
@@ -74,6 +74,19 @@ class Reader:
             if target is None or isinstance(exc, ExpiredTask):
                 raise
             live = await self._adopt(exc.task_id, target)
+        if (
+            not live.view.progress.is_final
+            and not live.record.launched
+            and (live.launch is None or live.launch.done())
+        ):
+            # Queued, or launched by another controller sharing the registry (or
+            # waiting for a take-over): the registry knows more than this copy.
+            await self.tasks.sync(live)
+            if not live.record.launched:
+                self.tasks.stats.add("cache_hits")
+                return live.view
+        if live.view.progress.is_final:
+            await self.tasks.sync_retry(live)
         if (
             live.view.progress.is_final
             or live.record.state == "queued"  # nothing on the machine yet
@@ -401,12 +414,22 @@ def summary(row: dict[str, Any], progress: Progress | None = None) -> dict[str, 
         "retry_of": row["retry_of"],
         "retried_by": row["retried_by"],
     }
-    if progress is not None:
+    if progress is not None and _live_is_newer(row["state"], progress):
         body["state"] = progress.state
         for name in SUMMARY_FIELDS:
             value = getattr(progress, name)
             body[name] = value[-SUMMARY_ERROR_CHARS:] if name == "error" and value else value
     return body
+
+
+def _live_is_newer(stored: str, progress: Progress) -> bool:
+    """Whether a controller's in-memory document is newer than the stored row: it
+    usually is (it is written at milestones only), but with a shared registry
+    another controller may have stored a later state (started a queued task, seen
+    it end) than this one has read yet."""
+    if stored in FINAL_STATES:
+        return progress.is_final
+    return not (progress.state == "queued" and stored != "queued")
 
 
 def make_cursor(row: dict[str, Any]) -> str:

@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller.common.errors import ControllerError
+from controller.common.errors import ControllerError, StorageUnavailable
 from controller.core.live import Tasks
 from controller.core.reader import Reader
 from controller.core.registry import TaskRecord
@@ -29,12 +29,14 @@ class Retention:
         self.reader = reader
         self._jobs: list[asyncio.Task[None]] = []
 
-    def start_jobs(self) -> None:
-        """Start the periodic jobs: refresh the running tasks, clean up old ones."""
+    def start_jobs(self, extra: Sequence[tuple[float, Callable[[], Any]]] = ()) -> None:
+        """Start the periodic jobs: refresh the running tasks, clean up old ones, and
+        ``extra`` ``(interval, job)`` pairs."""
         settings = self.tasks.settings
         self._jobs = [
             asyncio.create_task(self._every(settings.monitor_interval, self.refresh_running)),
             asyncio.create_task(self._every(settings.cleanup_interval, self.cleanup)),
+            *(asyncio.create_task(self._every(interval, job)) for interval, job in extra),
         ]
 
     async def close(self) -> None:
@@ -50,6 +52,10 @@ class Retention:
                 await job()
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable as exc:
+                # The database is away (a restart): said once a round, without a
+                # traceback; the job runs again next round.
+                log.warning("periodic job %s: %s", getattr(job, "__name__", job), exc.message)
             except Exception:
                 log.exception("periodic job %s failed", getattr(job, "__name__", job))
 

@@ -41,6 +41,12 @@ class Retrier:
         live = await self.tasks.get(task_id)
         progress = live.view.progress
         if not progress.is_final:
+            # Another controller sharing the registry may have seen it end first.
+            stored = await self.tasks.run(self.tasks.registry.get, live.record.task_id)
+            if stored is not None and stored.progress is not None and stored.progress.is_final:
+                await self.tasks.publish(live, stored.progress, persist=False)
+                progress = live.view.progress
+        if not progress.is_final:
             raise Conflict(
                 f"task {live.record.task_id} is still {progress.state}; "
                 "retry it once it has finished (or cancel it first)",
@@ -70,17 +76,25 @@ class Retrier:
         if not record.spec:
             raise InvalidRequest("", f"task {record.task_id} has no spec left to retry")
         request = retry_request(record.spec, str(record.target), names, queue, auto_retry)
+        registry = self.tasks.registry
         async with self._lock:
             if record.retried_by is not None:
-                raise Conflict(
-                    f"task {record.task_id} was already retried by task {record.retried_by}; "
-                    "retry that one instead",
-                    task_id=record.retried_by,
+                raise _already(record.task_id, record.retried_by)
+            prepared = await self.launcher.prepare(request, record.target)
+            new_id = prepared.spec.task_id
+            # The link is claimed first, in the registry: of the controllers that saw
+            # this task fail, exactly one starts its retry.
+            if not await self.tasks.run(registry.link_retry, record.task_id, new_id):
+                record.retried_by = await self.tasks.run(registry.retried_by, record.task_id)
+                self.tasks.annotate(live, retried_by=record.retried_by)
+                raise _already(record.task_id, record.retried_by or "?")
+            try:
+                admission = await self.launcher.admit(
+                    prepared, request, retry_of=record, not_before=not_before
                 )
-            admission = await self.launcher.start(
-                request, retry_of=record, not_before=not_before, target=record.target
-            )
-            await self.tasks.run(self.tasks.registry.link_retry, record.task_id, admission.task_id)
+            except BaseException:
+                await self.tasks.run(registry.unlink_retry, record.task_id, new_id)
+                raise
             record.retried_by = admission.task_id
             self.tasks.annotate(live, retried_by=admission.task_id)
         return admission
@@ -107,6 +121,8 @@ class Retrier:
                 auto_retry=record.auto_retry - 1,
                 not_before=time.time() + delay,
             )
+        except Conflict:
+            return  # another controller sharing the registry retried it first
         except Exception:
             log.exception("automatic retry of task %s failed to start", record.task_id)
             return
@@ -169,3 +185,10 @@ def transient_failures(progress: Progress) -> set[str]:
             if not n.is_final or (n.status in ("failed", "cancelled") and n.error_code is None)
         }
     return names
+
+
+def _already(task_id: str, retried_by: str) -> Conflict:
+    return Conflict(
+        f"task {task_id} was already retried by task {retried_by}; retry that one instead",
+        task_id=retried_by,
+    )

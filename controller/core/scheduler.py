@@ -4,8 +4,13 @@ or is refused, and starting queued installs as their turn comes.
 An install waits when its ComfyUI home is busy (FIFO per machine and home), when
 ``max_running`` or ``max_running_per_host`` is reached, or while an automatic
 retry's backoff runs. Queued tasks live in the registry (state ``queued``), so
-they survive a controller restart. Every decision runs under one lock, from the
-registry's list of unfinished tasks, so two starts never both take the last slot.
+they survive a controller restart. Every decision runs in one exclusive
+transaction of the registry, from its list of unfinished tasks, so two starts
+never both take the last slot, whichever controllers sharing the database they
+reached. Exclusive is ``BEGIN IMMEDIATE`` on SQLite and one advisory lock on
+PostgreSQL: the limits are counts over all tasks, which row locks on the queued
+rows (``FOR UPDATE SKIP LOCKED``) would not serialize: two replicas could each
+lock a different queued task and both count the same free slot.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.common.errors import Conflict, TooManyTasks
+from controller.common.errors import Conflict, StorageUnavailable, TooManyTasks
 from controller.core.live import Live, Tasks, TaskView, queued_document, starting_document
-from controller.core.registry import TaskRecord, home_key
+from controller.core.registry import Slot, TaskRecord, home_key
 from protocol import utc_now
 
 log = logging.getLogger(__name__)
@@ -71,29 +76,49 @@ class Scheduler:
     # -- admission -------------------------------------------------------------------
 
     async def admit(self, record: TaskRecord, *, queue: bool) -> Admission:
-        """Start ``record`` now, queue it, or refuse it (409 busy home, 429 limit)."""
+        """Start ``record`` now, queue it, or refuse it (409 busy home, 429 limit).
+
+        The decision and the insert are one exclusive transaction of the registry
+        (see ``Registry.admit``), so controllers sharing a database never both take
+        the last slot, and the queue's order is the order of admission."""
         tasks = self.tasks
-        async with self._lock:
-            slots = await self._slots()
+        mine = _slot_of(record)
+        outcome: dict[str, Any] = {}
+
+        def decide(rows: list[Slot]) -> bool:
+            slots = [_slot(row) for row in rows]
             active = [s for s in slots if not s.queued]
-            mine = _slot_of(record)
-            reason: str | None = None
             holder = next((s.task_id for s in slots if s.home == mine.home), None)
+            reason: str | None
             if holder is not None:
                 reason = HOME_BUSY
             elif record.not_before is not None and record.not_before > time.time():
                 reason = BACKOFF
             else:
                 reason = self._limit_reached(mine, active)
+            outcome.update(reason=reason, holder=holder, slots=[*slots, mine])
             if reason is None:
                 record.state = "starting"
                 record.progress = starting_document(record)
-                await tasks.run(tasks.registry.add, record)
+                record.owner = tasks.replica
+                record.lease_until = record.created_at + tasks.settings.lease_seconds
+                return True
+            if not queue:
+                return False
+            record.state = "queued"
+            record.progress = queued_document(record)
+            return True
+
+        async with self._lock:
+            await tasks.run(tasks.registry.admit, record, decide)
+            reason = outcome["reason"]
+            if reason is None:
                 live = tasks.remember(record)
                 live.launch = tasks.spawn(self._launch(live))
                 return Admission(record.task_id, "starting")
             if not queue:
-                if holder is not None:  # the home is busy (reason HOME_BUSY)
+                holder = outcome["holder"]
+                if reason == HOME_BUSY and holder is not None:
                     raise Conflict(
                         f"an install into {record.ui_home} on {record.target} is already "
                         f"running or queued (task {holder}); wait for it, cancel it, or "
@@ -105,11 +130,8 @@ class Scheduler:
                     'later, or send "queue": true to start it as soon as a slot frees',
                     RETRY_AFTER_SECONDS,
                 )
-            record.state = "queued"
-            record.progress = queued_document(record)
-            await tasks.run(tasks.registry.add, record)
             tasks.remember(record)
-            slots.append(mine)
+            slots = outcome["slots"]
             self._annotate(slots, {record.task_id: reason}, slots)
             self._arm_timer()
             live = tasks.live[record.task_id]
@@ -131,45 +153,49 @@ class Scheduler:
     def _limit_text(self, reason: str, slot: _Slot) -> str:
         settings = self.tasks.settings
         if reason == MAX_RUNNING:
-            return f"{settings.max_running} installs running on this controller"
+            return f"{settings.max_running} installs running on this controller's registry"
         if reason == MAX_RUNNING_PER_HOST:
             return f"{settings.max_running_per_host} installs running on {slot.host[0]}"
         return "an automatic retry waits for its backoff"
-
-    async def _slots(self) -> list[_Slot]:
-        rows = await self.tasks.run(self.tasks.registry.unfinished_slots)
-        return [
-            _Slot(task_id, key, (host, port), (key, home_key(home)), state == "queued")
-            for task_id, key, host, port, home, state in rows
-        ]
 
     # -- the queue -------------------------------------------------------------------
 
     def kick(self) -> None:
         """Start whatever queued tasks may start now, in the background."""
-        self.tasks.spawn(self.pump())
+        self.tasks.spawn(self._pump_in_background())
+
+    async def _pump_in_background(self) -> None:
+        try:
+            await self.pump()
+        except StorageUnavailable as exc:
+            # The database is away: the next kick or queue look starts them.
+            log.warning("the queue could not be pumped: %s", exc.message)
+        except Exception:
+            log.exception("the queue could not be pumped")
 
     async def pump(self) -> list[str]:
-        """Start the queued tasks whose turn it is, oldest first; returns their ids."""
+        """Start the queued tasks whose turn it is, oldest first; returns their ids.
+
+        Which ones is decided and claimed in one exclusive transaction of the
+        registry (``Registry.claim_queued``): of the controllers sharing it, exactly
+        one claims each queued task, and only that one launches it."""
         tasks = self.tasks
-        started: list[str] = []
-        async with self._lock:
-            slots = await self._slots()
+        reasons: dict[str, str] = {}
+        waiting: list[_Slot] = []
+
+        def choose(rows: list[Slot], now: float) -> list[str]:
+            reasons.clear()
+            slots = [_slot(row) for row in rows]
             active = [s for s in slots if not s.queued]
             busy_homes = {s.home for s in active}
-            now = time.time()
-            reasons: dict[str, str] = {}
-            for slot in (s for s in slots if s.queued):
-                try:
-                    live = await tasks.get(slot.task_id)
-                except Exception:
-                    log.exception("cannot load queued task %s", slot.task_id)
+            chosen: list[str] = []
+            for slot, row in zip(slots, rows, strict=True):
+                if not slot.queued:
                     continue
-                record = live.record
                 reason: str | None = None
                 if slot.home in busy_homes:
                     reason = HOME_BUSY
-                elif record.not_before is not None and record.not_before > now:
+                elif row.not_before is not None and row.not_before > now:
                     reason = BACKOFF
                 else:
                     reason = self._limit_reached(slot, active)
@@ -178,21 +204,62 @@ class Scheduler:
                 if reason is not None:
                     reasons[slot.task_id] = reason
                     continue
-                progress = starting_document(record)
-                if not await tasks.run(tasks.registry.claim, record.task_id, progress):
-                    continue  # cancelled meanwhile
-                record.state = "starting"
+                chosen.append(slot.task_id)
+                active.append(_Slot(slot.task_id, slot.target_key, slot.host, slot.home, False))
+            waiting[:] = [s for s in slots if s.queued and s.task_id not in chosen]
+            return chosen
+
+        started: list[str] = []
+        async with self._lock:
+            claimed = await tasks.run(
+                tasks.registry.claim_queued,
+                choose,
+                starting_document,
+                tasks.replica,
+                tasks.settings.lease_seconds,
+            )
+            for record in claimed:
+                live = tasks.live.get(record.task_id) or tasks.remember(record)
+                live.record.state = record.state
+                live.record.owner, live.record.lease_until = record.owner, record.lease_until
                 live.annotations.pop("queue_position", None)
                 live.annotations.pop("queued_reason", None)
-                await tasks.publish(live, progress)
+                if record.progress is None:  # claim() writes the starting document
+                    raise RuntimeError(f"claimed task {record.task_id} has no document")
+                await tasks.publish(live, record.progress, persist=False)
                 live.launch = tasks.spawn(self._launch(live))
-                active.append(_Slot(slot.task_id, slot.target_key, slot.host, slot.home, False))
-                started.append(slot.task_id)
-                log.info("queued task %s starts", slot.task_id)
-            still = [s for s in slots if s.queued and s.task_id not in started]
-            self._annotate(still, reasons, still)
+                started.append(record.task_id)
+                log.info("queued task %s starts", record.task_id)
+            self._annotate(waiting, reasons, waiting)
             self._arm_timer()
         return started
+
+    async def take_over(self) -> list[str]:
+        """Launch again the tasks whose launcher died before the agent confirmed the
+        start (its lease ran out; with a registry of its own, any such task: the
+        controller that launched it was this one, before a restart). The agent
+        refuses a task id it already has, so an install is never started twice."""
+        tasks = self.tasks
+        async with self._lock:
+            # Under the lock: a start admitted meanwhile is launching already.
+            mine = {
+                task_id
+                for task_id, live in tasks.live.items()
+                if live.launch is not None and not live.launch.done()
+            }
+            taken = await tasks.run(
+                tasks.registry.take_over,
+                tasks.replica,
+                tasks.settings.lease_seconds,
+                mine,
+                ignore_lease=not tasks.registry.db.shared,
+            )
+            for record in taken:
+                live = tasks.live.get(record.task_id) or tasks.remember(record)
+                live.record.owner, live.record.lease_until = record.owner, record.lease_until
+                log.warning("task %s: launch never confirmed; launching it again", record.task_id)
+                live.launch = tasks.spawn(self._launch(live))
+        return [record.task_id for record in taken]
 
     def _annotate(self, slots: list[_Slot], reasons: dict[str, str], order: list[_Slot]) -> None:
         """Each queued task's position in its home's line (1: next), and why it waits."""
@@ -243,9 +310,25 @@ class Scheduler:
             for node in cancelled.nodes:
                 node.status = "cancelled"
             cancelled.recount()
+            finished_at = time.time()
+            if not await self.tasks.run(
+                self.tasks.registry.cancel_queued, live.record.task_id, cancelled, finished_at
+            ):
+                return None  # another controller started it meanwhile
+            live.record.finished_at = finished_at
             live.annotations.pop("queue_position", None)
             live.annotations.pop("queued_reason", None)
-            return await self.tasks.publish(live, cancelled)
+            return await self.tasks.publish(live, cancelled, persist=False)
+
+
+def _slot(row: Slot) -> _Slot:
+    return _Slot(
+        row.task_id,
+        row.target_key,
+        (row.host, row.port),
+        (row.target_key, home_key(row.ui_home)),
+        row.state == "queued",
+    )
 
 
 def _slot_of(record: TaskRecord) -> _Slot:

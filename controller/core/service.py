@@ -11,7 +11,7 @@ runs in the executor the app owns.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -37,6 +37,10 @@ from protocol.lock import Lock
 
 __all__ = ["LOG_DEFAULT_LIMIT", "Admission", "TaskService", "TaskView"]
 
+#: Seconds between looks at a shared registry's queue (a task finished through
+#: another controller frees a slot that no hook here hears of).
+SHARED_QUEUE_INTERVAL = 1.0
+
 
 class TaskService:
     def __init__(
@@ -61,11 +65,34 @@ class TaskService:
 
     async def start_jobs(self) -> None:
         """Resume tasks a previous run left unfinished, then start the periodic jobs."""
-        for record in await self.tasks.run(self.registry.unfinished):
-            self.tasks.remember(record)
+        await self.follow_unfinished()
+        # A launch the agent never confirmed is launched again (once: the agent
+        # refuses a task it already has); with a shared registry, once its lease ran out.
+        await self.scheduler.take_over()
         # Queued tasks wait in the registry across restarts: start those whose turn it is.
         await self.scheduler.pump()
-        self.retention.start_jobs()
+        settings = self.tasks.settings
+        extra: list[tuple[float, Callable[[], Any]]] = [
+            (settings.monitor_interval, self.scheduler.take_over)
+        ]
+        if self.registry.db.shared:
+            # Other controllers start tasks and finish them: follow every unfinished
+            # task (so none is left unwatched when its controller dies) and look at
+            # the queue often, since a slot freed elsewhere wakes no hook here.
+            extra += [
+                (settings.monitor_interval, self.follow_unfinished),
+                (SHARED_QUEUE_INTERVAL, self._poll_queue),
+            ]
+        self.retention.start_jobs(extra)
+
+    async def follow_unfinished(self) -> None:
+        """Follow every unfinished task of the registry this controller does not yet."""
+        for record in await self.tasks.run(self.registry.unfinished):
+            self.tasks.remember(record)
+
+    async def _poll_queue(self) -> None:
+        if await self.tasks.run(self.registry.has_queued):
+            await self.scheduler.pump()
 
     async def close(self) -> None:
         self.scheduler.close()

@@ -114,6 +114,14 @@ class ControllerProcess:
                 proc.kill()
                 proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: the controller dies mid-whatever, as with a power cut."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        proc.kill()
+        proc.wait(10)
+
     def __enter__(self) -> ControllerProcess:
         return self.start()
 

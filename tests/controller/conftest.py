@@ -5,7 +5,9 @@ talking HTTP through aiohttp's test client."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from controller.common.config import Settings
 from controller.sandbox.comfy import NODE_INIT, ComfyHome, make_comfy_home
 from controller.sandbox.gitserver import GitServer, Repo
 from tests.support import nodedb
+from tests.support.postgres import PostgresServer, find_bin_dir
 from tests.support.procs import end_processes_under
 from tests.support.sshd import SshServer, make_key
 
@@ -40,6 +43,7 @@ Path("slept.marker").write_text("done")
 #: as it needs, whatever the machine's load.
 GATED_INSTALL_PY = """\
 import sys
+import tempfile
 import time
 from pathlib import Path
 deadline = time.monotonic() + 120
@@ -78,6 +82,29 @@ def node_repos(git_server: GitServer) -> NodeRepos:
             "ComfyUI-Gated", {"__init__.py": NODE_INIT, "install.py": GATED_INSTALL_PY}
         ),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test makes its own database)."""
+    if find_bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs the postgresql package")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    # Not under pytest's basetemp: another pytest run resets its root to 0700,
+    # and the server runs as the postgres user, who must reach its data dir.
+    with PostgresServer(Path(tempfile.mkdtemp(prefix="nodeferry-pg-"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The registry's database, once per engine: SQLite in the test's folder, or a
+    fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.url()
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,11 @@ ENV_VALUES = {
     "max_client_connections": ("200", 200),
     "client_idle_timeout": ("12.5", 12.5),
     "data_dir": ("/srv/nf", Path("/srv/nf")),
+    "database_url": (
+        "postgresql://nf:secret@127.0.0.1:5432/nf",
+        "postgresql://nf:secret@127.0.0.1:5432/nf",
+    ),
+    "launch_lease": ("30", 30.0),
     "retention": ("7.5", 7.5),
     "cleanup_interval": ("8.5", 8.5),
     "ssh_keys": ("/a/k /b/k", [Path("/a/k"), Path("/b/k")]),

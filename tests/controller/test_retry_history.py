@@ -18,10 +18,10 @@ import pytest
 
 from controller.api.appkeys import SERVICE
 from controller.common.target import Target
-from controller.core import registry_schema
 from controller.core.registry import Registry, TaskRecord
 from controller.sandbox.comfy import NODE_INIT, ComfyHome
 from controller.sandbox.gitserver import GitServer
+from controller.storage import registry_schema
 from protocol import NodeProgress, Progress
 from tests.controller.conftest import (
     AppFactory,

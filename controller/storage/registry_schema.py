@@ -1,4 +1,6 @@
-"""The registry's SQLite schema and its migrations, by ``PRAGMA user_version``.
+"""The registry's hand-written SQLite schema (``PRAGMA user_version`` 1 to 3),
+kept so Alembic's first revision can bring an old registry to version 3 in place,
+and the summary columns every write fills.
 
 Version 1 is the first release's table. Version 2 adds the queue (``not_before``),
 retry links, and summary columns that listings and history read instead of
@@ -6,15 +8,16 @@ parsing stored documents; ``pruned`` marks a task whose full document is gone
 (past the retention) while its summary stays for the history. Version 3 adds how
 a task reaches its machine (``target_route``: key files, jump host), the
 controller's own notes on it, and the ``resolutions`` table (how a workflow or
-snapshot became its node list). Existing data dirs are migrated in place on
-open, in one transaction; a column already there is left as it is.
+snapshot became its node list). Later changes are Alembic revisions
+(``controller/storage/migrations``).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 VERSION = 3
 
@@ -108,37 +111,31 @@ def summary_values(progress_json: str | None) -> dict[str, Any]:
     }
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the database to :data:`VERSION` (a new one is created at it)."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version >= VERSION:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _V1.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-        for name, declaration in ADDED_COLUMNS:
-            if name not in present:
-                db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {declaration}")
-        for statement in _V2_INDEXES.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        # Rows of version 1: fill their summaries once, here, so no listing ever
-        # parses a stored document again.
-        rows = db.execute(
-            "SELECT task_id, progress_json FROM tasks WHERE progress_json IS NOT NULL"
-        ).fetchall()
-        for task_id, progress_json in rows:
-            values = summary_values(progress_json)
-            assignments = ", ".join(f"{name} = ?" for name in values)
-            db.execute(
-                f"UPDATE tasks SET {assignments} WHERE task_id = ?",  # noqa: S608
-                (*values.values(), task_id),
-            )
-        db.execute(f"PRAGMA user_version = {VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+def upgrade_legacy(conn: Connection) -> None:
+    """Bring a registry written before Alembic to version 3, in the caller's
+    transaction (Alembic's revision 0001 calls this; a column already there is
+    left as it is)."""
+    for statement in _V1.split(";"):
+        if statement.strip():
+            conn.exec_driver_sql(statement)
+    present = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(tasks)")}
+    for name, declaration in ADDED_COLUMNS:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {name} {declaration}")
+    for statement in _V2_INDEXES.split(";"):
+        if statement.strip():
+            conn.exec_driver_sql(statement)
+    if present >= {name for name, _ in ADDED_COLUMNS}:
+        return  # already version 3: its summaries were filled when they were added
+    # Rows of version 1: fill their summaries once, here, so no listing ever
+    # parses a stored document again.
+    rows = conn.exec_driver_sql(
+        "SELECT task_id, progress_json FROM tasks WHERE progress_json IS NOT NULL"
+    ).fetchall()
+    for task_id, progress_json in rows:
+        values = summary_values(progress_json)
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        conn.exec_driver_sql(
+            f"UPDATE tasks SET {assignments} WHERE task_id = ?",  # noqa: S608
+            (*values.values(), task_id),
+        )
