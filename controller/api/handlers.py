@@ -76,8 +76,8 @@ def admission_answer(admission: Admission) -> web.Response:
 async def resolve(request: web.Request) -> web.Response:
     """The dry run of a start request's sources: no instance is changed."""
     body = parse_body(ResolveRequest, await read_json(request))
-    plan = await request.app[SERVICE].resolve(body)
-    return web.json_response({"success": True, **plan.to_dict()})
+    selection = await request.app[SERVICE].resolve(body)
+    return web.json_response({"success": True, **selection.to_dict()})
 
 
 async def install(request: web.Request) -> web.Response:

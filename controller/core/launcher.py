@@ -21,7 +21,7 @@ from controller.core.live import Live, Tasks, TaskView
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import SPEC_FIELDS, InstallRequest
-from controller.core.sources.plan import Sources
+from controller.core.sources.merge import Sources
 from controller.core.sources.service import SourceService
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prepared:
-    """A start request checked and resolved: where, the agent's spec, and the plan."""
+    """A start request checked and resolved: where, the agent's spec, and the selection."""
 
     target: Target
     spec: InstallSpec
@@ -61,11 +61,11 @@ class Launcher:
         if request.lock is None and not sources.plain:
             # A workflow, snapshot, registry ids or the configured default: resolved
             # here, before the 202, so a bad source is a 400 that changed nothing.
-            plan = await self.sources.plan_for_start(
+            selection = await self.sources.selection_for_start(
                 sources, target, request.ui_home, request.strict
             )
-            nodes = [choice.node() for choice in plan.nodes]
-            resolution = plan.to_dict()
+            nodes = [choice.node() for choice in selection.nodes]
+            resolution = selection.to_dict()
         # Every field the declaration says reaches the spec, by its own name.
         fields: dict[str, object] = {name: getattr(request, name) for name in SPEC_FIELDS}
         fields["pip_args"] = pip_args

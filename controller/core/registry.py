@@ -51,7 +51,7 @@ SUMMARY_FIELDS = (
 )
 #: The history's nodes too, read only on request.
 _SUMMARY_COLUMNS = (*SUMMARY_FIELDS, "node_summary")
-# The resolution plan lives in a table of its own (written once, read with the task).
+# The resolution (the selected nodes) has a table of its own (written once, read with it).
 _SELECT = (
     "SELECT " + _COLUMNS + ", (SELECT plan_json FROM resolutions r WHERE r.task_id = "  # noqa: S608
     "tasks.task_id) FROM tasks "
@@ -83,7 +83,7 @@ class TaskRecord:
     #: What the controller itself has to say about the task (options it ignored,
     #: why it failed before the agent ran), shown with the agent's log.
     notes: list[str] = field(default_factory=list)
-    #: The resolution plan when the nodes came from a workflow, snapshot or registry ids.
+    #: The selected nodes, when they came from a workflow, snapshot or registry ids.
     resolution: dict[str, Any] | None = None
     #: A queued task does not start before this time (an automatic retry's backoff).
     not_before: float | None = None
@@ -313,7 +313,7 @@ class Registry:
                 raise
 
     def _insert(self, record: TaskRecord) -> None:
-        """The task's row and its resolution plan; the caller holds the lock and a
+        """The task's row and its resolution selection; the caller holds the lock and a
         transaction."""
         self._db.execute(_INSERT, self._row(record))
         if record.resolution is not None:

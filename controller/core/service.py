@@ -29,8 +29,8 @@ from controller.core.retention import Retention
 from controller.core.retry import Retrier
 from controller.core.scheduler import Admission
 from controller.core.schemas import DiffRequest, InstallRequest, ResolveRequest
-from controller.core.sources.plan import Sources
-from controller.core.sources.resolver import Plan
+from controller.core.sources.merge import Sources
+from controller.core.sources.resolver import Selection
 from controller.core.sources.service import SourceService
 from controller.transports import Transports
 from protocol.lock import Lock
@@ -116,7 +116,7 @@ class TaskService:
         :meth:`admit` (the queue and the limits apply)."""
         return await self.launcher.admit(prepared, request)
 
-    async def resolve(self, request: ResolveRequest) -> Plan:
+    async def resolve(self, request: ResolveRequest) -> Selection:
         """The dry run: what a start with these sources would install, and why."""
         target = (
             parse_target(request.ssh_connection, self.tasks.settings)
@@ -127,7 +127,7 @@ class TaskService:
             # Reading 'local' files at a path the request names is opt-in too.
             check_start(self.tasks.settings, target)
         sources = Sources(request.nodes, request.workflow, request.snapshot)
-        return await self.sources.plan(sources, target, request.ui_home if target else None)
+        return await self.sources.selection(sources, target, request.ui_home if target else None)
 
     async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
         """The task's current view: shared, cached, single-flight (see ``reader``)."""
