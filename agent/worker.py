@@ -33,7 +33,7 @@ from agent import (
 from agent import git as gitmod
 from agent import verify as verifymod
 from agent.completion import Completion, records_path
-from agent.errors import Cancelled, StepFailed
+from agent.errors import Cancelled, Refused, StepFailed
 from agent.progress_file import ProgressWriter, write_atomic
 from agent.statedir import TaskPaths
 from agent.tasklog import TaskLog
@@ -117,6 +117,19 @@ class Installer:
         started = time.monotonic()
         try:
             self._install()
+        except Refused as exc:
+            self.log.line(None, "refused: " + exc.message)
+            self._stop_stragglers()
+            self._sweep_temp_dirs()
+            self._write_lock()
+            self.writer.finish(
+                "failed",
+                exit_code=ExitCode.INSTALL_FAILED,
+                error=exc.message,
+                error_code=exc.code,
+                node_status_for_unfinished="cancelled",
+            )
+            return int(ExitCode.INSTALL_FAILED)
         except Cancelled:
             self.log.line(None, "cancelled: stopping")
             self._stop_stragglers()
@@ -160,6 +173,7 @@ class Installer:
 
     def _install(self) -> None:
         self.log.line(None, f"installing {len(self.spec.nodes)} node(s) into {self.ui_home}")
+        self._check_before_touching()
         self.custom_nodes.mkdir(exist_ok=True)
         with self.writer.change() as doc:
             doc.move_to("cloning")
@@ -172,6 +186,34 @@ class Installer:
         self._run_install_scripts()
         self.children.check()
         self._verify()
+
+    def _check_before_touching(self) -> None:
+        """Refuse (nothing touched yet) the wrong interpreter, a drifted plan, a policy."""
+        from agent import planner  # planner builds on this module
+
+        who = planner.interpreter_report(self.spec.python, self.ui_home)
+        wrong = planner.wrong_interpreter(who)
+        if wrong is not None:
+            raise Refused("wrong_interpreter", wrong)
+        if self.spec.expect is not None and who["path"] is not None:
+            drift = planner.drift(self.spec.expect, self.custom_nodes, who["path"])
+            if drift:
+                raise Refused(
+                    "plan_drift",
+                    f"the instance changed since plan {self.spec.expect['plan_id']}: "
+                    + "; ".join(drift)
+                    + " (make a new plan)",
+                )
+            # The plan's package set, exactly: nothing is re-resolved to other versions.
+            held = requirements.installed_versions(who["path"], requirements.TORCH_FAMILY)
+            self.lock_pins = {**self.spec.expect["pins"], **held}
+        elif self.spec.forbid or self.spec.forbid_downgrade:
+            verdict = planner.policy_check(self)
+            if verdict:
+                raise Refused(
+                    "policy_violation",
+                    "the install breaks a policy, so nothing was touched: " + "; ".join(verdict),
+                )
 
     def _node(self, index: int) -> NodeProgress:
         return self.writer.progress.nodes[index]
@@ -619,7 +661,12 @@ def run_worker(spec: InstallSpec, paths: TaskPaths) -> int:
     writer.start_heartbeat()
     # Inherited by every child and grandchild, so a cancel can find them all.
     os.environ[liveness.TASK_ENV] = spec.task_id
-    installer = Installer(spec, paths, writer, log)
+    if spec.mode == "plan":
+        from agent.planner import Planner  # it builds on Installer
+
+        installer: Installer = Planner(spec, paths, writer, log)
+    else:
+        installer = Installer(spec, paths, writer, log)
     _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")
     if spec.low_priority:

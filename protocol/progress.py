@@ -22,6 +22,7 @@ STATES = (
     "queued",
     "starting",
     "cloning",
+    "planning",
     "installing_requirements",
     "running_install_scripts",
     "verifying",
@@ -45,8 +46,11 @@ NODE_STATUSES = (
     "skipped",
     "failed",
     "cancelled",
+    "planned",
 )
-NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
+#: ``planned``: a plan task looked at the node and changed nothing (its document's
+#: ``plan`` says what an install would do to it).
+NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled", "planned"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 IMPORT_STATUSES = ("ok", "failed", "timeout", "skipped")
 #: The same steps for a node's install.py.
@@ -55,7 +59,22 @@ INSTALL_SCRIPT_STATUSES = REQUIREMENTS_STATUSES
 PACKAGE_CHANGE_KINDS = ("added", "upgraded", "downgraded", "removed")
 
 #: Machine-readable causes of a whole-task failure, in ``error_code``.
-ERROR_CODES = ("conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed")
+ERROR_CODES = (
+    "conflict",
+    "invalid_spec",
+    "agent_crashed",
+    "lost",
+    "cancelled",
+    "start_failed",
+    # A plan's policy (forbid_downgrade, forbid) would be broken: nothing was touched.
+    "policy_violation",
+    # Applying a plan: the instance is not what the plan saw any more.
+    "plan_drift",
+    # A running ComfyUI of this home uses another interpreter than the target.
+    "wrong_interpreter",
+    # A plan could not be made (no interpreter, the dry-run resolve failed to run).
+    "plan_failed",
+)
 
 #: Why one node failed, in the node's ``error_code``. Only the transient ones are
 #: worth an automatic retry; the others fail the same way every time.
@@ -304,6 +323,8 @@ class Progress:
     #: own torch overrode.
     warnings: List[str] = field(default_factory=list)
     packages: Dict[str, Dict[str, List[Optional[str]]]] = field(default_factory=dict)
+    #: A plan task's answer (agent/planner.py): what an install would change.
+    plan: Optional[Dict[str, Any]] = None
 
     # -- state -----------------------------------------------------------------
 
@@ -405,4 +426,5 @@ class Progress:
             installer=_check(data.get("installer"), "installer", (str,), optional=True),
             warnings=_check_warnings(data.get("warnings", []), "warnings"),
             packages=_check_packages(data.get("packages", {}), "packages"),
+            plan=_check(data.get("plan"), "plan", (dict,), optional=True),
         )

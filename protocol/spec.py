@@ -1,6 +1,7 @@
 """The install spec: what the agent is asked to install."""
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -22,6 +23,46 @@ MAX_CLONE_JOBS = 64
 MAX_NODES = 500
 #: What installs requirements: uv if found or installable, else pip; or one of them.
 INSTALLERS = ("auto", "uv", "pip")
+#: ``install`` changes the home; ``plan`` says what an install would change, and
+#: changes nothing (clones staged in the task folder, resolves dry-run).
+MODES = ("install", "plan")
+MAX_POLICY_NAMES = 200
+
+
+def _package_names(value: object, where: str) -> List[str]:
+    """A policy's package names, PEP 503-normalised (``OpenCV_Python`` is ``opencv-python``)."""
+    if not isinstance(value, list):
+        raise ProtocolError(where, "must be a list of package names")
+    if len(value) > MAX_POLICY_NAMES:
+        raise ProtocolError(where, f"must have at most {MAX_POLICY_NAMES} entries")
+    out: List[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", item):
+            raise ProtocolError(f"{where}.{i}", "must be a package name like 'numpy'")
+        name = re.sub(r"[-_.]+", "-", item).lower()
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _expectation(value: object) -> Optional[Dict[str, Any]]:
+    """``expect``: the plan being applied, as the controller hands it over."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ProtocolError("expect", "must be an object")
+    for key, kinds in (("plan_id", str), ("heads", dict), ("packages", dict), ("pins", dict)):
+        if not isinstance(value.get(key), kinds):
+            raise ProtocolError(f"expect.{key}", f"must be a {kinds.__name__}")
+    for key in ("packages", "pins"):
+        for name, version in value[key].items():
+            if not isinstance(name, str) or not isinstance(version, str):
+                raise ProtocolError(f"expect.{key}", "must map package names to versions")
+    for name, head in value["heads"].items():
+        if not isinstance(name, str) or not (head is None or isinstance(head, str)):
+            raise ProtocolError("expect.heads", "must map node names to commits or null")
+    fields.task_id(value["plan_id"], "expect.plan_id")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -122,6 +163,15 @@ class InstallSpec:
     #: Run git, pip/uv and install.py at a lower CPU and I/O priority, so a ComfyUI
     #: serving on the same machine stays responsive.
     low_priority: bool = True
+    #: ``plan``: say what an install would change, touching nothing.
+    mode: str = "install"
+    #: Policies, checked before anything is touched: these packages must not be
+    #: downgraded, these must not be installed or changed at all.
+    forbid_downgrade: List[str] = field(default_factory=list)
+    forbid: List[str] = field(default_factory=list)
+    #: Applying a plan (the controller's copy of it): the node heads and packages
+    #: the plan saw (any other is drift, refused), the package versions it chose.
+    expect: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
@@ -142,6 +192,10 @@ class InstallSpec:
             "lock",
             "installer",
             "low_priority",
+            "mode",
+            "forbid_downgrade",
+            "forbid",
+            "expect",
         }
         unknown = set(data) - known
         if unknown:
@@ -223,6 +277,12 @@ class InstallSpec:
         low_priority = data.get("low_priority", True)
         if not isinstance(low_priority, bool):
             raise ProtocolError("low_priority", "must be true or false")
+        mode = data.get("mode", "install")
+        if mode not in MODES:
+            raise ProtocolError("mode", "must be one of: {}".format(", ".join(MODES)))
+        expect = _expectation(data.get("expect"))
+        if expect is not None and mode != "install":
+            raise ProtocolError("expect", "only an install applies a plan")
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -239,6 +299,10 @@ class InstallSpec:
             lock=lock,
             installer=str(installer),
             low_priority=low_priority,
+            mode=str(mode),
+            forbid_downgrade=_package_names(data.get("forbid_downgrade") or [], "forbid_downgrade"),
+            forbid=_package_names(data.get("forbid") or [], "forbid"),
+            expect=expect,
         )
 
     @classmethod
@@ -263,6 +327,10 @@ class InstallSpec:
             "verify_timeout": self.verify_timeout,
             "installer": self.installer,
             "low_priority": self.low_priority,
+            "mode": self.mode,
+            "forbid_downgrade": list(self.forbid_downgrade),
+            "forbid": list(self.forbid),
+            "expect": self.expect,
         }
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it

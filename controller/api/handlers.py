@@ -85,6 +85,16 @@ async def install(request: web.Request) -> web.Response:
     return admission_answer(await request.app[SERVICE].admit(body))
 
 
+async def plan(request: web.Request) -> web.Response:
+    """A plan: the start request's fields; a task that says what an install would
+    change (its document's ``plan``), changing nothing."""
+    body = parse_body(InstallRequest, await read_json(request))
+    admission = await request.app[SERVICE].plan(body)
+    answer = {"success": True, **admission.body()}
+    answer["message"] = "Plan started in background; it changes nothing on the instance"
+    return web.json_response(answer, status=202)
+
+
 async def retry_task(request: web.Request) -> web.Response:
     raw = await request.read()
     data = await read_json(request) if raw.strip() else {}

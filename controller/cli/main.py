@@ -18,6 +18,7 @@ from protocol import __version__
 COMMAND_MODULES = (
     "controller.cli.server",
     "controller.cli.console",
+    "controller.cli.plan_view",
     "controller.cli.history",
     "controller.cli.resolve",
     "controller.cli.locks",

@@ -104,6 +104,40 @@ class InstallRequest(BaseModel):
         spec=True,
         retry=True,  # narrowed to the nodes that did not install
     )
+    #: A plan to apply (``POST /api/plan``'s task id, or its final document as saved
+    #: by ``nodeferry plan --json``): its nodes at its commits, its package versions,
+    #: refused when the instance drifted since; instead of nodes.
+    plan: str | dict[str, Any] | None = option(
+        None,
+        help="apply a plan (its task id, or its saved JSON): exactly its commits and "
+        "package versions, refused if the instance changed since; instead of NODEs",
+        cli=Hand(("--plan",)),
+        spec=False,  # the controller turns it into the spec's nodes and ``expect``
+        retry=False,  # a retry re-runs the task's own spec (its nodes and ``expect``)
+    )
+    # -- policies -----------------------------------------------------------------
+    forbid_downgrade: list[str] | None = option(
+        None,
+        help="refuse, before anything is touched, an install that would downgrade this "
+        "package (e.g. numpy; once per package)",
+        cli="--forbid-downgrade",
+        spec=True,
+        retry=True,
+        metavar="PACKAGE",
+        shown_default="none",
+        max_length=200,
+    )
+    forbid: list[str] | None = option(
+        None,
+        help="refuse, before anything is touched, an install that would install or change "
+        "this package (e.g. opencv-python; once per package)",
+        cli="--forbid",
+        spec=True,
+        retry=True,
+        metavar="PACKAGE",
+        shown_default="none",
+        max_length=200,
+    )
     # -- how ----------------------------------------------------------------------
     python: str | None = option(
         None,

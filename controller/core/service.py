@@ -33,6 +33,7 @@ from controller.core.sources.merge import Sources
 from controller.core.sources.resolver import Selection
 from controller.core.sources.service import SourceService
 from controller.transports import Transports
+from protocol import Progress
 from protocol.lock import Lock
 
 __all__ = ["LOG_DEFAULT_LIMIT", "Admission", "TaskService", "TaskView"]
@@ -55,6 +56,7 @@ class TaskService:
         self.launcher = Launcher(self.tasks, self.sources)
         self.scheduler = self.launcher.scheduler
         self.reader = Reader(self.tasks)
+        self.launcher.read_progress = self._progress_of
         self.retention = Retention(self.tasks, self.reader)
         self.retrier = Retrier(self.tasks, self.launcher)
         self.locks = Locks(self.tasks, self.reader)
@@ -106,6 +108,15 @@ class TaskService:
         return await history.history(
             self.tasks, target=target, ui_home=ui_home, limit=limit, before=before
         )
+
+    async def _progress_of(self, task_id: str) -> Progress:
+        return (await self.reader.progress(task_id)).progress
+
+    async def plan(self, request: InstallRequest) -> Admission:
+        """Start a plan: what an install of ``request`` would change, changing nothing."""
+        prepared = await self.launcher.prepare(request, mode="plan")
+        # A plan is made again, not retried: nothing of it is transient to wait out.
+        return await self.launcher.admit(prepared, request, auto_retry=0)
 
     async def prepare(self, request: InstallRequest) -> Prepared:
         """Check and resolve a start without registering it (for many at once)."""

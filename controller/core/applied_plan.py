@@ -1,0 +1,64 @@
+"""A start request's ``plan``: the plan task's final document turned into the
+spec's nodes (its commits) and ``expect`` (what the agent checks for drift, and
+the package versions it pins). Only a plan that completed without a failed node
+or a broken policy can be applied, and only to the home it was made for."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from controller.common.errors import InvalidRequest
+from controller.common.target import Target
+from protocol import Progress, ProtocolError
+from protocol import fields as checks
+
+#: Reads a task's current document (the service's shared reader).
+ReadProgress = Callable[[str], Awaitable[Progress]]
+
+
+async def applied(
+    plan: str | dict[str, Any], target: Target, ui_home: str, read: ReadProgress
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(nodes, expect)`` for the spec; an :class:`InvalidRequest` naming ``plan``."""
+    if isinstance(plan, str):
+        try:
+            task_id = checks.task_id(plan, "plan")
+        except ProtocolError as exc:
+            raise InvalidRequest("plan", f"{exc.message} (a plan's task id)") from None
+        doc = await read(task_id)
+    else:
+        try:
+            # The saved answer carries the API's keys beside the document's own.
+            known = {f.name for f in dataclasses.fields(Progress)}
+            doc = Progress.from_dict({k: v for k, v in plan.items() if k in known})
+        except ProtocolError as exc:
+            where = f"plan.{exc.field}" if exc.field else "plan"
+            raise InvalidRequest(where, f"not a plan's saved document: {exc.message}") from None
+    body = doc.plan
+    if body is None:
+        raise InvalidRequest("plan", f"task {doc.task_id} is an install, not a plan")
+    if doc.state != "completed" or doc.failed:
+        why = doc.error or f"{doc.failed} node(s) would fail"
+        raise InvalidRequest(
+            "plan", f"plan {doc.task_id} did not succeed ({doc.state}: {why}); nothing to apply"
+        )
+    if checks.remote_path(ui_home, "ui_home") != doc.ui_home:
+        raise InvalidRequest(
+            "plan", f"plan {doc.task_id} was made for {doc.ui_home}, not {ui_home}"
+        )
+    try:
+        nodes = list(body["apply"]["nodes"])
+        expect = {
+            "plan_id": doc.task_id,
+            "heads": dict(body["environment"]["heads"]),
+            "packages": dict(body["environment"]["packages"]),
+            "pins": dict(body["apply"]["pins"]),
+        }
+    except (KeyError, TypeError):
+        raise InvalidRequest("plan", f"plan {doc.task_id} has no 'apply' section") from None
+    if not nodes:
+        raise InvalidRequest("plan", f"plan {doc.task_id} installs no node")
+    del target  # the agent's own drift check covers the machine; the home is checked here
+    return nodes, expect
