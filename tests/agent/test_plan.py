@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,28 @@ def test_forbid_downgrade_refuses_naming_package_change_and_pack(
         in refused.error
     )
     assert (tree_hash(comfy.root), freeze(comfy)) == (tree, frozen)
+
+
+def test_a_comfyui_of_the_home_on_another_python_is_found_in_proc(
+    tmp_path: Path, comfy: ComfyHome
+) -> None:
+    import sys
+
+    from agent import running_comfyui
+
+    (comfy.root / "main.py").write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "main.py"], cwd=comfy.root
+    )
+    try:
+        deadline = time.monotonic() + 10
+        found: list[running_comfyui.Running] = []
+        while not found and time.monotonic() < deadline:
+            found = running_comfyui.find(comfy.root)
+        assert [r.pid for r in found] == [proc.pid]
+        assert found[0].identity != running_comfyui.identity(str(comfy.python))
+        assert running_comfyui.identity(str(comfy.python)) == str(comfy.venv.resolve())
+        assert running_comfyui.find(tmp_path) == []  # another home: not this process
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
