@@ -14,20 +14,26 @@ from controller.common.target import Target
 from protocol import Progress, ProtocolError
 from protocol import fields as checks
 
-#: Reads a task's current document (the service's shared reader).
-ReadProgress = Callable[[str], Awaitable[Progress]]
+#: Reads a task's current document and its spec (the service's shared reader).
+ReadProgress = Callable[[str], Awaitable[tuple[Progress, dict[str, Any]]]]
+#: What an apply takes from the plan's own spec when the request leaves it unset:
+#: the same interpreter, package sources and installer resolve to the same set.
+INHERITED = ("python", "pip_args", "installer")
 
 
 async def applied(
     plan: str | dict[str, Any], target: Target, ui_home: str, read: ReadProgress
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(nodes, expect)`` for the spec; an :class:`InvalidRequest` naming ``plan``."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """``(nodes, expect, inherited)`` for the spec; an :class:`InvalidRequest` naming
+    ``plan``. ``inherited``: the plan task's own ``INHERITED`` settings (by id only)."""
+    inherited: dict[str, Any] = {}
     if isinstance(plan, str):
         try:
             task_id = checks.task_id(plan, "plan")
         except ProtocolError as exc:
             raise InvalidRequest("plan", f"{exc.message} (a plan's task id)") from None
-        doc = await read(task_id)
+        doc, spec = await read(task_id)
+        inherited = {k: spec[k] for k in INHERITED if spec.get(k) is not None}
     else:
         try:
             # The saved answer carries the API's keys beside the document's own.
@@ -61,4 +67,4 @@ async def applied(
     if not nodes:
         raise InvalidRequest("plan", f"plan {doc.task_id} installs no node")
     del target  # the agent's own drift check covers the machine; the home is checked here
-    return nodes, expect
+    return nodes, expect, inherited

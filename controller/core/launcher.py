@@ -64,6 +64,7 @@ class Launcher:
         nodes = request.nodes
         resolution = None
         expect = None
+        inherited: dict[str, Any] = {}
         sources = Sources(request.nodes, request.workflow, request.snapshot)
         if request.plan is not None:
             if mode == "plan":
@@ -74,7 +75,9 @@ class Launcher:
                 )
             if self.read_progress is None:
                 raise InvalidRequest("plan", "this controller cannot read plans")
-            nodes, expect = await applied(request.plan, target, request.ui_home, self.read_progress)
+            nodes, expect, inherited = await applied(
+                request.plan, target, request.ui_home, self.read_progress
+            )
         elif request.lock is None and not sources.plain:
             # A workflow, snapshot, registry ids or the configured default: resolved
             # here, before the 202, so a bad source is a 400 that changed nothing.
@@ -87,6 +90,10 @@ class Launcher:
         fields: dict[str, object] = {name: getattr(request, name) for name in SPEC_FIELDS}
         fields["pip_args"] = pip_args
         fields["mode"] = mode
+        if request.plan is not None:
+            for name, value in inherited.items():
+                if name not in request.model_fields_set:
+                    fields[name] = value
         if expect is not None:
             fields["expect"] = expect
         if nodes is None:  # a lock names the nodes

@@ -109,8 +109,10 @@ class TaskService:
             self.tasks, target=target, ui_home=ui_home, limit=limit, before=before
         )
 
-    async def _progress_of(self, task_id: str) -> Progress:
-        return (await self.reader.progress(task_id)).progress
+    async def _progress_of(self, task_id: str) -> tuple[Progress, dict[str, Any]]:
+        view = await self.reader.progress(task_id)
+        live = await self.tasks.get(task_id)
+        return view.progress, dict(live.record.spec)
 
     async def plan(self, request: InstallRequest) -> Admission:
         """Start a plan: what an install of ``request`` would change, changing nothing."""
