@@ -351,6 +351,7 @@ State = Literal[
     "queued",
     "starting",
     "cloning",
+    "planning",
     "installing_requirements",
     "running_install_scripts",
     "verifying",
@@ -370,6 +371,7 @@ NodeStatus = Literal[
     "skipped",
     "failed",
     "cancelled",
+    "planned",
 ]
 RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
 NodeErrorCode = Literal[
@@ -387,7 +389,16 @@ NodeErrorCode = Literal[
     "failed",
 ]
 ErrorCode = Literal[
-    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed"
+    "conflict",
+    "invalid_spec",
+    "agent_crashed",
+    "lost",
+    "cancelled",
+    "start_failed",
+    "policy_violation",
+    "plan_drift",
+    "wrong_interpreter",
+    "plan_failed",
 ]
 
 
@@ -453,6 +464,8 @@ class ProgressModel(BaseModel):
     installer: str | None = None
     warnings: list[str] = Field(default_factory=list)
     packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
+    #: A plan task's answer (agent/planner.py); its shape is the agent's.
+    plan: dict[str, Any] | None = None
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)
