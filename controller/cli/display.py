@@ -37,6 +37,8 @@ STATUS_STYLES = {
     "queued": "dim",
     "installing": "magenta",
     "running_install_scripts": "magenta",
+    "planning": "cyan",
+    "planned": "green",
     "completed": "green",
     "lost": "bold red",
     "none": "dim",
@@ -45,6 +47,7 @@ STATUS_STYLES = {
 }
 STATUS_MARKS = {
     "installed": "✓",
+    "planned": "✓",
     "skipped": "-",
     "failed": "✗",
     "cancelled": "✗",
