@@ -134,7 +134,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
     )
     for violation in plan.get("violations", []):
         parts.append(Text(f"✗ policy: {violation}", "bold red"))
-    if doc.get("state") == "completed" and not doc.get("failed"):
+    if doc.get("state") == "completed" and plan.get("apply", {}).get("nodes"):
         parts.append(Text(f"apply it: nodeferry install --plan {doc.get('task_id')}", "bold"))
     elif doc.get("error"):
         parts.append(Text(f"✗ {doc['error']}", "bold red"))

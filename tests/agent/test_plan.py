@@ -216,3 +216,21 @@ def test_a_comfyui_of_the_home_on_another_python_is_found_in_proc(
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_a_culprit_is_named_with_its_conflict_and_the_rest_still_planned(
+    agent: Agent, comfy: ComfyHome, repos: Repos
+) -> None:
+    tree, frozen = tree_hash(comfy.root), freeze(comfy)
+    spec = agent.spec(comfy.root, [repos.with_reqs.url, repos.bad_req.url], mode="plan")
+    planned = run(agent, spec, expect=1)
+    assert planned.state == "completed" and planned.plan is not None
+    by_name = {n.name: n for n in planned.nodes}
+    assert by_name["with-reqs"].status == "planned"
+    assert by_name["bad-req"].status == "failed"
+    assert by_name["bad-req"].error_code == "resolver_conflict"
+    (culprit,) = planned.plan["culprits"]
+    assert culprit["node"] == "bad-req" and "no-such-package-anywhere" in culprit["conflict"]
+    assert planned.plan["packages"] == {"added": {"tinydep": [None, "1.0"]}}
+    assert [n["name"] for n in planned.plan["apply"]["nodes"]] == ["with-reqs"]
+    assert (tree_hash(comfy.root), freeze(comfy)) == (tree, frozen)

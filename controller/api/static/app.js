@@ -557,7 +557,7 @@ function planView(entry, doc, target, uiHome) {
       h("tr", {class: `plan-package k-${kind}`},
         h("td", null, name), h("td", null, kind), h("td", null, old || ""), h("td", null, now || ""),
         h("td", null, (reasons[name] || []).join("; ") || "(a dependency)"))));
-  const applicable = doc.state === "completed" && !doc.failed;
+  const applicable = doc.state === "completed" && ((plan.apply || {}).nodes || []).length > 0;
   return h("div", {class: "plan"},
     h("div", {class: "plan-interpreter"}, `interpreter ${who.path} (chosen by ${who.chosen_by})`),
     (who.mismatch || []).map((line) => h("div", {class: "task-warning"}, `⚠ ${line}`)),
