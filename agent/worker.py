@@ -267,7 +267,12 @@ class Installer:
                 self._existing_node(index, node, dest)
                 return
             self._set(index, "cloning")
-            sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
+            staged = self._staged_clone(node)
+            if staged is not None:
+                sha = self._adopt(staged, dest)
+                self.log.line(name, f"took the plan's staged clone at {sha}")
+            else:
+                sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
             self.log.line(name, f"cloned {sha}")
             self.completion.record(name, node.url, "clone", sha)
             self._set(index, "cloned", commit=sha)
@@ -276,6 +281,31 @@ class Installer:
             self._fail(index, str(exc), "clone")
         except OSError as exc:  # e.g. custom_nodes not writable: this node fails, not all
             self._fail(index, f"{type(exc).__name__}: {exc}")
+
+    def _staged_clone(self, node: NodeSpec) -> Optional[Path]:
+        """Applying a plan: its clone of ``node`` in the plan's task folder, when that is
+        a clone of the same URL at the planned commit (else None: clone anew)."""
+        if self.spec.expect is None:
+            return None
+        staged = self.state_root / "tasks" / self.spec.expect["plan_id"] / "staged" / node.dir_name
+        if staged.is_symlink() or not staged.is_dir():
+            return None
+        origin = self.git.origin_of(staged, node.dir_name)
+        if origin is None or not gitmod.same_origin(origin, node.url):
+            return None
+        try:
+            head = self.git.head(staged, node.dir_name)
+        except StepFailed:
+            return None
+        return staged if head == node.ref else None
+
+    def _adopt(self, staged: Path, dest: Path) -> str:
+        """Move a staged clone into place: beside ``dest`` first (a move across file
+        systems copies), then one rename, so ``dest`` appears whole or not at all."""
+        beside = dest.parent / (self.tmp_prefix + dest.name)
+        shutil.move(str(staged), str(beside))
+        beside.rename(dest)
+        return self.git.head(dest, dest.name)
 
     def _existing_node(self, index: int, node: NodeSpec, dest: Path) -> None:
         name = node.dir_name

@@ -139,6 +139,10 @@ def test_a_plan_changes_nothing_and_predicts_the_install(
     # The plan's predicted changes are the install's recorded ones, package for package.
     assert installed.packages == plan["packages"]
     assert [n.commit for n in installed.nodes] == [n["to"] for n in plan["nodes"]]
+    # The plan's clones were taken, not made again.
+    assert installed.log_file
+    assert Path(installed.log_file).read_text().count("took the plan's staged clone") == 3
+    assert list((agent.state_dir / "tasks" / planned.task_id / "staged").iterdir()) == []
 
 
 def test_an_apply_after_drift_is_refused_naming_what_changed(
