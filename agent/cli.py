@@ -230,7 +230,12 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
         "ready_timeout": args.ready_timeout,
         "ready_classes": _read_classes(args.ready_classes, "ready_classes"),
         "low_priority": args.low_priority,
+        "mode": args.mode,
+        "forbid_downgrade": list(args.forbid_downgrade),
+        "forbid": list(args.forbid),
     }
+    if args.expect is not None:
+        data["expect"] = json.loads(Path(args.expect).read_text(encoding="utf-8"))
     if args.lock is not None:
         data["lock"] = _read_lock_json(args.lock)
     if args.python:
@@ -242,6 +247,8 @@ def cmd_install(args: argparse.Namespace, state: StateDir) -> int:
     out.flush()
     final = _run_foreground(state, spec, display.update)
     display.summary(final)
+    if final.plan is not None:
+        out.write(json.dumps(final.plan, indent=1, sort_keys=True) + "\n")
     if final.skipped:
         out.write("skipped nodes were already there at the asked ref; --update updates them\n")
     if final.ready is not None:
@@ -497,6 +504,34 @@ def build_parser() -> argparse.ArgumentParser:
         dest="low_priority",
         action="store_false",
         help="run git, pip and install.py at normal priority (default: lowered)",
+    )
+    p.add_argument(
+        "--plan",
+        dest="mode",
+        action="store_const",
+        const="plan",
+        default="install",
+        help="say what the install would change (printed as JSON at the end); change nothing",
+    )
+    p.add_argument(
+        "--forbid-downgrade",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="refuse (before touching anything) an install that would downgrade PACKAGE",
+    )
+    p.add_argument(
+        "--forbid",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="refuse (before touching anything) an install that would install or change PACKAGE",
+    )
+    p.add_argument(
+        "--expect",
+        default=None,
+        metavar="FILE",
+        help="apply a plan: its 'expect' object (heads, packages, pins, plan_id) as JSON",
     )
     p.add_argument(
         "nodes",

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from agent import comfyproc
+
 #: option -> how many values it takes: 0, 1 or "+" (one or more).
 CARRIED: Dict[str, object] = {
     "--base-directory": 1,
@@ -102,37 +104,15 @@ def parse(argv: List[str], source: Optional[str] = None, cwd: Optional[str] = No
     return args
 
 
-def _cmdline(pid: str) -> Optional[List[str]]:
-    try:
-        raw = Path("/proc", pid, "cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
 def running(ui_home: Path) -> Optional[Tuple[int, List[str], str]]:
     """(pid, argv after main.py, cwd) of a ComfyUI running from ``ui_home``, if any."""
     main_py = os.path.realpath(ui_home / "main.py")
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    me = os.getpid()
-    for entry in sorted(proc.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        argv = _cmdline(entry.name)
-        if not argv or "--quick-test-for-ci" in argv:
-            continue  # not a process, or a check (ours or anyone's), not the server
-        for i, token in enumerate(argv[1:4], start=1):
-            if not token.endswith("main.py"):
-                continue
-            try:
-                cwd = os.readlink(str(entry / "cwd"))
-            except OSError:
-                break
-            if os.path.realpath(Path(cwd) / token) == main_py:
-                return int(entry.name), argv[i + 1 :], cwd
-            break
+    for process in comfyproc.find(ui_home, with_env=False):
+        for i, token in enumerate(process.argv[1:], start=1):
+            if token.endswith("main.py") and (
+                os.path.realpath(Path(process.cwd) / token) == main_py
+            ):
+                return process.pid, process.argv[i + 1 :], process.cwd
     return None
 
 

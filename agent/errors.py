@@ -67,3 +67,13 @@ class Cancelled(Exception):
 
 class StepFailed(Exception):
     """One step of one node failed; the message is what the node's ``error`` says."""
+
+
+class Refused(Exception):
+    """The task refuses to go on before touching anything (a policy, drift, the
+    wrong interpreter); ``code`` is the progress document's ``error_code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

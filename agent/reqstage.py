@@ -125,6 +125,23 @@ class RequirementsStage:
 
     def run(self, wanting: Dict[int, Tuple[str, Path]]) -> List[int]:
         """Install the requirements of ``wanting`` (index -> (name, dir)); returns successes."""
+        reqs = self.prepare(wanting)
+        if not reqs:
+            return []
+        order = sorted(reqs)
+        for i in order:
+            self.hooks.set_status(i, "running")
+        self._choose()
+        before = envdiff.snapshot(self.python)
+        done = self._batch(order)
+        done = [i for i in done if self._alone(i, reqs[i])]
+        after = envdiff.snapshot(self.python)
+        if before is not None and after is not None:
+            self._report_changes(before, after, {i: reqs[i] for i in done})
+        return done
+
+    def prepare(self, wanting: Dict[int, Tuple[str, Path]]) -> Dict[int, reqfile.NodeRequirements]:
+        """Read and batch each node's requirements (one file each); changes nothing else."""
         reqs: Dict[int, reqfile.NodeRequirements] = {}
         for i, (name, node_dir) in wanting.items():
             self.node_dirs[i] = node_dir
@@ -147,19 +164,16 @@ class RequirementsStage:
             for group in found.options:
                 if not _has_group(self.options, group):
                     self.options += group
-        if not reqs:
-            return []
-        order = sorted(reqs)
-        for i in order:
-            self.hooks.set_status(i, "running")
+        return reqs
+
+    def choose(self) -> str:
+        """Pick the installer (uv set up if needed) as the install would; returns it."""
         self._choose()
-        before = envdiff.snapshot(self.python)
-        done = self._batch(order)
-        done = [i for i in done if self._alone(i, reqs[i])]
-        after = envdiff.snapshot(self.python)
-        if before is not None and after is not None:
-            self._report_changes(before, after, {i: reqs[i] for i in done})
-        return done
+        return self.kind
+
+    def dry_run_argv(self, nodes: Sequence[int]) -> List[str]:
+        """The batch's install command, resolve only: what a plan runs."""
+        return self._files_argv(nodes, dry_run=True)
 
     def _batch(self, order: List[int]) -> List[int]:
         batched = [i for i in order if self.files[i].stat().st_size]

@@ -36,7 +36,7 @@ from agent import git as gitmod
 from agent import restart as restartmod
 from agent import verify as verifymod
 from agent.completion import Completion, records_path
-from agent.errors import Cancelled, StepFailed
+from agent.errors import Cancelled, Refused, StepFailed
 from agent.progress_file import ProgressWriter, write_atomic
 from agent.statedir import TaskPaths
 from agent.tasklog import TaskLog
@@ -121,8 +121,21 @@ class Installer:
         not_ready: Optional[str] = None
         try:
             self._install()
-            if self.spec.wants_ready:
+            if self.spec.wants_ready and self.spec.mode == "install":  # a plan changes nothing
                 not_ready = self._bring_up()
+        except Refused as exc:
+            self.log.line(None, "refused: " + exc.message)
+            self._stop_stragglers()
+            self._sweep_temp_dirs()
+            self._write_lock()
+            self.writer.finish(
+                "failed",
+                exit_code=ExitCode.INSTALL_FAILED,
+                error=exc.message,
+                error_code=exc.code,
+                node_status_for_unfinished="cancelled",
+            )
+            return int(ExitCode.INSTALL_FAILED)
         except Cancelled:
             self.log.line(None, "cancelled: stopping")
             self._stop_stragglers()
@@ -211,6 +224,7 @@ class Installer:
 
     def _install(self) -> None:
         self.log.line(None, f"installing {len(self.spec.nodes)} node(s) into {self.ui_home}")
+        self._check_before_touching()
         self.custom_nodes.mkdir(exist_ok=True)
         with self.writer.change() as doc:
             doc.move_to("cloning")
@@ -223,6 +237,34 @@ class Installer:
         self._run_install_scripts()
         self.children.check()
         self._verify()
+
+    def _check_before_touching(self) -> None:
+        """Refuse (nothing touched yet) the wrong interpreter, a drifted plan, a policy."""
+        from agent import planner  # planner builds on this module
+
+        who = planner.interpreter_report(self.spec.python, self.ui_home)
+        wrong = planner.wrong_interpreter(who)
+        if wrong is not None:
+            raise Refused("wrong_interpreter", wrong)
+        if self.spec.expect is not None and who["path"] is not None:
+            drift = planner.drift(self.spec.expect, self.custom_nodes, who["path"])
+            if drift:
+                raise Refused(
+                    "plan_drift",
+                    f"the instance changed since plan {self.spec.expect['plan_id']}: "
+                    + "; ".join(drift)
+                    + " (make a new plan)",
+                )
+            # The plan's package set, exactly: nothing is re-resolved to other versions.
+            held = requirements.installed_versions(who["path"], requirements.TORCH_FAMILY)
+            self.lock_pins = {**self.spec.expect["pins"], **held}
+        elif self.spec.forbid or self.spec.forbid_downgrade:
+            verdict = planner.policy_check(self)
+            if verdict:
+                raise Refused(
+                    "policy_violation",
+                    "the install breaks a policy, so nothing was touched: " + "; ".join(verdict),
+                )
 
     def _node(self, index: int) -> NodeProgress:
         return self.writer.progress.nodes[index]
@@ -276,7 +318,12 @@ class Installer:
                 self._existing_node(index, node, dest)
                 return
             self._set(index, "cloning")
-            sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
+            staged = self._staged_clone(node)
+            if staged is not None:
+                sha = self._adopt(staged, dest)
+                self.log.line(name, f"took the plan's staged clone at {sha}")
+            else:
+                sha = self.git.clone(node.url, node.ref, dest, name, self.tmp_prefix)
             self.log.line(name, f"cloned {sha}")
             self.completion.record(name, node.url, "clone", sha)
             self._set(index, "cloned", commit=sha)
@@ -285,6 +332,31 @@ class Installer:
             self._fail(index, str(exc), "clone")
         except OSError as exc:  # e.g. custom_nodes not writable: this node fails, not all
             self._fail(index, f"{type(exc).__name__}: {exc}")
+
+    def _staged_clone(self, node: NodeSpec) -> Optional[Path]:
+        """Applying a plan: its clone of ``node`` in the plan's task folder, when that is
+        a clone of the same URL at the planned commit (else None: clone anew)."""
+        if self.spec.expect is None:
+            return None
+        staged = self.state_root / "tasks" / self.spec.expect["plan_id"] / "staged" / node.dir_name
+        if staged.is_symlink() or not staged.is_dir():
+            return None
+        origin = self.git.origin_of(staged, node.dir_name)
+        if origin is None or not gitmod.same_origin(origin, node.url):
+            return None
+        try:
+            head = self.git.head(staged, node.dir_name)
+        except StepFailed:
+            return None
+        return staged if head == node.ref else None
+
+    def _adopt(self, staged: Path, dest: Path) -> str:
+        """Move a staged clone into place: beside ``dest`` first (a move across file
+        systems copies), then one rename, so ``dest`` appears whole or not at all."""
+        beside = dest.parent / (self.tmp_prefix + dest.name)
+        shutil.move(str(staged), str(beside))
+        beside.rename(dest)
+        return self.git.head(dest, dest.name)
 
     def _existing_node(self, index: int, node: NodeSpec, dest: Path) -> None:
         name = node.dir_name
@@ -758,7 +830,12 @@ def run_worker(spec: InstallSpec, paths: TaskPaths) -> int:
     writer.start_heartbeat()
     # Inherited by every child and grandchild, so a cancel can find them all.
     os.environ[liveness.TASK_ENV] = spec.task_id
-    installer = Installer(spec, paths, writer, log)
+    if spec.mode == "plan":
+        from agent.planner import Planner  # it builds on Installer
+
+        installer: Installer = Planner(spec, paths, writer, log)
+    else:
+        installer = Installer(spec, paths, writer, log)
     _install_signal_handlers(installer, log)
     log.line(None, f"nodeferry-agent worker pid {os.getpid()} task {spec.task_id}")
     if spec.low_priority:

@@ -394,6 +394,27 @@ class AsyncClient:
             raise ApiError(202, "bad_response", "the start answer has no task_id", body)
         return task_id
 
+    async def plan(
+        self,
+        ssh_connection: str,
+        ui_home: str,
+        nodes: Sequence[NodeRef] | None = None,
+        **options: Any,
+    ) -> str:
+        """Start a plan (``POST /api/plan``): what :meth:`start` with the same
+        arguments would change, changing nothing; returns its task id. The final
+        document's ``plan`` holds the answer; ``start(..., plan=task_id)`` applies it."""
+        payload = _install_payload(
+            {"ssh_connection": ssh_connection, "ui_home": ui_home, "nodes": nodes},
+            options,
+            START_OPTIONS,
+        )
+        body = await self._request_once("POST", "/api/plan", payload)
+        task_id = body.get("task_id")
+        if not isinstance(task_id, str):
+            raise ApiError(202, "bad_response", "the plan answer has no task_id", body)
+        return task_id
+
     async def resolve(
         self,
         *,
@@ -742,6 +763,12 @@ class Client:
     ) -> str:
         """:meth:`AsyncClient.start`, blocking."""
         return self._run(self._async.start(ssh_connection, ui_home, nodes, **kw))
+
+    def plan(
+        self, ssh_connection: str, ui_home: str, nodes: Sequence[NodeRef] | None = None, **kw: Any
+    ) -> str:
+        """:meth:`AsyncClient.plan`, blocking."""
+        return self._run(self._async.plan(ssh_connection, ui_home, nodes, **kw))
 
     def resolve(self, **fields: Any) -> Document:
         return self._run(self._async.resolve(**fields))

@@ -23,6 +23,7 @@ STATES = (
     "queued",
     "starting",
     "cloning",
+    "planning",
     "installing_requirements",
     "running_install_scripts",
     "verifying",
@@ -47,8 +48,11 @@ NODE_STATUSES = (
     "skipped",
     "failed",
     "cancelled",
+    "planned",
 )
-NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled"})
+#: ``planned``: a plan task looked at the node and changed nothing (its document's
+#: ``plan`` says what an install would do to it).
+NODE_FINAL_STATUSES = frozenset({"installed", "skipped", "failed", "cancelled", "planned"})
 REQUIREMENTS_STATUSES = ("none", "pending", "running", "done", "failed")
 IMPORT_STATUSES = ("ok", "failed", "timeout", "skipped")
 #: Which check judged a node (``import.check``): one start of the home's ComfyUI
@@ -69,6 +73,14 @@ ERROR_CODES = (
     "lost",
     "cancelled",
     "start_failed",
+    # A plan's policy (forbid_downgrade, forbid) would be broken: nothing was touched.
+    "policy_violation",
+    # Applying a plan: the instance is not what the plan saw any more.
+    "plan_drift",
+    # A running ComfyUI of this home uses another interpreter than the target.
+    "wrong_interpreter",
+    # A plan could not be made (no interpreter, the dry-run resolve failed to run).
+    "plan_failed",
     # ComfyUI was restarted but did not answer in time (or the restart failed).
     "not_ready",
 )
@@ -403,6 +415,8 @@ class Progress:
     packages: Dict[str, Dict[str, List[Optional[str]]]] = field(default_factory=dict)
     #: The restart and the running server's answer (None: neither was asked for).
     ready: Optional[ReadyResult] = None
+    #: A plan task's answer (agent/planner.py): what an install would change.
+    plan: Optional[Dict[str, Any]] = None
 
     # -- state -----------------------------------------------------------------
 
@@ -515,4 +529,5 @@ class Progress:
             warnings=_check_warnings(data.get("warnings", []), "warnings"),
             packages=_check_packages(data.get("packages", {}), "packages"),
             ready=None if data.get("ready") is None else ReadyResult.from_dict(data["ready"]),
+            plan=_check(data.get("plan"), "plan", (dict,), optional=True),
         )

@@ -1,6 +1,7 @@
 """The install spec: what the agent is asked to install."""
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -83,6 +84,48 @@ def ready_classes(value: object, where: str = "ready_classes") -> List[str]:
             seen.add(name)
             out.append(name)
     return out
+
+
+#: ``install`` changes the home; ``plan`` says what an install would change, and
+#: changes nothing (clones staged in the task folder, resolves dry-run).
+MODES = ("install", "plan")
+MAX_POLICY_NAMES = 200
+
+
+def _package_names(value: object, where: str) -> List[str]:
+    """A policy's package names, PEP 503-normalised (``OpenCV_Python`` is ``opencv-python``)."""
+    if not isinstance(value, list):
+        raise ProtocolError(where, "must be a list of package names")
+    if len(value) > MAX_POLICY_NAMES:
+        raise ProtocolError(where, f"must have at most {MAX_POLICY_NAMES} entries")
+    out: List[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", item):
+            raise ProtocolError(f"{where}.{i}", "must be a package name like 'numpy'")
+        name = re.sub(r"[-_.]+", "-", item).lower()
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _expectation(value: object) -> Optional[Dict[str, Any]]:
+    """``expect``: the plan being applied, as the controller hands it over."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ProtocolError("expect", "must be an object")
+    for key, kinds in (("plan_id", str), ("heads", dict), ("packages", dict), ("pins", dict)):
+        if not isinstance(value.get(key), kinds):
+            raise ProtocolError(f"expect.{key}", f"must be a {kinds.__name__}")
+    for key in ("packages", "pins"):
+        for name, version in value[key].items():
+            if not isinstance(name, str) or not isinstance(version, str):
+                raise ProtocolError(f"expect.{key}", "must map package names to versions")
+    for name, head in value["heads"].items():
+        if not isinstance(name, str) or not (head is None or isinstance(head, str)):
+            raise ProtocolError("expect.heads", "must map node names to commits or null")
+    fields.task_id(value["plan_id"], "expect.plan_id")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -197,6 +240,16 @@ class InstallSpec:
     def wants_ready(self) -> bool:
         return self.restart != "never" or self.ready_check
 
+    #: ``plan``: say what an install would change, touching nothing.
+    mode: str = "install"
+    #: Policies, checked before anything is touched: these packages must not be
+    #: downgraded, these must not be installed or changed at all.
+    forbid_downgrade: List[str] = field(default_factory=list)
+    forbid: List[str] = field(default_factory=list)
+    #: Applying a plan (the controller's copy of it): the node heads and packages
+    #: the plan saw (any other is drift, refused), the package versions it chose.
+    expect: Optional[Dict[str, Any]] = None
+
     @classmethod
     def from_dict(cls, data: object) -> "InstallSpec":
         if not isinstance(data, Mapping):
@@ -220,6 +273,10 @@ class InstallSpec:
             "ready_check",
             "ready_timeout",
             "ready_classes",
+            "mode",
+            "forbid_downgrade",
+            "forbid",
+            "expect",
         }
         unknown = set(data) - known
         if unknown:
@@ -314,6 +371,12 @@ class InstallSpec:
             raise ProtocolError(
                 "ready_timeout", f"must be a number of seconds from 1 to {MAX_READY_TIMEOUT:.0f}"
             )
+        mode = data.get("mode", "install")
+        if mode not in MODES:
+            raise ProtocolError("mode", "must be one of: {}".format(", ".join(MODES)))
+        expect = _expectation(data.get("expect"))
+        if expect is not None and mode != "install":
+            raise ProtocolError("expect", "only an install applies a plan")
         return cls(
             task_id=fields.task_id(data["task_id"]),
             ui_home=fields.remote_path(data["ui_home"], "ui_home"),
@@ -334,6 +397,10 @@ class InstallSpec:
             ready_check=ready_check,
             ready_timeout=float(ready_timeout),
             ready_classes=ready_classes(data.get("ready_classes", [])),
+            mode=str(mode),
+            forbid_downgrade=_package_names(data.get("forbid_downgrade") or [], "forbid_downgrade"),
+            forbid=_package_names(data.get("forbid") or [], "forbid"),
+            expect=expect,
         )
 
     @classmethod
@@ -368,6 +435,10 @@ class InstallSpec:
             "ready_check": self.ready_check,
             "ready_timeout": self.ready_timeout,
             "ready_classes": list(self.ready_classes),
+            "mode": self.mode,
+            "forbid_downgrade": list(self.forbid_downgrade),
+            "forbid": list(self.forbid),
+            "expect": self.expect,
         }
         if self.lock is not None:
             out["lock"] = self.lock.to_dict()  # the nodes come from it

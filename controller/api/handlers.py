@@ -76,13 +76,23 @@ def admission_answer(admission: Admission) -> web.Response:
 async def resolve(request: web.Request) -> web.Response:
     """The dry run of a start request's sources: no instance is changed."""
     body = parse_body(ResolveRequest, await read_json(request))
-    plan = await request.app[SERVICE].resolve(body)
-    return web.json_response({"success": True, **plan.to_dict()})
+    selection = await request.app[SERVICE].resolve(body)
+    return web.json_response({"success": True, **selection.to_dict()})
 
 
 async def install(request: web.Request) -> web.Response:
     body = parse_body(InstallRequest, await read_json(request))
     return admission_answer(await request.app[SERVICE].admit(body))
+
+
+async def plan(request: web.Request) -> web.Response:
+    """A plan: the start request's fields; a task that says what an install would
+    change (its document's ``plan``), changing nothing."""
+    body = parse_body(InstallRequest, await read_json(request))
+    admission = await request.app[SERVICE].plan(body)
+    answer = {"success": True, **admission.body()}
+    answer["message"] = "Plan started in background; it changes nothing on the instance"
+    return web.json_response(answer, status=202)
 
 
 async def retry_task(request: web.Request) -> web.Response:

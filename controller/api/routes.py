@@ -22,6 +22,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", handlers.healthz)
     # What a workflow, snapshot or registry ids would install (issue 10).
     app.router.add_post("/api/resolve", handlers.resolve)
+    # Plan before apply (issue 30): what an install would change, changing nothing.
+    app.router.add_post("/api/plan", handlers.plan)
     # Live views (issue 4) register here: the event stream and the dashboard.
     events.add_routes(app)
     dashboard.add_routes(app)

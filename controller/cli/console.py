@@ -138,6 +138,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "commits, its package versions; instead of NODEs",
     )
     install.add_argument(
+        "--plan",
+        dest="plan_ref",
+        metavar="PLAN",
+        help="apply a plan (from `nodeferry plan`): its task id, or the file its --json "
+        "wrote; exactly its commits and package versions, refused if the instance changed "
+        "since; instead of NODEs",
+    )
+    install.add_argument(
         "--json", action="store_true", help="print the final progress document instead"
     )
     install.add_argument(
@@ -567,6 +575,12 @@ async def _install(args: argparse.Namespace) -> int:
             )
         lock = read_lock_file(args.lock_file, "--lock")
         nodes = None
+    elif getattr(args, "plan_ref", None) is not None:
+        if args.nodes or args.nodes_file is not None or workflow or snapshot:
+            raise ProtocolError(
+                "--plan", "the plan names the nodes: give NODEs or --plan, not both"
+            )
+        nodes = None
     else:
         # Nothing named at all: the controller installs its default_nodes (or says how).
         named = args.nodes or args.nodes_file is not None
@@ -577,7 +591,12 @@ async def _install(args: argparse.Namespace) -> int:
     options.update(
         {
             name: value
-            for name, value in (("workflow", workflow), ("snapshot", snapshot), ("lock", lock))
+            for name, value in (
+                ("workflow", workflow),
+                ("snapshot", snapshot),
+                ("lock", lock),
+                ("plan", read_plan_ref(getattr(args, "plan_ref", None))),
+            )
             if value is not None
         }
     )
@@ -597,6 +616,23 @@ async def _install(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             on_interrupt=args.on_interrupt,
         )
+
+
+def read_plan_ref(text: str | None) -> str | dict[str, Any] | None:
+    """``--plan``: a task id (or a unique prefix is not enough: a plan is named whole), or
+    the file ``nodeferry plan --json`` wrote."""
+    if text is None:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        return text  # a task id; the controller checks it
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("--plan", f"cannot read the plan {text}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("--plan", f"{text} is not a plan's JSON document")
+    return data
 
 
 def install_command(args: argparse.Namespace) -> int:

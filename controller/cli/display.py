@@ -38,6 +38,8 @@ STATUS_STYLES = {
     "installing": "magenta",
     "running_install_scripts": "magenta",
     "restarting": "magenta",
+    "planning": "cyan",
+    "planned": "green",
     "completed": "green",
     "lost": "bold red",
     "none": "dim",
@@ -46,6 +48,7 @@ STATUS_STYLES = {
 }
 STATUS_MARKS = {
     "installed": "✓",
+    "planned": "✓",
     "skipped": "-",
     "failed": "✗",
     "cancelled": "✗",

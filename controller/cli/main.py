@@ -19,6 +19,7 @@ from protocol import __version__
 COMMAND_MODULES = (
     "controller.cli.server",
     "controller.cli.console",
+    "controller.cli.plan_view",
     "controller.cli.history",
     "controller.cli.resolve",
     "controller.cli.locks",

@@ -18,7 +18,7 @@ from controller.common.config import load_settings
 from controller.common.errors import ControllerError
 from controller.core.sources import nodedb, snapshot, workflow
 from controller.core.sources.errors import SourceError
-from controller.core.sources.plan import sources_from_bytes
+from controller.core.sources.merge import sources_from_bytes
 from protocol import ProtocolError
 
 MAX_FILE = workflow.MAX_FILE_BYTES
@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
     resolve.add_argument("file", type=Path, metavar="FILE")
     resolve.add_argument("--ssh", dest="ssh_connection", metavar="TARGET")
     resolve.add_argument("--ui-home", help="the ComfyUI folder on the instance")
-    resolve.add_argument("--json", action="store_true", help="print the plan as JSON")
+    resolve.add_argument("--json", action="store_true", help="print the selection as JSON")
     resolve.set_defaults(func=resolve_command)
 
     db = subparsers.add_parser("node-db", help="ComfyUI-Manager's node database")
@@ -87,7 +87,7 @@ async def _resolve(args: argparse.Namespace) -> int:
     except SourceError as exc:
         raise ProtocolError("FILE", exc.message) from None
     async with connect(args) as client:
-        plan = await client.resolve(
+        selection = await client.resolve(
             nodes=sources.nodes,
             workflow=sources.workflow,
             snapshot=sources.snapshot,
@@ -95,38 +95,38 @@ async def _resolve(args: argparse.Namespace) -> int:
             ui_home=args.ui_home,
         )
     if args.json:
-        print(json.dumps(plan, indent=2, sort_keys=True))
+        print(json.dumps(selection, indent=2, sort_keys=True))
         return 0
-    print_plan(plan, Console(highlight=False))
+    print_selection(selection, Console(highlight=False))
     return 0
 
 
-def print_plan(plan: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{len(plan['nodes'])} custom node(s)", title_justify="left")
+def print_selection(selection: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{len(selection['nodes'])} custom node(s)", title_justify="left")
     for column in ("name", "ref", "rule", "classes"):
         table.add_column(column)
-    for node in plan["nodes"]:
+    for node in selection["nodes"]:
         classes = ", ".join(node["classes"][:6]) + (" …" if len(node["classes"]) > 6 else "")
         table.add_row(node["name"], node["ref"] or "default branch", node["rule"], classes)
     console.print(table, markup=False)
-    for node in plan["nodes"]:
+    for node in selection["nodes"]:
         console.print(f"  {node['name']}: {node['url']}", markup=False)
-    for entry in plan["ambiguous"]:
+    for entry in selection["ambiguous"]:
         console.print(
             f"ambiguous: {entry['class']} → {entry['chosen']} ({entry['reason']}; "
             f"{len(entry['candidates'])} candidates)",
             markup=False,
         )
-    if plan["unresolved"]:
+    if selection["unresolved"]:
         console.print(
-            f"unresolved ({len(plan['unresolved'])}): {', '.join(plan['unresolved'])}",
+            f"unresolved ({len(selection['unresolved'])}): {', '.join(selection['unresolved'])}",
             style="yellow",
             markup=False,
         )
-    for warning in plan["warnings"]:
+    for warning in selection["warnings"]:
         console.print(f"warning: {warning}", style="dim", markup=False)
-    if plan.get("node_db"):
-        console.print(f"node database: {plan['node_db']}", style="dim", markup=False)
+    if selection.get("node_db"):
+        console.print(f"node database: {selection['node_db']}", style="dim", markup=False)
 
 
 def resolve_command(args: argparse.Namespace) -> int:

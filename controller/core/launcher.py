@@ -18,12 +18,13 @@ from controller.common.errors import (
 )
 from controller.common.target import Target, parse_target
 from controller.core.access import check_start
+from controller.core.applied_plan import ReadProgress, applied
 from controller.core.live import Live, Tasks, TaskView
 from controller.core.ready import workflow_classes
 from controller.core.registry import TaskRecord
 from controller.core.scheduler import Admission, Scheduler
 from controller.core.schemas import SPEC_FIELDS, InstallRequest
-from controller.core.sources.plan import Sources
+from controller.core.sources.merge import Sources
 from controller.core.sources.service import SourceService
 from protocol import ExitCode, InstallSpec, Progress, ProtocolError
 from protocol import fields as checks
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prepared:
-    """A start request checked and resolved: where, the agent's spec, and the plan."""
+    """A start request checked and resolved: where, the agent's spec, and the selection."""
 
     target: Target
     spec: InstallSpec
@@ -46,7 +47,12 @@ class Launcher:
         self.sources = sources
         self.scheduler = Scheduler(tasks, self._launch_live)
 
-    async def prepare(self, request: InstallRequest, target: Target | None = None) -> Prepared:
+    #: Reads a task's document, for a request that applies a plan (set by the service).
+    read_progress: ReadProgress | None = None
+
+    async def prepare(
+        self, request: InstallRequest, target: Target | None = None, *, mode: str = "install"
+    ) -> Prepared:
         """Everything a start checks and resolves, with nothing registered or run yet:
         a bad request is an :class:`InvalidRequest` that changed nothing. ``target``
         (a retry's) stands for the request's ``ssh_connection`` when given."""
@@ -59,18 +65,39 @@ class Launcher:
         )
         nodes = request.nodes
         resolution = None
+        expect = None
+        inherited: dict[str, Any] = {}
         sources = Sources(request.nodes, request.workflow, request.snapshot)
-        if request.lock is None and not sources.plain:
+        if request.plan is not None:
+            if mode == "plan":
+                raise InvalidRequest("plan", "a plan cannot apply another plan")
+            if not sources.empty or request.lock is not None:
+                raise InvalidRequest(
+                    "plan", "the plan names the nodes: give nodes (or a lock) or a plan, not both"
+                )
+            if self.read_progress is None:
+                raise InvalidRequest("plan", "this controller cannot read plans")
+            nodes, expect, inherited = await applied(
+                request.plan, target, request.ui_home, self.read_progress
+            )
+        elif request.lock is None and not sources.plain:
             # A workflow, snapshot, registry ids or the configured default: resolved
             # here, before the 202, so a bad source is a 400 that changed nothing.
-            plan = await self.sources.plan_for_start(
+            selection = await self.sources.selection_for_start(
                 sources, target, request.ui_home, request.strict
             )
-            nodes = [choice.node() for choice in plan.nodes]
-            resolution = plan.to_dict()
+            nodes = [choice.node() for choice in selection.nodes]
+            resolution = selection.to_dict()
         # Every field the declaration says reaches the spec, by its own name.
         fields: dict[str, object] = {name: getattr(request, name) for name in SPEC_FIELDS}
         fields["pip_args"] = pip_args
+        fields["mode"] = mode
+        if request.plan is not None:
+            for name, value in inherited.items():
+                if name not in request.model_fields_set:
+                    fields[name] = value
+        if expect is not None:
+            fields["expect"] = expect
         if nodes is None:  # a lock names the nodes
             fields.pop("nodes")
         else:

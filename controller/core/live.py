@@ -52,7 +52,7 @@ class TaskView:
     #: ``unreadable_progress`` when the instance answered with a broken document.
     problem_code: str = "unreachable"
     #: What the controller adds to the agent's document: the queue position of a
-    #: queued task, retry links, the resolution plan. Shared with the task's
+    #: queued task, retry links, the resolution (the selected nodes). Shared with the task's
     #: ``Live``, so it is current.
     annotations: dict[str, Any] = field(default_factory=dict)
 

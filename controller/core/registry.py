@@ -102,7 +102,7 @@ class TaskRecord:
     #: What the controller itself has to say about the task (options it ignored,
     #: why it failed before the agent ran), shown with the agent's log.
     notes: list[str] = field(default_factory=list)
-    #: The resolution plan when the nodes came from a workflow, snapshot or registry ids.
+    #: The selected nodes, when they came from a workflow, snapshot or registry ids.
     resolution: dict[str, Any] | None = None
     #: A queued task does not start before this time (an automatic retry's backoff).
     not_before: float | None = None

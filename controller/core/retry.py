@@ -40,6 +40,8 @@ class Retrier:
         """A new task with the nodes of ``task_id`` that did not install."""
         live = await self.tasks.get(task_id)
         progress = live.view.progress
+        if live.record.spec.get("mode") == "plan":
+            raise InvalidRequest("", f"task {live.record.task_id} is a plan: make a new plan")
         if not progress.is_final:
             # Another controller sharing the registry may have seen it end first.
             stored = await self.tasks.run(self.tasks.registry.get, live.record.task_id)

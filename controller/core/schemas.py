@@ -126,6 +126,40 @@ class InstallRequest(BaseModel):
         spec=True,
         retry=True,  # narrowed to the nodes that did not install
     )
+    #: A plan to apply (``POST /api/plan``'s task id, or its final document as saved
+    #: by ``nodeferry plan --json``): its nodes at its commits, its package versions,
+    #: refused when the instance drifted since; instead of nodes.
+    plan: str | dict[str, Any] | None = option(
+        None,
+        help="apply a plan (its task id, or its saved JSON): exactly its commits and "
+        "package versions, refused if the instance changed since; instead of NODEs",
+        cli=Hand(("--plan",)),
+        spec=False,  # the controller turns it into the spec's nodes and ``expect``
+        retry=False,  # a retry re-runs the task's own spec (its nodes and ``expect``)
+    )
+    # -- policies -----------------------------------------------------------------
+    forbid_downgrade: list[str] | None = option(
+        None,
+        help="refuse, before anything is touched, an install that would downgrade this "
+        "package (e.g. numpy; once per package)",
+        cli="--forbid-downgrade",
+        spec=True,
+        retry=True,
+        metavar="PACKAGE",
+        shown_default="none",
+        max_length=200,
+    )
+    forbid: list[str] | None = option(
+        None,
+        help="refuse, before anything is touched, an install that would install or change "
+        "this package (e.g. opencv-python; once per package)",
+        cli="--forbid",
+        spec=True,
+        retry=True,
+        metavar="PACKAGE",
+        shown_default="none",
+        max_length=200,
+    )
     # -- how ----------------------------------------------------------------------
     python: str | None = option(
         None,
@@ -420,6 +454,7 @@ State = Literal[
     "queued",
     "starting",
     "cloning",
+    "planning",
     "installing_requirements",
     "running_install_scripts",
     "verifying",
@@ -440,6 +475,7 @@ NodeStatus = Literal[
     "skipped",
     "failed",
     "cancelled",
+    "planned",
 ]
 RequirementsStatus = Literal["none", "pending", "running", "done", "failed"]
 NodeErrorCode = Literal[
@@ -457,7 +493,17 @@ NodeErrorCode = Literal[
     "failed",
 ]
 ErrorCode = Literal[
-    "conflict", "invalid_spec", "agent_crashed", "lost", "cancelled", "start_failed", "not_ready"
+    "conflict",
+    "invalid_spec",
+    "agent_crashed",
+    "lost",
+    "cancelled",
+    "start_failed",
+    "not_ready",
+    "policy_violation",
+    "plan_drift",
+    "wrong_interpreter",
+    "plan_failed",
 ]
 
 
@@ -541,6 +587,8 @@ class ProgressModel(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     packages: dict[PackageChangeKind, dict[str, VersionPair]] = Field(default_factory=dict)
     ready: ReadyModel | None = None
+    #: A plan task's answer (agent/planner.py); its shape is the agent's.
+    plan: dict[str, Any] | None = None
 
     def to_document(self) -> dict[str, Any]:
         doc = self.model_dump(by_alias=True)

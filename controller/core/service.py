@@ -29,10 +29,11 @@ from controller.core.retention import Retention
 from controller.core.retry import Retrier
 from controller.core.scheduler import Admission
 from controller.core.schemas import DiffRequest, InstallRequest, ReadyRequest, ResolveRequest
-from controller.core.sources.plan import Sources
-from controller.core.sources.resolver import Plan
+from controller.core.sources.merge import Sources
+from controller.core.sources.resolver import Selection
 from controller.core.sources.service import SourceService
 from controller.transports import Transports
+from protocol import Progress
 from protocol.lock import Lock
 
 __all__ = ["LOG_DEFAULT_LIMIT", "Admission", "TaskService", "TaskView"]
@@ -59,6 +60,7 @@ class TaskService:
         self.launcher = Launcher(self.tasks, self.sources)
         self.scheduler = self.launcher.scheduler
         self.reader = Reader(self.tasks)
+        self.launcher.read_progress = self._progress_of
         self.retention = Retention(self.tasks, self.reader)
         self.retrier = Retrier(self.tasks, self.launcher)
         self.locks = Locks(self.tasks, self.reader)
@@ -138,6 +140,17 @@ class TaskService:
         """Ask the instance's running ComfyUI for the workflow's classes (no restart)."""
         return await ready.ask(self.tasks, request)
 
+    async def _progress_of(self, task_id: str) -> tuple[Progress, dict[str, Any]]:
+        view = await self.reader.progress(task_id)
+        live = await self.tasks.get(task_id)
+        return view.progress, dict(live.record.spec)
+
+    async def plan(self, request: InstallRequest) -> Admission:
+        """Start a plan: what an install of ``request`` would change, changing nothing."""
+        prepared = await self.launcher.prepare(request, mode="plan")
+        # A plan is made again, not retried: nothing of it is transient to wait out.
+        return await self.launcher.admit(prepared, request, auto_retry=0)
+
     async def prepare(self, request: InstallRequest) -> Prepared:
         """Check and resolve a start without registering it (for many at once)."""
         return await self.launcher.prepare(request)
@@ -147,7 +160,7 @@ class TaskService:
         :meth:`admit` (the queue and the limits apply)."""
         return await self.launcher.admit(prepared, request)
 
-    async def resolve(self, request: ResolveRequest) -> Plan:
+    async def resolve(self, request: ResolveRequest) -> Selection:
         """The dry run: what a start with these sources would install, and why."""
         target = (
             parse_target(request.ssh_connection, self.tasks.settings)
@@ -158,7 +171,7 @@ class TaskService:
             # Reading 'local' files at a path the request names is opt-in too.
             check_start(self.tasks.settings, target)
         sources = Sources(request.nodes, request.workflow, request.snapshot)
-        return await self.sources.plan(sources, target, request.ui_home if target else None)
+        return await self.sources.selection(sources, target, request.ui_home if target else None)
 
     async def progress(self, task_id: object, target: Target | None = None) -> TaskView:
         """The task's current view: shared, cached, single-flight (see ``reader``)."""

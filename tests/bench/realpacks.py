@@ -375,7 +375,13 @@ def run_vast(home: Path, python: str, env: dict[str, str], packs: Sequence[Pack]
 
 
 def run_nodeferry(
-    lab: Lab, home: Path, python: str, env: dict[str, str], packs: Sequence[Pack], installer: str
+    lab: Lab,
+    home: Path,
+    python: str,
+    env: dict[str, str],
+    packs: Sequence[Pack],
+    installer: str,
+    mode: str = "install",
 ) -> Outcome:
     bundle_path, _ = write_bundle(lab)
     env = dict(env, NODEFERRY_AGENT_INSTALLER=installer)
@@ -383,6 +389,7 @@ def run_nodeferry(
     task_id = str(uuid.uuid4())
     spec = {"task_id": task_id, "ui_home": str(home), "nodes": [p.url for p in packs]}
     spec["python"] = python
+    spec["mode"] = mode  # "plan": the same packs resolved dry-run, nothing installed
     progress_file = state_dir / "tasks" / task_id / "progress.json"
     states: dict[str, float] = {}
     done = threading.Event()
@@ -403,7 +410,8 @@ def run_nodeferry(
     wall = time.perf_counter() - started
     done.set()
     watcher.join(5)
-    out = Outcome(f"nodeferry ({installer})", wall=wall)
+    label = installer if mode == "install" else f"{installer}, plan only"
+    out = Outcome(f"nodeferry ({label})", wall=wall)
     try:
         final = json.loads(proc.stdout)
     except ValueError:
@@ -505,6 +513,11 @@ def run(lab: Lab, report: Report, log: Callable[[str], None]) -> None:
             ("vast", lambda h, p, e: run_vast(h, p, e, packs)),
             ("nodeferry_pip", lambda h, p, e: run_nodeferry(lab, h, p, e, packs, "pip")),
             ("nodeferry_uv", lambda h, p, e: run_nodeferry(lab, h, p, e, packs, "uv")),
+            # The plan of the same packs from the same cold caches (#30): metadata, not wheels.
+            (
+                "nodeferry_uv_plan",
+                lambda h, p, e: run_nodeferry(lab, h, p, e, packs, "uv", mode="plan"),
+            ),
         ]
         if full:
             contenders.append(("cm_cli", lambda h, p, e: run_cm_cli(lab, h, p, e, packs)))
@@ -518,7 +531,9 @@ def run(lab: Lab, report: Report, log: Callable[[str], None]) -> None:
                 outcome = runner(home, python, env)
             except Exception as exc:  # one contender's failure is a figure, not a crash
                 outcome = Outcome(key, ran=False, error=f"{type(exc).__name__}: {exc}")
-            if outcome.ran or key == "cm_cli":
+            if key == "nodeferry_uv_plan":
+                pass  # a plan installs nothing: the packs' imports are not its to pass
+            elif outcome.ran or key == "cm_cli":
                 outcome.checks = check_env(python, env, packs, torch_before)
             outcomes[key] = outcome
             log(
@@ -529,7 +544,24 @@ def run(lab: Lab, report: Report, log: Callable[[str], None]) -> None:
             report.detail(SECTION, key, outcome.__dict__ | {"correct": outcome.correct})
             lab.discard(home.parent)
     naive = outcomes["naive"]
+    plan, install = outcomes.get("nodeferry_uv_plan"), outcomes.get("nodeferry_uv")
+    if plan is not None and install is not None:
+        report.add(
+            Row(
+                SECTION,
+                f"{len(packs)} real packs, plan beside install: nodeferry (uv)",
+                plan.wall,
+                "s",
+                baseline=install.wall,
+                baseline_name="the install (uv)",
+                target="< 0.5x the install",
+                met=plan.ran and plan.wall < 0.5 * install.wall,
+                note="plan: clones + dry-run resolve, nothing installed",
+            )
+        )
     for key, outcome in outcomes.items():
+        if key == "nodeferry_uv_plan":
+            continue  # its row is the one beside the install, above
         headline = key == "nodeferry_uv"
         met = None
         if headline:

@@ -39,7 +39,9 @@ pytestmark = pytest.mark.timeout(30)
 
 #: InstallSpec's fields the request has no say in: the controller makes the task id,
 #: and file:// URLs are for a person on the instance only.
-SPEC_ONLY = {"task_id", "allow_file_urls"}
+#: ``mode`` is the endpoint's (``/api/plan``), ``expect`` the controller's copy of the
+#: plan a request's ``plan`` id names.
+SPEC_ONLY = {"task_id", "allow_file_urls", "mode", "expect"}
 NAMES = [field.name for field in INSTALL_FIELDS]
 
 
@@ -101,6 +103,7 @@ def test_the_agents_own_install_command_takes_every_spec_field() -> None:
         "low_priority": {"--no-low-priority"},
         "nodes": {"nodes"},
         "task_id": set(),  # made by the agent
+        "mode": {"--plan"},
     }
     for field in dataclasses.fields(InstallSpec):
         wanted = unusual.get(field.name, {"--" + field.name.replace("_", "-")})

@@ -82,13 +82,13 @@ async def test_a_snapshot_installs_its_commits_and_the_plan_is_kept(
     _, final = await wait_for(client, task_id, lambda s, b: b.get("state") in FINAL_STATES)
     assert final["success"] is True, final
     assert [(n["url"], n["ref"]) for n in final["nodes"]] == [(node_repos.plain.url, "main")]
-    plan = final["resolution"]
-    assert plan["nodes"][0]["rule"] == "explicit"
-    assert any("disabled" in warning for warning in plan["warnings"])
-    # The plan survives a controller restart: it is in the registry.
+    selection = final["resolution"]
+    assert selection["nodes"][0]["rule"] == "explicit"
+    assert any("disabled" in warning for warning in selection["warnings"])
+    # The selection survives a controller restart: it is in the registry.
     restarted = await make_client(offline_settings(tmp_path, client_key))
     status, again = await poll(restarted, task_id)
-    assert status == 200 and again["resolution"] == plan
+    assert status == 200 and again["resolution"] == selection
 
 
 async def test_dry_run_reads_the_instances_manager_database_over_sftp(

@@ -13,9 +13,9 @@ import pytest
 
 from controller.core.sources import nodedb, png, snapshot, workflow
 from controller.core.sources.errors import SourceError
+from controller.core.sources.merge import Sources, build, sources_from_bytes
 from controller.core.sources.nodedb import NodeDB
-from controller.core.sources.plan import Sources, build, sources_from_bytes
-from controller.core.sources.resolver import Plan
+from controller.core.sources.resolver import Selection
 
 KJ = "https://github.com/kijai/ComfyUI-KJNodes"
 IPADAPTER = "https://github.com/cubiq/ComfyUI_IPAdapter_plus"
@@ -89,12 +89,12 @@ def db(node_db_dir: Path) -> NodeDB:
     return nodedb.load_dir(node_db_dir)
 
 
-def resolve(db: NodeDB, **sources: Any) -> Plan:
+def resolve(db: NodeDB, **sources: Any) -> Selection:
     return build(Sources(**sources), lambda: db)
 
 
-def by_url(plan: Plan) -> dict[str, dict[str, Any]]:
-    return {node["url"]: node for node in plan.to_dict()["nodes"]}
+def by_url(selection: Selection) -> dict[str, dict[str, Any]]:
+    return {node["url"]: node for node in selection.to_dict()["nodes"]}
 
 
 def test_the_real_database_loads_with_its_known_shape(db: NodeDB) -> None:
@@ -106,13 +106,13 @@ def test_the_real_database_loads_with_its_known_shape(db: NodeDB) -> None:
 
 
 def test_ui_workflow_resolves_in_the_documented_order(db: NodeDB) -> None:
-    plan = resolve(db, workflow=ui_workflow())
-    nodes = by_url(plan)
+    selection = resolve(db, workflow=ui_workflow())
+    nodes = by_url(selection)
     assert list(nodes) == [KJ, IPADAPTER, EASY_USE, RES4LYF, BILLBUM]
     assert nodes[KJ]["rule"] == "cnr_id"
     assert nodes[KJ]["classes"] == ["ImageResizeKJ", "SetNode", "Sleep"]
     assert nodes[KJ]["ref"] is None  # a version, tags not looked up offline
-    assert any("1.1.0" in w and "default branch" in w for w in plan.warnings)
+    assert any("1.1.0" in w and "default branch" in w for w in selection.warnings)
     assert nodes[IPADAPTER] == {
         "name": "ComfyUI_IPAdapter_plus",
         "url": IPADAPTER,
@@ -122,8 +122,8 @@ def test_ui_workflow_resolves_in_the_documented_order(db: NodeDB) -> None:
     }
     assert nodes[EASY_USE]["rule"] == "only provider"
     assert nodes[BILLBUM]["rule"] == "nodename_pattern"
-    assert plan.unresolved == ["TotallyUnknownNode9000"]
-    ambiguous = {entry["class"]: entry for entry in plan.ambiguous}
+    assert selection.unresolved == ["TotallyUnknownNode9000"]
+    ambiguous = {entry["class"]: entry for entry in selection.ambiguous}
     assert set(ambiguous) == {"Sleep", "Film Grain"}
     assert ambiguous["Sleep"]["chosen"] == KJ
     assert ambiguous["Sleep"]["reason"].startswith("already needed")
@@ -140,11 +140,11 @@ def test_resolution_is_deterministic(db: NodeDB) -> None:
 
 
 def test_api_workflow_format(db: NodeDB) -> None:
-    plan = resolve(db, workflow=api_workflow())
-    nodes = by_url(plan)
+    selection = resolve(db, workflow=api_workflow())
+    nodes = by_url(selection)
     assert list(nodes) == [KJ, EASY_USE]
     assert nodes[KJ]["rule"] == "only provider"
-    assert plan.unresolved == ["TotallyUnknownNode9000"]
+    assert selection.unresolved == ["TotallyUnknownNode9000"]
     # Also wrapped the way /prompt takes it.
     assert by_url(resolve(db, workflow={"prompt": api_workflow()})).keys() == nodes.keys()
 
@@ -162,12 +162,12 @@ def test_subgraph_classes_are_collected() -> None:
 
 
 def test_explicit_nodes_win_and_duplicates_merge(db: NodeDB) -> None:
-    plan = resolve(
+    selection = resolve(
         db,
         nodes=[f"{KJ}.git@main", "comfyui-easy-use"],
         workflow=ui_workflow(),
     )
-    nodes = by_url(plan)
+    nodes = by_url(selection)
     assert nodes[KJ + ".git"]["ref"] == "main"
     assert nodes[KJ + ".git"]["rule"] == "explicit"
     assert "ImageResizeKJ" in nodes[KJ + ".git"]["classes"]
@@ -177,8 +177,8 @@ def test_explicit_nodes_win_and_duplicates_merge(db: NodeDB) -> None:
 
 
 def test_registry_ids_with_versions(db: NodeDB) -> None:
-    plan = resolve(db, nodes=["comfyui-kjnodes@1.1.0", "ComfyUI_IPAdapter_plus"])
-    assert [n["url"] for n in plan.to_dict()["nodes"]] == [KJ, IPADAPTER]
+    selection = resolve(db, nodes=["comfyui-kjnodes@1.1.0", "ComfyUI_IPAdapter_plus"])
+    assert [n["url"] for n in selection.to_dict()["nodes"]] == [KJ, IPADAPTER]
     with pytest.raises(SourceError, match=r"nodes\.0.*not in the node database"):
         resolve(db, nodes=["no-such-pack-anywhere"])
     with pytest.raises(SourceError, match=r"nodes\.0"):
@@ -199,13 +199,13 @@ def test_snapshot_json_and_yaml(db: NodeDB) -> None:
     import yaml
 
     for form in (snap, json.dumps(snap), yaml.safe_dump(snap)):
-        plan = resolve(db, snapshot=form)
-        nodes = by_url(plan)
+        selection = resolve(db, snapshot=form)
+        nodes = by_url(selection)
         assert list(nodes) == ["https://github.com/ltdrdata/ComfyUI-Manager", KJ]
         assert nodes["https://github.com/ltdrdata/ComfyUI-Manager"]["ref"] == COMMIT
-        assert plan.unresolved == ["no-such-pack-anywhere"]
-        assert any("disabled" in w for w in plan.warnings)
-        assert any("file_custom_nodes" in w for w in plan.warnings)
+        assert selection.unresolved == ["no-such-pack-anywhere"]
+        assert any("disabled" in w for w in selection.warnings)
+        assert any("file_custom_nodes" in w for w in selection.warnings)
 
 
 def png_with_text(chunks: list[tuple[bytes, bytes]]) -> bytes:
@@ -267,5 +267,5 @@ def test_bad_workflows_are_refused_with_the_field() -> None:
 def test_resolved_urls_pass_the_protocol_validators(db: NodeDB) -> None:
     # A workflow's aux_id is untrusted: one that is not owner/repo is never used as a URL.
     hostile = {"nodes": [ui_node(1, "easy seed", aux_id="x/y; rm -rf ~", ver="--upload-pack=sh")]}
-    plan = resolve(db, workflow=hostile)
-    assert [n["url"] for n in plan.to_dict()["nodes"]] == [EASY_USE]
+    selection = resolve(db, workflow=hostile)
+    assert [n["url"] for n in selection.to_dict()["nodes"]] == [EASY_USE]

@@ -323,3 +323,38 @@ def test_without_controller_an_in_process_one_serves_every_command(
     assert followed.returncode == 0 and followed.stdout == logs.stdout
     cancel = run_cli("cancel", task, env=env)
     assert cancel.returncode == 0 and "✓ done" in cancel.stdout  # already final: unchanged
+
+
+@pytest.mark.timeout(150)
+def test_plan_prints_the_table_and_install_applies_it_from_its_saved_json(
+    controller: RunningController, world: DemoWorld, tmp_path: Path
+) -> None:
+    home = world.new_ui_home(tmp_path / "planned")
+    nodes = world.nodes()[:2]
+    plan_args = ["plan", *install_args(world, home, nodes, controller.url)[1:]]
+    table = run_cli(*plan_args)
+    assert table.returncode == 0, table.stderr
+    assert "interpreter" in table.stdout and str(world.sandbox.python) in table.stdout
+    assert table.stdout.count(" new ") >= len(nodes), table.stdout
+    assert "apply it: nodeferry install --plan" in table.stdout
+    assert list((home / "custom_nodes").iterdir()) == []
+
+    saved = run_cli(*plan_args, "--json")
+    assert saved.returncode == 0, saved.stderr
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(saved.stdout)
+    document = json.loads(saved.stdout)
+    assert [n["action"] for n in document["plan"]["nodes"]] == ["new", "new"]
+
+    args = install_args(world, home, [], controller.url)
+    applied = run_cli(*args, "--plan", str(plan_file), "--json")
+    assert applied.returncode == 0, applied.stderr
+    done = json.loads(applied.stdout)
+    assert [n["commit"] for n in done["nodes"]] == [n["to"] for n in document["plan"]["nodes"]]
+    # The home moved on: the same plan is refused, naming what changed.
+    again = run_cli(*args, "--plan", document["task_id"], "--json")
+    assert again.returncode == 1
+    refused = json.loads(again.stdout)
+    assert refused["error_code"] == "plan_drift" and "was absent and is now" in refused["error"]
+    both = run_cli(*args, "--plan", document["task_id"], nodes[0])
+    assert both.returncode == 2 and "give NODEs or --plan" in both.stderr

@@ -454,3 +454,43 @@ def test_dashboard_queue_history_and_no_listing_polls(
     assert not [u for u in requests if "/api/tasks?" in u or u.endswith("/api/tasks")], requests
     assert not errors, errors
     page.close()
+
+
+@pytest.mark.timeout(150)
+def test_dashboard_plans_shows_the_table_and_applies_it(
+    browser: Any, controller: RunningController, world: DemoWorld, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{controller.url}/#token={controller.token}")
+    expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
+    home = world.new_ui_home(tmp_path / "planned")
+    page.locator("#start-panel summary").click()
+    form = page.locator("#start-form")
+    form.locator("[name=ssh_connection]").fill("local")
+    form.locator("[name=ui_home]").fill(str(home))
+    form.locator("[name=nodes]").fill("\n".join(world.nodes()))
+    form.locator("[name=python]").fill(str(world.sandbox.python))
+    form.locator("[name=pip_args]").fill(" ".join(world.sandbox.pip_args))
+    form.locator("button[name=plan]").click()
+    expect(page.locator("#start-message")).to_contain_text("started", timeout=10_000)
+
+    card = page.locator("article.task", has_text=str(home)).first
+    expect(card).to_have_attribute("data-state", "completed", timeout=90_000)
+    expect(card.locator("tr.plan-node")).to_have_count(len(world.nodes()))
+    expect(card.locator("tr.plan-node.a-new")).to_have_count(len(world.nodes()))
+    expect(card.locator(".plan-interpreter")).to_contain_text(str(world.sandbox.python))
+    assert list((home / "custom_nodes").iterdir()) == []  # the plan changed nothing
+
+    plan_id = card.get_attribute("data-task-id")
+    card.locator("button.apply").click()
+    applied = page.locator("article.task").first
+    expect(applied).not_to_have_attribute("data-task-id", str(plan_id), timeout=10_000)
+    expect(applied).to_have_attribute("data-state", "completed", timeout=90_000)
+    expect(applied.locator("tr.node .badge.s-installed")).to_have_count(len(world.nodes()))
+    assert len(list((home / "custom_nodes").iterdir())) == len(world.nodes())
+    assert not errors, errors
+    page.close()

@@ -20,13 +20,18 @@ from controller.core.install_fields import Const, Hand, InstallField, Valued
 from controller.core.schemas import INSTALL_FIELDS, InstallRequest
 
 #: The fields that say where and what to install: each test gives its own.
-WHERE_AND_WHAT = frozenset({"ssh_connection", "ui_home", "nodes", "workflow", "snapshot", "lock"})
+WHERE_AND_WHAT = frozenset(
+    {"ssh_connection", "ui_home", "nodes", "workflow", "snapshot", "lock", "plan"}
+)
 #: Values that still install: the fake ComfyUI homes have no venv (install.py runs
 #: with this interpreter), and pip needs no network to be there.
 INSTALLABLE: dict[str, Any] = {
     "python": sys.executable,
     "pip_args": ["--no-cache-dir", "--prefer-binary"],
     "installer": "pip",
+    # Policies no test install breaks (nothing installs these names).
+    "forbid_downgrade": ["nodeferry-never-downgraded"],
+    "forbid": ["nodeferry-never-installed"],
     # Classes no fake home's ComfyUI could have; with none running the answer is a
     # note, not a failure, so the install still succeeds.
     "ready_classes": ["KSampler", "Seed (rgthree)"],

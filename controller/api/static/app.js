@@ -212,6 +212,7 @@ function renderCard(entry) {
     : null;
 
   const footer = h("div", {class: "card-foot"},
+    doc.plan ? planView(entry, doc, target, uiHome) : null,
     doc.has_requirements ? h("span", {class: "requirements"}, "requirements ", badge(doc.requirements_status)) : null,
     packageChanges(doc.packages),
     readyLine(doc),
@@ -563,6 +564,62 @@ function retryable(doc) {
   return (doc.nodes || []).some((n) => !["installed", "skipped"].includes(n.status));
 }
 
+// -- plans (issue 30) ----------------------------------------------------------------
+
+// The plan's answer as the CLI prints it: the interpreter, each node's action, each
+// package change with what requires it, and a button that applies exactly this plan.
+function planView(entry, doc, target, uiHome) {
+  const plan = doc.plan;
+  const who = plan.interpreter || {};
+  const nodes = (plan.nodes || []).map((n) => h("tr", {class: `plan-node a-${n.action}`},
+    h("td", null, n.name), h("td", null, n.action),
+    h("td", {class: "commit"}, (n.from || "").slice(0, 10)),
+    h("td", {class: "commit"}, (n.to || n.error || "").slice(0, 60))));
+  const reasons = plan.reasons || {};
+  const packages = ["downgraded", "removed", "upgraded", "added"].flatMap((kind) =>
+    Object.entries((plan.packages || {})[kind] || {}).map(([name, [old, now]]) =>
+      h("tr", {class: `plan-package k-${kind}`},
+        h("td", null, name), h("td", null, kind), h("td", null, old || ""), h("td", null, now || ""),
+        h("td", null, (reasons[name] || []).join("; ") || "(a dependency)"))));
+  const applicable = doc.state === "completed" && ((plan.apply || {}).nodes || []).length > 0;
+  return h("div", {class: "plan"},
+    h("div", {class: "plan-interpreter"}, `interpreter ${who.path} (chosen by ${who.chosen_by})`),
+    (who.mismatch || []).map((line) => h("div", {class: "task-warning"}, `⚠ ${line}`)),
+    h("table", {class: "plan-nodes"},
+      h("thead", null, h("tr", null, h("th", null, "node"), h("th", null, "action"), h("th", null, "from"), h("th", null, "to"))),
+      h("tbody", null, nodes)),
+    packages.length
+      ? h("table", {class: "plan-packages"},
+          h("thead", null, h("tr", null, h("th", null, "package"), h("th", null, "change"), h("th", null, "from"), h("th", null, "to"), h("th", null, "required by"))),
+          h("tbody", null, packages))
+      : h("div", {class: "plan-none"}, "packages: no changes"),
+    (plan.culprits || []).map((c) => h("div", {class: "task-error"}, `${c.node} would be dropped: ${c.conflict}`)),
+    (plan.install_scripts || []).length
+      ? h("div", null, `install.py would run: ${plan.install_scripts.join(", ")}`) : null,
+    (plan.violations || []).map((v) => h("div", {class: "task-error"}, `policy: ${v}`)),
+    h("div", {class: "hint"}, `downloads: ${(plan.downloads || {}).count || 0} package(s) · installer ${plan.installer || "none needed"}`),
+    applicable
+      ? h("button", {class: "apply", type: "button", onclick: () => applyPlan(entry, target, uiHome)}, "Apply this plan")
+      : null,
+  );
+}
+
+async function applyPlan(entry, target, uiHome) {
+  entry.message = "";
+  try {
+    const answer = await api("POST", "ssh/install-custom-nodes", {ssh_connection: target, ui_home: uiHome, plan: entry.id});
+    const next = ensureEntry(answer.task_id);
+    next.summary = {task_id: answer.task_id, target, ui_home: uiHome, state: answer.state};
+    next.sortKey = new Date().toISOString();
+    renderCard(next);
+    placeCards();
+    follow(next);
+  } catch (error) {
+    entry.message = `apply failed: ${error.message}`;
+    renderCard(entry);
+  }
+}
+
 // "packages: 3 added, 1 downgraded" with every change in the tooltip.
 function packageChanges(packages) {
   const kinds = Object.keys(packages || {}).filter((kind) => Object.keys(packages[kind]).length);
@@ -632,6 +689,8 @@ async function showHistory(target) {
 async function startInstall(event) {
   event.preventDefault();
   const form = event.target;
+  // The Plan button sends the same request to api/plan: nothing is changed.
+  const planning = Boolean(event.submitter && event.submitter.name === "plan");
   const message = document.getElementById("start-message");
   const nodes = form.nodes.value.split("\n").map((l) => l.replace(/#.*/, "").trim()).filter(Boolean);
   const body = {
@@ -652,9 +711,9 @@ async function startInstall(event) {
   const autoRetry = form.auto_retry ? parseInt(form.auto_retry.value, 10) : 0;
   if (autoRetry > 0) body.auto_retry = autoRetry;
   message.className = "message";
-  message.textContent = "starting…";
+  message.textContent = planning ? "planning…" : "starting…";
   try {
-    const answer = await api("POST", "ssh/install-custom-nodes", body);
+    const answer = await api("POST", planning ? "api/plan" : "ssh/install-custom-nodes", body);
     message.textContent = answer.state === "queued"
       ? `queued ${answer.task_id.slice(0, 8)} (#${answer.queue_position} in line)`
       : `started ${answer.task_id.slice(0, 8)}`;
@@ -751,6 +810,11 @@ function askForToken() {
 
 function init() {
   document.getElementById("start-form").addEventListener("submit", startInstall);
+  const planButton = document.getElementById("plan-button");
+  planButton.addEventListener("click", () => {
+    const form = document.getElementById("start-form");
+    if (form.reportValidity()) startInstall({preventDefault() {}, target: form, submitter: planButton});
+  });
   setupWorkflowDrop();
   document.getElementById("history-close").addEventListener("click", () => {
     document.getElementById("history-panel").hidden = true;

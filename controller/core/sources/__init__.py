@@ -5,7 +5,7 @@ carries one), a ComfyUI-Manager snapshot, or the controller's ``default_nodes``.
 ``workflow``, ``png`` and ``snapshot`` parse those (untrusted input: sizes
 capped, nothing reaches a shell); ``nodedb`` loads ComfyUI-Manager's node
 database; ``registry`` turns registry ids into repositories; ``resolver`` makes
-the deterministic, explained plan; ``plan`` merges every source of a request
+the deterministic, explained selection; ``selection`` merges every source of a request
 into the node list an install spec takes (each entry still passes
 ``protocol.parse_node``). Part of ``controller.core``: imports ``protocol`` and
 ``controller.core``/``controller.transports`` only.

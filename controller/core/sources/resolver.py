@@ -1,11 +1,11 @@
-"""The plan: which repositories to install and why, chosen deterministically.
+"""The selection: which repositories to install and why, chosen deterministically.
 
 Sources are added in a fixed order — explicit ``nodes`` first (they win), then a
 snapshot, then registry ids, then a workflow's classes — and merged by
 repository. A workflow's classes are resolved in the issue's order: core and
 frontend-only classes need nothing; ``aux_id`` names the repository;
 ``cnr_id`` names a registry id; a class one pack provides → that pack; a class
-several provide → one this plan already needs, then one the curated list names,
+several provide → one this selection already needs, then one the curated list names,
 then the most stars, then URL order; ``nodename_pattern``; anything left is
 unresolved, listed by name.
 """
@@ -63,7 +63,7 @@ class Choice:
 
 
 @dataclass
-class Plan:
+class Selection:
     nodes: list[Choice] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
     ambiguous: list[dict[str, Any]] = field(default_factory=list)
@@ -124,7 +124,7 @@ class Plan:
         return choice
 
 
-def pin(plan: Plan, url: str, ver: str | None, tags: TagLookup | None) -> str | None:
+def pin(selection: Selection, url: str, ver: str | None, tags: TagLookup | None) -> str | None:
     """The ref for a saved ``ver``: a commit as is, a version as its tag when there is one."""
     if not ver:
         return None
@@ -136,12 +136,12 @@ def pin(plan: Plan, url: str, ver: str | None, tags: TagLookup | None) -> str | 
             if tag in found:
                 return tag
     why = "it has no such tag" if found is not None else "its tags were not looked up (offline)"
-    plan.warnings.append(f"{url}: version {ver} installs the default branch: {why}")
+    selection.warnings.append(f"{url}: version {ver} installs the default branch: {why}")
     return None
 
 
 def add_registry_id(
-    plan: Plan,
+    selection: Selection,
     ident: str,
     version: str | None,
     rule: str,
@@ -154,12 +154,12 @@ def add_registry_id(
     if found is None:
         return False
     url, _how = found
-    plan.add(url, pin(plan, url, version, tags), rule, classes=classes)
+    selection.add(url, pin(selection, url, version, tags), rule, classes=classes)
     return True
 
 
-def _choose(plan: Plan, db: NodeDB, candidates: list[str]) -> tuple[str, str]:
-    needed = [url for url in candidates if plan.needs(url)]
+def _choose(selection: Selection, db: NodeDB, candidates: list[str]) -> tuple[str, str]:
+    needed = [url for url in candidates if selection.needs(url)]
     listed = [url for url in candidates if repo_key(url) in db.listed]
     if needed:
         pool, why = needed, "already needed"
@@ -174,7 +174,7 @@ def _choose(plan: Plan, db: NodeDB, candidates: list[str]) -> tuple[str, str]:
 
 
 def resolve_workflow(
-    plan: Plan,
+    selection: Selection,
     uses: list[NodeUse],
     db: NodeDB,
     online: registry_ids.OnlineLookup | None = None,
@@ -188,7 +188,7 @@ def resolve_workflow(
         if use.aux_id and _AUX_ID.match(use.aux_id):
             url = f"https://github.com/{use.aux_id}"
             try:
-                plan.add(url, pin(plan, url, use.ver, tags), "aux_id", classes=(name,))
+                selection.add(url, pin(selection, url, use.ver, tags), "aux_id", classes=(name,))
                 continue
             except ProtocolError:
                 pass
@@ -198,10 +198,12 @@ def resolve_workflow(
             except SourceError:
                 ident = ""
             if ident and add_registry_id(
-                plan, ident, use.ver, "cnr_id", db, online, tags, classes=(name,)
+                selection, ident, use.ver, "cnr_id", db, online, tags, classes=(name,)
             ):
                 continue
-            plan.warnings.append(f"{name}: registry id {use.cnr_id} is not in the node database")
+            selection.warnings.append(
+                f"{name}: registry id {use.cnr_id} is not in the node database"
+            )
         if name not in pending:
             pending.append(name)
     several: list[str] = []
@@ -209,21 +211,21 @@ def resolve_workflow(
     for name in pending:
         providers = db.by_class.get(name, [])
         if len(providers) == 1:
-            plan.add(providers[0], None, "only provider", classes=(name,))
+            selection.add(providers[0], None, "only provider", classes=(name,))
         elif providers:
             several.append(name)
         else:
             rest.append(name)
     for name in several:
         candidates = db.by_class[name]
-        chosen, why = _choose(plan, db, candidates)
-        plan.add(chosen, None, f"several provide it: {why}", classes=(name,))
-        plan.ambiguous.append(
+        chosen, why = _choose(selection, db, candidates)
+        selection.add(chosen, None, f"several provide it: {why}", classes=(name,))
+        selection.ambiguous.append(
             {"class": name, "chosen": chosen, "candidates": list(candidates), "reason": why}
         )
     for name in rest:
         matched = db.match_pattern(name)
         if matched is not None:
-            plan.add(matched, None, "nodename_pattern", classes=(name,))
+            selection.add(matched, None, "nodename_pattern", classes=(name,))
         else:
-            plan.unresolved.append(name)
+            selection.unresolved.append(name)

@@ -1,4 +1,4 @@
-"""Turning a request's sources into a plan, for the task service and the dry run.
+"""Turning a request's sources into a selection, for the task service and the dry run.
 
 The node database comes from, in order: the ``node_db`` setting (a directory),
 the instance's own ``custom_nodes/ComfyUI-Manager`` (or ``comfyui-manager``)
@@ -20,10 +20,10 @@ from controller.common.errors import InvalidRequest
 from controller.common.target import Target
 from controller.core.sources import nodedb
 from controller.core.sources.errors import SourceError
+from controller.core.sources.merge import NO_SOURCE, Sources, build, read_default_nodes
 from controller.core.sources.nodedb import NodeDB
 from controller.core.sources.online import Online
-from controller.core.sources.plan import NO_SOURCE, Sources, build, read_default_nodes
-from controller.core.sources.resolver import Plan
+from controller.core.sources.resolver import Selection
 from controller.transports import Transports
 from protocol import ProtocolError
 from protocol import fields as checks
@@ -41,12 +41,12 @@ class Unresolved(InvalidRequest):
 
     code = "unresolved"
 
-    def __init__(self, message: str, plan: Plan) -> None:
+    def __init__(self, message: str, selection: Selection) -> None:
         super().__init__("workflow", message)
-        self.plan = plan
+        self.selection = selection
 
     def body(self) -> dict[str, Any]:
-        return {**super().body(), "resolution": self.plan.to_dict()}
+        return {**super().body(), "resolution": self.selection.to_dict()}
 
 
 class SourceService:
@@ -58,10 +58,10 @@ class SourceService:
         self._dbs: dict[tuple[str, ...], tuple[float, NodeDB]] = {}
         self.online = Online(settings.data_dir / "registry-cache.json")
 
-    async def plan(
+    async def selection(
         self, sources: Sources, target: Target | None = None, ui_home: str | None = None
-    ) -> Plan:
-        """The plan for ``sources`` (the configured default when empty)."""
+    ) -> Selection:
+        """The selection for ``sources`` (the configured default when empty)."""
         if sources.empty:
             if self.settings.default_nodes is None:
                 raise InvalidRequest("", NO_SOURCE)
@@ -71,10 +71,10 @@ class SourceService:
                 ui_home = checks.remote_path(ui_home, "ui_home")
             except ProtocolError as exc:
                 raise InvalidRequest(exc.field, exc.message) from None
-        plan: Plan = await self.run(self.build, sources, target, ui_home)
-        return plan
+        selection: Selection = await self.run(self.build, sources, target, ui_home)
+        return selection
 
-    def build(self, sources: Sources, target: Target | None, ui_home: str | None) -> Plan:
+    def build(self, sources: Sources, target: Target | None, ui_home: str | None) -> Selection:
         online = self.settings.online_lookups
         return build(
             sources,
@@ -83,25 +83,25 @@ class SourceService:
             tags=self.online.tags if online else None,
         )
 
-    async def plan_for_start(
+    async def selection_for_start(
         self, sources: Sources, target: Target, ui_home: str, strict: bool
-    ) -> Plan:
-        plan = await self.plan(sources, target, ui_home)
-        if strict and plan.unresolved:
+    ) -> Selection:
+        selection = await self.selection(sources, target, ui_home)
+        if strict and selection.unresolved:
             raise Unresolved(
-                f"{len(plan.unresolved)} node class(es) resolve to no custom node: "
-                f"{', '.join(plan.unresolved[:20])}; nothing was installed (strict). Install "
+                f"{len(selection.unresolved)} node class(es) resolve to no custom node: "
+                f"{', '.join(selection.unresolved[:20])}; nothing was installed (strict). Install "
                 "them by URL in 'nodes', or send strict: false to install the rest",
-                plan,
+                selection,
             )
-        if not plan.nodes:
+        if not selection.nodes:
             why = (
-                f"none of its classes resolved: {', '.join(plan.unresolved[:20])}"
-                if plan.unresolved
+                f"none of its classes resolved: {', '.join(selection.unresolved[:20])}"
+                if selection.unresolved
                 else "every class it uses is part of ComfyUI or its frontend"
             )
-            raise Unresolved(f"nothing to install: {why}", plan)
-        return plan
+            raise Unresolved(f"nothing to install: {why}", selection)
+        return selection
 
     # -- the node database -----------------------------------------------------
 

@@ -1,5 +1,5 @@
 """One request's sources (``nodes``, ``workflow``, ``snapshot``, or the configured
-``default_nodes``) merged into one plan. Blocking (it may load the node
+``default_nodes``) merged into one selection. Blocking (it may load the node
 database): the service runs it in the executor."""
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any
 from controller.core.sources import registry_ids, snapshot, workflow
 from controller.core.sources.errors import SourceError
 from controller.core.sources.nodedb import NodeDB
-from controller.core.sources.resolver import Plan, TagLookup, add_registry_id, pin, resolve_workflow
+from controller.core.sources.resolver import (
+    Selection,
+    TagLookup,
+    add_registry_id,
+    pin,
+    resolve_workflow,
+)
 from protocol import ProtocolError, parse_node
 
 MAX_DEFAULT_FILE = 4 * 1024 * 1024
@@ -37,7 +43,7 @@ class Sources:
 
     @property
     def plain(self) -> bool:
-        """Only git URLs: the spec takes them as they are, no plan needed."""
+        """Only git URLs: the spec takes them as they are, no selection needed."""
         return (
             self.workflow is None
             and self.snapshot is None
@@ -97,15 +103,15 @@ def build(
     *,
     online: registry_ids.OnlineLookup | None = None,
     tags: TagLookup | None = None,
-) -> Plan:
-    """The plan for ``sources``; the node database is loaded only when needed."""
-    plan = Plan()
+) -> Selection:
+    """The selection for ``sources``; the node database is loaded only when needed."""
+    selection = Selection()
     loaded: list[NodeDB] = []
 
     def db() -> NodeDB:
         if not loaded:
             loaded.append(load_db())
-            plan.node_db = loaded[0].source
+            selection.node_db = loaded[0].source
         return loaded[0]
 
     ids: list[tuple[int, str, str | None]] = []
@@ -119,37 +125,37 @@ def build(
             node = parse_node(entry, where)
         except ProtocolError as exc:
             raise SourceError(exc.field, exc.message) from None
-        if plan.add(node.url, node.ref, "explicit", name=node.name) is None:
-            raise SourceError(where, plan.warnings.pop())
+        if selection.add(node.url, node.ref, "explicit", name=node.name) is None:
+            raise SourceError(where, selection.warnings.pop())
     for index, ident, version in ids:
-        if not add_registry_id(plan, ident, version, "registry id", db(), online, tags):
+        if not add_registry_id(selection, ident, version, "registry id", db(), online, tags):
             raise SourceError(
                 f"nodes.{index}",
-                f"registry id '{ident}' is not in the node database ({plan.node_db})"
+                f"registry id '{ident}' is not in the node database ({selection.node_db})"
                 + ("" if online else "; online lookups are off")
                 + ": give its git URL instead",
             )
     if sources.snapshot is not None:
         snap = snapshot.parse(sources.snapshot)
-        plan.warnings.extend(snap.warnings)
+        selection.warnings.extend(snap.warnings)
         for url, commit in snap.git:
             try:
-                plan.add(url, commit, "snapshot")
+                selection.add(url, commit, "snapshot")
             except ProtocolError as exc:
                 raise SourceError(f"snapshot.git_custom_nodes.{url}", exc.message) from None
         for ident, version in snap.cnr:
             try:
                 registry_ids.split_id(ident, "snapshot")
-                found = add_registry_id(plan, ident, version, "snapshot", db(), online, tags)
+                found = add_registry_id(selection, ident, version, "snapshot", db(), online, tags)
             except SourceError:
                 found = False
             if not found:
-                plan.unresolved.append(ident)
-                plan.warnings.append(f"snapshot: registry id '{ident}' was not found")
+                selection.unresolved.append(ident)
+                selection.warnings.append(f"snapshot: registry id '{ident}' was not found")
     if sources.workflow is not None:
         uses = workflow.node_uses(sources.workflow)
-        resolve_workflow(plan, uses, db(), online, tags)
-    return plan
+        resolve_workflow(selection, uses, db(), online, tags)
+    return selection
 
 
-__all__ = ["NO_SOURCE", "Plan", "Sources", "build", "pin", "read_default_nodes"]
+__all__ = ["NO_SOURCE", "Selection", "Sources", "build", "pin", "read_default_nodes"]
