@@ -47,7 +47,10 @@ def test_build_is_byte_identical_for_the_same_source(tmp_path: Path) -> None:
 
 def test_bundle_is_small_sorted_and_self_contained() -> None:
     data = bundle().data
-    assert len(data) <= 100 * 1024, len(data)
+    # Uploaded once per version, so the budget is not about transfer time: it catches
+    # what must never ride along (tests, caches, data files). 103 KiB with the planner,
+    # the restart and ComfyUI's own verification (round 3; 41 KiB in round 1).
+    assert len(data) <= 160 * 1024, len(data)
     assert bundle().sha256 == hashlib.sha256(data).hexdigest()
     assert data.startswith(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(__import__("io").BytesIO(data)) as archive:

@@ -19,7 +19,7 @@ from controller.sandbox.gitserver import GitServer
 from tests.agent.conftest import Agent
 from tests.agent.test_install import run_spec
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 
 class GateProxy:
